@@ -1,0 +1,36 @@
+// Command talkingdata-ipam is the Docker IPAM plugin daemon.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/talkingdata/ipam/cmd/internal/etcdflags"
+)
+
+func main() {
+	app := &cli.App{
+		Name:  "talkingdata-ipam",
+		Usage: "Docker IPAM plugin that allocates addresses from etcd",
+		Flags: append(etcdflags.Flags(nil),
+			&cli.StringFlag{Name: "socket", EnvVars: []string{"IPAM_SOCKET"}, Value: "talkingdata",
+				Usage: "plugin socket: a path, or a bare name for " + pluginDir + "/NAME.sock"},
+			&cli.StringFlag{Name: "socket-group", EnvVars: []string{"IPAM_SOCKET_GROUP"}, Value: "docker",
+				Usage: "group given access to the socket, when it exists"},
+			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"IPAM_DATA_DIR"}, Value: "/var/lib/talkingdata-ipam",
+				Usage: "embedded etcd's data, used when no --etcd-endpoints are given"},
+			&cli.DurationFlag{Name: "request-timeout", EnvVars: []string{"IPAM_REQUEST_TIMEOUT"}, Value: defaultRequestTimeout,
+				Usage: "bound on every plugin call, etcd round trips included"},
+			&cli.BoolFlag{Name: "require-init", EnvVars: []string{"IPAM_REQUIRE_INIT"},
+				Usage: "refuse pools not seeded with `ipamctl init-range` instead of seeding them on first use"},
+			&cli.StringFlag{Name: "log-level", EnvVars: []string{"IPAM_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
+		),
+		Action: run,
+	}
+	if err := app.Run(os.Args); err != nil {
+		fmt.Fprintln(os.Stderr, "talkingdata-ipam:", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/talkingdata/ipam/cmd/internal/etcdflags"
+	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/ipam"
+	"github.com/talkingdata/ipam/pool"
+)
+
+// defaultRequestTimeout leaves room for a first RequestPool to seed a /16
+// while staying far below anything an operator would call a hang.
+const defaultRequestTimeout = 10 * time.Second
+
+func run(c *cli.Context) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+		return fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", c.String("log-level"))
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if c.Duration("request-timeout") <= 0 {
+		return fmt.Errorf("invalid --request-timeout %s: must be positive", c.Duration("request-timeout"))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	cfg := etcdflags.Config(c)
+	if len(cfg.Endpoints) == 0 {
+		e, err := startEmbedded(c.String("data-dir"), log)
+		if err != nil {
+			return err
+		}
+		defer e.Close()
+		cfg.Endpoints = []string{embeddedClientURL}
+	}
+	cli, err := etcdstore.Dial(cfg)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+
+	host := c.String("host-id")
+	driver := &ipam.Driver{
+		Pools:      pool.New(etcdstore.New(cli, c.String("etcd-prefix")), pool.Config{Host: host, RequireInit: c.Bool("require-init")}),
+		Timeout:    c.Duration("request-timeout"),
+		LocalAddrs: localAddrs,
+		StoreName:  "etcd " + strings.Join(cfg.Endpoints, ","),
+		Log:        log,
+	}
+	l, path, err := listen(c.String("socket"), c.String("socket-group"))
+	if err != nil {
+		return err
+	}
+	defer os.Remove(path)
+	srv := &http.Server{Handler: ipam.Handler(driver, log), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), driver.Timeout+time.Second)
+		defer cancel()
+		if err := srv.Shutdown(shutdown); err != nil {
+			log.Warn("calls still running at shutdown were cut off", "err", err)
+		}
+	}()
+	log.Info("serving", "socket", path, "host", host, "etcd", cfg.Endpoints, "prefix", c.String("etcd-prefix"))
+	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving %s: %w", path, err)
+	}
+	log.Info("stopped")
+	return nil
+}
+
+// localAddrs lists this host's addresses, for default gateways.
+func localAddrs() ([]netip.Addr, error) {
+	ifAddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, err
+	}
+	var out []netip.Addr
+	for _, a := range ifAddrs {
+		if p, err := netip.ParsePrefix(a.String()); err == nil && p.Addr().IsGlobalUnicast() {
+			out = append(out, p.Addr())
+		}
+	}
+	return out, nil
+}

@@ -1,0 +1,134 @@
+package etcdstore
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/talkingdata/ipam/pool"
+)
+
+// Read-only views and whole-pool operations for ipamctl.
+
+// Pools lists every pool's description, ordered by key.
+func (s *Store) Pools(ctx context.Context) ([]pool.Meta, error) {
+	r, err := s.cli.Get(ctx, s.k.metaDir(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("listing pools: %w", err)
+	}
+	out := make([]pool.Meta, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		m, err := decodeMeta(string(kv.Key), kv.Value, kv.ModRevision)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Counts returns how many addresses are free and used, without reading them.
+func (s *Store) Counts(ctx context.Context, subnet netip.Prefix) (free, used int64, err error) {
+	r, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(s.k.freeDir(subnet), clientv3.WithPrefix(), clientv3.WithCountOnly()),
+		clientv3.OpGet(s.k.usedDir(subnet), clientv3.WithPrefix(), clientv3.WithCountOnly()),
+	).Commit()
+	if err != nil {
+		return 0, 0, fmt.Errorf("counting addresses of pool %s: %w", subnet, err)
+	}
+	return r.Responses[0].GetResponseRange().Count, r.Responses[1].GetResponseRange().Count, nil
+}
+
+// UsedAddr is one used address and its record.
+type UsedAddr struct {
+	Addr       netip.Addr
+	Allocation *pool.Allocation
+}
+
+// Used lists a pool's used addresses in address order.
+func (s *Store) Used(ctx context.Context, subnet netip.Prefix) ([]UsedAddr, error) {
+	r, err := s.cli.Get(ctx, s.k.usedDir(subnet), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("listing used addresses of pool %s: %w", subnet, err)
+	}
+	out := make([]UsedAddr, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		a, err := parseAddrKey(string(kv.Key))
+		if err != nil {
+			return nil, err
+		}
+		alloc, err := decodeAllocation(string(kv.Key), kv.Value)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, UsedAddr{Addr: a, Allocation: alloc})
+	}
+	return out, nil
+}
+
+// Free lists a pool's free addresses in address order.
+func (s *Store) Free(ctx context.Context, subnet netip.Prefix) ([]netip.Addr, error) {
+	r, err := s.cli.Get(ctx, s.k.freeDir(subnet), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("listing free addresses of pool %s: %w", subnet, err)
+	}
+	out := make([]netip.Addr, 0, len(r.Kvs))
+	for _, kv := range r.Kvs {
+		a, err := parseAddrKey(string(kv.Key))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// Refs returns, per host, how many of its networks use the pool.
+func (s *Store) Refs(ctx context.Context, subnet netip.Prefix) (map[string]int, error) {
+	dir := s.k.refsDir(subnet)
+	r, err := s.cli.Get(ctx, dir, clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("listing hosts of pool %s: %w", subnet, err)
+	}
+	out := map[string]int{}
+	for _, kv := range r.Kvs {
+		n, _ := strconv.Atoi(string(kv.Value))
+		out[strings.TrimPrefix(string(kv.Key), dir)] = n
+	}
+	return out, nil
+}
+
+// DeletePool removes a pool with its free, used and refs directories in one
+// transaction. Unless force, it only does so while nothing is used: the
+// compare over the whole used directory makes that check atomic.
+func (s *Store) DeletePool(ctx context.Context, subnet netip.Prefix, force bool) error {
+	meta, used := s.k.meta(subnet), s.k.usedDir(subnet)
+	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(meta), ">", 0)}
+	if !force {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(used), "=", 0).WithPrefix())
+	}
+	r, err := s.cli.Txn(ctx).If(cmps...).Then(
+		clientv3.OpDelete(meta),
+		clientv3.OpDelete(s.k.freeDir(subnet), clientv3.WithPrefix()),
+		clientv3.OpDelete(used, clientv3.WithPrefix()),
+		clientv3.OpDelete(s.k.refsDir(subnet), clientv3.WithPrefix()),
+	).Else(
+		clientv3.OpGet(meta, clientv3.WithCountOnly()),
+		clientv3.OpGet(used, clientv3.WithPrefix(), clientv3.WithCountOnly()),
+	).Commit()
+	if err != nil {
+		return fmt.Errorf("removing pool %s: %w", subnet, err)
+	}
+	if r.Succeeded {
+		return nil
+	}
+	if r.Responses[0].GetResponseRange().Count == 0 {
+		return fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
+	}
+	return fmt.Errorf("pool %s still has %d used addresses (see `ipamctl addr ls %s`); release them or use --force",
+		subnet, r.Responses[1].GetResponseRange().Count, subnet)
+}

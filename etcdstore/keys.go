@@ -1,0 +1,72 @@
+package etcdstore
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// Key layout under the prefix (see docs/ARCHITECTURE.md):
+//
+//	meta/<subnet>          pool description (JSON)
+//	free/<subnet>/<addr>   one key per free address, empty value
+//	used/<subnet>/<addr>   one key per used address, its allocation (JSON)
+//	refs/<subnet>/<host>   how many of the host's networks use the pool
+//
+// <subnet> is "198.18.0.0-16". <addr> sorts in address order, so a key
+// range is an address range: IPv4 is zero-padded ("198.018.001.023"),
+// IPv6 fully expanded.
+type keys struct{ prefix string }
+
+func (k keys) meta(s netip.Prefix) string    { return k.prefix + "meta/" + subnetKey(s) }
+func (k keys) metaDir() string               { return k.prefix + "meta/" }
+func (k keys) freeDir(s netip.Prefix) string { return k.prefix + "free/" + subnetKey(s) + "/" }
+func (k keys) usedDir(s netip.Prefix) string { return k.prefix + "used/" + subnetKey(s) + "/" }
+func (k keys) refsDir(s netip.Prefix) string { return k.prefix + "refs/" + subnetKey(s) + "/" }
+
+func (k keys) free(s netip.Prefix, a netip.Addr) string { return k.freeDir(s) + addrKey(a) }
+func (k keys) used(s netip.Prefix, a netip.Addr) string { return k.usedDir(s) + addrKey(a) }
+func (k keys) ref(s netip.Prefix, host string) string   { return k.refsDir(s) + host }
+
+func subnetKey(s netip.Prefix) string {
+	return s.Addr().String() + "-" + strconv.Itoa(s.Bits())
+}
+
+func addrKey(a netip.Addr) string {
+	if a.Is4() {
+		b := a.As4()
+		return fmt.Sprintf("%03d.%03d.%03d.%03d", b[0], b[1], b[2], b[3])
+	}
+	return a.StringExpanded()
+}
+
+// parseAddrKey reverses addrKey on the last path element of key.
+func parseAddrKey(key string) (netip.Addr, error) {
+	s := key[strings.LastIndexByte(key, '/')+1:]
+	if strings.Contains(s, ":") {
+		return netip.ParseAddr(s)
+	}
+	parts := strings.Split(s, ".")
+	if len(parts) != 4 {
+		return netip.Addr{}, fmt.Errorf("malformed address key %q", key)
+	}
+	var b [4]byte
+	for i, p := range parts {
+		n, err := strconv.ParseUint(p, 10, 8)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("malformed address key %q", key)
+		}
+		b[i] = byte(n)
+	}
+	return netip.AddrFrom4(b), nil
+}
+
+// parseSubnetKey reverses subnetKey.
+func parseSubnetKey(s string) (netip.Prefix, error) {
+	i := strings.LastIndexByte(s, '-')
+	if i < 0 {
+		return netip.Prefix{}, fmt.Errorf("malformed subnet key %q", s)
+	}
+	return netip.ParsePrefix(s[:i] + "/" + s[i+1:])
+}

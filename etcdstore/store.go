@@ -1,0 +1,274 @@
+// Package etcdstore keeps pools in etcd. It is the only package that talks
+// to etcd; every state change is one transaction guarded by a compare.
+package etcdstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go4.org/netipx"
+
+	"github.com/talkingdata/ipam/pool"
+)
+
+var _ pool.Store = (*Store)(nil)
+
+// DefaultPrefix is where pools live unless configured otherwise.
+const DefaultPrefix = "/talkingdata/ipam"
+
+// Store implements pool.Store on etcd.
+type Store struct {
+	cli *clientv3.Client
+	k   keys
+}
+
+// New uses cli with keys under prefix.
+func New(cli *clientv3.Client, prefix string) *Store {
+	return &Store{cli: cli, k: keys{prefix: strings.TrimSuffix(prefix, "/") + "/"}}
+}
+
+// metaValue is the stored form of pool.Meta.
+type metaValue struct {
+	Subnet    string    `json:"subnet"`
+	Ranges    string    `json:"ranges"`
+	Seeding   bool      `json:"seeding,omitempty"`
+	CreatedBy string    `json:"createdBy"`
+	Created   time.Time `json:"created"`
+}
+
+func encodeMeta(m pool.Meta) string {
+	b, _ := json.Marshal(metaValue{Subnet: m.Subnet.String(), Ranges: pool.FormatRanges(m.Ranges),
+		Seeding: m.Seeding, CreatedBy: m.CreatedBy, Created: m.Created})
+	return string(b)
+}
+
+func decodeMeta(key string, value []byte, rev int64) (pool.Meta, error) {
+	var v metaValue
+	if err := json.Unmarshal(value, &v); err != nil {
+		return pool.Meta{}, fmt.Errorf("malformed pool description at %s: %w", key, err)
+	}
+	subnet, err := netip.ParsePrefix(v.Subnet)
+	if err != nil {
+		return pool.Meta{}, fmt.Errorf("malformed subnet in %s: %w", key, err)
+	}
+	ranges, err := pool.ParseRanges(v.Ranges)
+	if err != nil {
+		return pool.Meta{}, fmt.Errorf("malformed ranges in %s: %w", key, err)
+	}
+	return pool.Meta{Subnet: subnet, Ranges: ranges, Seeding: v.Seeding, CreatedBy: v.CreatedBy, Created: v.Created, Rev: rev}, nil
+}
+
+// metaFrom decodes the first of kvs; ok is false if there is none.
+func metaFrom(kvs []*mvccpb.KeyValue) (pool.Meta, bool, error) {
+	if len(kvs) == 0 {
+		return pool.Meta{}, false, nil
+	}
+	kv := kvs[0]
+	m, err := decodeMeta(string(kv.Key), kv.Value, kv.ModRevision)
+	return m, err == nil, err
+}
+
+func decodeAllocation(key string, value []byte) (*pool.Allocation, error) {
+	var a pool.Allocation
+	if err := json.Unmarshal(value, &a); err != nil {
+		return nil, fmt.Errorf("malformed allocation at %s: %w", key, err)
+	}
+	return &a, nil
+}
+
+func (s *Store) Meta(ctx context.Context, subnet netip.Prefix) (pool.Meta, bool, error) {
+	r, err := s.cli.Get(ctx, s.k.meta(subnet))
+	if err != nil {
+		return pool.Meta{}, false, err
+	}
+	return metaFrom(r.Kvs)
+}
+
+func (s *Store) CreateMeta(ctx context.Context, m pool.Meta) (pool.Meta, bool, error) {
+	key := s.k.meta(m.Subnet)
+	r, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+		Then(clientv3.OpPut(key, encodeMeta(m))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return pool.Meta{}, false, err
+	}
+	if r.Succeeded {
+		m.Rev = r.Header.Revision
+		return m, true, nil
+	}
+	cur, _, err := metaFrom(r.Responses[0].GetResponseRange().Kvs)
+	return cur, false, err
+}
+
+func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta, bool, error) {
+	key := s.k.meta(old.Subnet)
+	r, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(key), "=", old.Rev)).
+		Then(clientv3.OpPut(key, encodeMeta(next))).
+		Else(clientv3.OpGet(key)).Commit()
+	if err != nil {
+		return pool.Meta{}, false, err
+	}
+	if r.Succeeded {
+		next.Rev = r.Header.Revision
+		return next, true, nil
+	}
+	cur, _, err := metaFrom(r.Responses[0].GetResponseRange().Kvs)
+	return cur, false, err
+}
+
+func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a pool.Allocation, n int) (pool.Claim, error) {
+	free, used := s.k.free(subnet, addr), s.k.used(subnet, addr)
+	value, err := json.Marshal(a)
+	if err != nil {
+		return pool.Claim{}, err
+	}
+	orElse := []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(s.k.meta(subnet), clientv3.WithCountOnly())}
+	if n > 0 {
+		// Free neighbours at or after addr, then from the range's start:
+		// a retry from here needs no further read.
+		orElse = append(orElse,
+			clientv3.OpGet(free, clientv3.WithRange(s.k.free(subnet, within.To())+"\x00"), clientv3.WithLimit(int64(n)), clientv3.WithKeysOnly()),
+			clientv3.OpGet(s.k.free(subnet, within.From()), clientv3.WithRange(free), clientv3.WithLimit(int64(n)), clientv3.WithKeysOnly()))
+	}
+	r, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(free), ">", 0),
+			clientv3.Compare(clientv3.CreateRevision(used), "=", 0)).
+		Then(clientv3.OpDelete(free), clientv3.OpPut(used, string(value))).
+		Else(orElse...).Commit()
+	if err != nil {
+		return pool.Claim{}, err
+	}
+	if r.Succeeded {
+		return pool.Claim{Taken: true}, nil
+	}
+	var c pool.Claim
+	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		if c.Holder, err = decodeAllocation(used, kvs[0].Value); err != nil {
+			return c, err
+		}
+	}
+	c.NoPool = r.Responses[1].GetResponseRange().Count == 0
+	for _, resp := range r.Responses[2:] {
+		for _, kv := range resp.GetResponseRange().Kvs {
+			a, err := parseAddrKey(string(kv.Key))
+			if err != nil {
+				return c, err
+			}
+			c.Candidates = append(c.Candidates, a)
+		}
+	}
+	return c, nil
+}
+
+// entryOps read everything an Entry holds, in one round trip.
+func (s *Store) entryOps(subnet netip.Prefix, addr netip.Addr) []clientv3.Op {
+	return []clientv3.Op{
+		clientv3.OpGet(s.k.free(subnet, addr), clientv3.WithKeysOnly()),
+		clientv3.OpGet(s.k.used(subnet, addr)),
+		clientv3.OpGet(s.k.meta(subnet)),
+	}
+}
+
+func entryFrom(addr netip.Addr, rs []*pb.ResponseOp) (pool.Entry, error) {
+	e := pool.Entry{Addr: addr}
+	if kvs := rs[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		e.Free, e.Version.Free = true, kvs[0].ModRevision
+	}
+	if kvs := rs[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		a, err := decodeAllocation(string(kvs[0].Key), kvs[0].Value)
+		if err != nil {
+			return e, err
+		}
+		e.Used, e.Version.Used = a, kvs[0].ModRevision
+	}
+	m, ok, err := metaFrom(rs[2].GetResponseRange().Kvs)
+	if ok {
+		e.Ranges, e.Version.Meta = m.Ranges, m.Rev
+	}
+	return e, err
+}
+
+func (s *Store) Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (pool.Entry, error) {
+	r, err := s.cli.Txn(ctx).Then(s.entryOps(subnet, addr)...).Commit()
+	if err != nil {
+		return pool.Entry{}, err
+	}
+	return entryFrom(addr, r.Responses)
+}
+
+func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, next pool.State) (pool.Entry, bool, error) {
+	free, used, meta := s.k.free(subnet, cur.Addr), s.k.used(subnet, cur.Addr), s.k.meta(subnet)
+	var ops []clientv3.Op
+	switch {
+	case next.Free && !cur.Free:
+		ops = append(ops, clientv3.OpPut(free, ""))
+	case !next.Free && cur.Free:
+		ops = append(ops, clientv3.OpDelete(free))
+	}
+	switch {
+	case next.Used != nil:
+		value, err := json.Marshal(next.Used)
+		if err != nil {
+			return pool.Entry{}, false, err
+		}
+		ops = append(ops, clientv3.OpPut(used, string(value)))
+	case cur.Used != nil:
+		ops = append(ops, clientv3.OpDelete(used))
+	}
+	r, err := s.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.ModRevision(free), "=", cur.Version.Free),
+			clientv3.Compare(clientv3.ModRevision(used), "=", cur.Version.Used),
+			clientv3.Compare(clientv3.ModRevision(meta), "=", cur.Version.Meta)).
+		Then(ops...).
+		Else(s.entryOps(subnet, cur.Addr)...).Commit()
+	if err != nil {
+		return pool.Entry{}, false, err
+	}
+	if r.Succeeded {
+		return pool.Entry{}, true, nil
+	}
+	fresh, err := entryFrom(cur.Addr, r.Responses)
+	return fresh, false, err
+}
+
+func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int) (int, error) {
+	key := s.k.ref(subnet, host)
+	r, err := s.cli.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	for attempt := 0; attempt < 32; attempt++ {
+		var n int
+		var rev int64
+		if len(r.Kvs) > 0 {
+			n, _ = strconv.Atoi(string(r.Kvs[0].Value))
+			rev = r.Kvs[0].ModRevision
+		}
+		n = max(n+delta, 0)
+		op := clientv3.OpPut(key, strconv.Itoa(n))
+		if n == 0 {
+			op = clientv3.OpDelete(key)
+		}
+		t, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
+			Then(op).Else(clientv3.OpGet(key)).Commit()
+		if err != nil {
+			return 0, err
+		}
+		if t.Succeeded {
+			return n, nil
+		}
+		r = (*clientv3.GetResponse)(t.Responses[0].GetResponseRange())
+	}
+	return 0, fmt.Errorf("updating %s: %w", key, pool.ErrContention)
+}

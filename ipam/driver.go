@@ -1,0 +1,222 @@
+// Package ipam maps Docker's remote IPAM protocol onto the pool rules.
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	api "github.com/docker/go-plugins-helpers/ipam"
+
+	"github.com/talkingdata/ipam/pool"
+)
+
+// Option keys dockerd sends in RequestAddress.
+const (
+	optRequestType = "RequestAddressType"
+	typeGateway    = "com.docker.network.gateway"
+	optMAC         = "com.docker.network.endpoint.macaddress"
+	optEndpoint    = "com.docker.network.endpoint.name"
+)
+
+// OptionPrefix marks --ipam-opt keys meant for this driver. None is
+// defined yet; an unknown one is refused rather than silently ignored.
+const OptionPrefix = "talkingdata."
+
+// AddressSpace is the only address space: pools are named by subnet.
+const AddressSpace = "talkingdata"
+
+var _ api.Ipam = (*Driver)(nil)
+
+// Driver answers dockerd's IPAM calls.
+type Driver struct {
+	Pools *pool.Pools
+	// Timeout bounds every call: dockerd has no timeout of its own for
+	// legacy plugins, so a call that waited on a dead etcd would hang it.
+	Timeout time.Duration
+	// LocalAddrs lists this host's own addresses; a gateway request
+	// without --gateway takes the one inside the subnet.
+	LocalAddrs func() ([]netip.Addr, error)
+	// StoreName names the store in errors, e.g. "etcd http://10.0.0.1:2379".
+	StoreName string
+	Log       *slog.Logger
+}
+
+func (d *Driver) context() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d.Timeout)
+}
+
+// explain turns a store failure into a message an operator can act on.
+func (d *Driver) explain(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s did not answer within %s: %w", d.StoreName, d.Timeout, err)
+	}
+	return err
+}
+
+func (d *Driver) GetCapabilities() (*api.CapabilitiesResponse, error) {
+	// The MAC is stored with each allocation so operators can tell holders
+	// apart. No request replay: the state lives in etcd, not in dockerd.
+	return &api.CapabilitiesResponse{RequiresMACAddress: true}, nil
+}
+
+func (d *Driver) GetDefaultAddressSpaces() (*api.AddressSpacesResponse, error) {
+	return &api.AddressSpacesResponse{LocalDefaultAddressSpace: AddressSpace, GlobalDefaultAddressSpace: AddressSpace}, nil
+}
+
+// PoolID is deterministic (dockerd stores it across restarts): the subnet,
+// and "@" and the ip-range when one was given.
+func PoolID(n pool.Network) string {
+	if n.IPRange.IsValid() {
+		return n.Subnet.String() + "@" + n.IPRange.String()
+	}
+	return n.Subnet.String()
+}
+
+// ParsePoolID reverses PoolID.
+func ParsePoolID(id string) (pool.Network, error) {
+	subnet, ipRange, _ := strings.Cut(id, "@")
+	n, err := pool.NewNetwork(subnet, ipRange)
+	if err != nil || PoolID(n) != id {
+		return pool.Network{}, fmt.Errorf("unknown PoolID %q: not one this driver issued", id)
+	}
+	return n, nil
+}
+
+func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolResponse, error) {
+	if r.Pool == "" {
+		return nil, errors.New("a subnet is required: docker network create --ipam-driver talkingdata --subnet CIDR [--ip-range CIDR] …")
+	}
+	for k := range r.Options {
+		if strings.HasPrefix(k, OptionPrefix) {
+			return nil, fmt.Errorf("unsupported --ipam-opt %q: talkingdata defines no options yet", k)
+		}
+	}
+	n, err := pool.NewNetwork(r.Pool, r.SubPool)
+	if err != nil {
+		return nil, err
+	}
+	if r.V6 != n.Subnet.Addr().Is6() {
+		return nil, fmt.Errorf("subnet %s does not match the requested address family (IPv6=%t)", n.Subnet, r.V6)
+	}
+	ctx, cancel := d.context()
+	defer cancel()
+	if err := d.Pools.Attach(ctx, n); err != nil {
+		return nil, d.explain(ctx, err)
+	}
+	id := PoolID(n)
+	d.Log.Info("pool attached", "pool", id)
+	return &api.RequestPoolResponse{PoolID: id, Pool: n.Subnet.String(), Data: map[string]string{}}, nil
+}
+
+func (d *Driver) ReleasePool(r *api.ReleasePoolRequest) error {
+	n, err := ParsePoolID(r.PoolID)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := d.context()
+	defer cancel()
+	if err := d.Pools.Detach(ctx, n.Subnet); err != nil {
+		return d.explain(ctx, err)
+	}
+	d.Log.Info("pool released", "pool", r.PoolID)
+	return nil
+}
+
+func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddressResponse, error) {
+	n, err := ParsePoolID(r.PoolID)
+	if err != nil {
+		return nil, err
+	}
+	var want netip.Addr
+	if r.Address != "" {
+		if want, err = pool.ParseAddr(r.Address); err != nil {
+			return nil, fmt.Errorf("invalid Address %q in RequestAddress", r.Address)
+		}
+		if err := pool.CheckHostAddr(n.Subnet, want); err != nil {
+			return nil, err
+		}
+	}
+	ctx, cancel := d.context()
+	defer cancel()
+	var got netip.Addr
+	kind := pool.KindContainer
+	switch {
+	case r.Options[optRequestType] == typeGateway:
+		kind = pool.KindGateway
+		if !want.IsValid() {
+			want = d.localAddr(n.Subnet)
+		}
+		got, err = d.Pools.Gateway(ctx, n, want)
+	case r.Options[optMAC] == "" && want.IsValid():
+		// dockerd sends a MAC with every endpoint request (we require
+		// one) and no options at all for --aux-address.
+		kind = pool.KindAux
+		got, err = want, d.Pools.Aux(ctx, n, want)
+	default:
+		a := pool.Allocation{Kind: pool.KindContainer, Endpoint: r.Options[optEndpoint]}
+		if mac := r.Options[optMAC]; mac != "" {
+			hw, err := net.ParseMAC(mac)
+			if err != nil {
+				return nil, fmt.Errorf("invalid option %s=%q", optMAC, mac)
+			}
+			a.MAC = hw.String()
+		}
+		got, err = d.Pools.Allocate(ctx, n, want, a)
+	}
+	if err != nil {
+		d.Log.Warn("address refused", "pool", r.PoolID, "kind", kind, "address", r.Address, "err", err)
+		return nil, d.explain(ctx, err)
+	}
+	d.Log.Info("address allocated", "pool", r.PoolID, "kind", kind, "address", got)
+	return &api.RequestAddressResponse{Address: netip.PrefixFrom(got, n.Subnet.Bits()).String(), Data: map[string]string{}}, nil
+}
+
+// localAddr is this host's own address in subnet, if it has one.
+func (d *Driver) localAddr(subnet netip.Prefix) netip.Addr {
+	if d.LocalAddrs == nil {
+		return netip.Addr{}
+	}
+	addrs, err := d.LocalAddrs()
+	if err != nil {
+		d.Log.Warn("listing local addresses", "err", err)
+	}
+	for _, a := range addrs {
+		if pool.CheckHostAddr(subnet, a) == nil {
+			return a
+		}
+	}
+	return netip.Addr{}
+}
+
+func (d *Driver) ReleaseAddress(r *api.ReleaseAddressRequest) error {
+	n, err := ParsePoolID(r.PoolID)
+	if err != nil {
+		return err
+	}
+	addr, err := pool.ParseAddr(r.Address)
+	if err != nil {
+		return fmt.Errorf("invalid Address %q in ReleaseAddress", r.Address)
+	}
+	ctx, cancel := d.context()
+	defer cancel()
+	released, err := d.Pools.Release(ctx, n.Subnet, addr)
+	if err != nil {
+		d.Log.Warn("release refused", "pool", r.PoolID, "address", addr, "err", err)
+		return d.explain(ctx, err)
+	}
+	if released {
+		d.Log.Info("address released", "pool", r.PoolID, "address", addr)
+	} else {
+		d.Log.Info("address was not held by this host; nothing to release", "pool", r.PoolID, "address", addr)
+	}
+	return nil
+}

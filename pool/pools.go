@@ -1,0 +1,388 @@
+package pool
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"net/netip"
+	"time"
+
+	"go4.org/netipx"
+)
+
+const (
+	// DefaultMaxAutoSeed bounds how many addresses a first RequestPool
+	// seeds by itself (a /16): more would keep `docker network create`
+	// waiting; larger pools are seeded with `ipamctl init-range`.
+	DefaultMaxAutoSeed = 1 << 16
+	// MaxPoolSize bounds a pool's seeded ranges. Each free address is one
+	// etcd key (about 150 bytes with its index); 2^21 of them stay well
+	// inside etcd's default 2 GiB quota. IPv6 /64s need ranges.
+	MaxPoolSize = 1 << 21
+
+	// maxAttempts bounds retries after lost races. Every lost race means
+	// another request won, so the pool as a whole always makes progress.
+	maxAttempts = 32
+	// candidates is how many free neighbours a failed claim returns; the
+	// retry picks one at random so contenders spread out.
+	candidates = 8
+)
+
+// Config holds the per-host settings of Pools.
+type Config struct {
+	Host        string // this host's id, the owner of what it allocates
+	RequireInit bool   // refuse pools not seeded by ipamctl init-range
+	MaxAutoSeed uint64 // 0 means DefaultMaxAutoSeed
+}
+
+// Pools applies the allocation rules for one host on top of a Store.
+type Pools struct {
+	store Store
+	cfg   Config
+	now   func() time.Time
+	randN func(n uint64) uint64
+}
+
+// New returns the rules engine for cfg.Host.
+func New(store Store, cfg Config) *Pools {
+	if cfg.MaxAutoSeed == 0 {
+		cfg.MaxAutoSeed = DefaultMaxAutoSeed
+	}
+	return &Pools{store: store, cfg: cfg, now: time.Now, randN: rand.Uint64N}
+}
+
+// Host is the id this engine allocates for.
+func (p *Pools) Host() string { return p.cfg.Host }
+
+// Attach makes n's pool usable by this host: it creates and seeds the pool
+// on first use (unless RequireInit), finishes a seeding someone else left
+// half done, and counts this host as a user.
+func (p *Pools) Attach(ctx context.Context, n Network) error {
+	m, ok, err := p.store.Meta(ctx, n.Subnet)
+	if err != nil {
+		return fmt.Errorf("reading pool %s: %w", n.Subnet, err)
+	}
+	if !ok {
+		if p.cfg.RequireInit {
+			return fmt.Errorf("%w: pool %s; run `ipamctl init-range --subnet %s --range %s` first",
+				ErrNotInitiated, n.Subnet, n.Subnet, FormatRange(n.Range()))
+		}
+		if size := RangeSize(n.Range()); size > p.cfg.MaxAutoSeed {
+			return fmt.Errorf("pool %s: %d addresses are too many to seed on first use (limit %d): give a smaller --ip-range, or run `ipamctl init-range --subnet %s --range …`",
+				n.Subnet, size, p.cfg.MaxAutoSeed, n.Subnet)
+		}
+		var b netipx.IPSetBuilder
+		b.AddRange(n.Range())
+		set, _ := b.IPSet()
+		m, _, err = p.store.CreateMeta(ctx, Meta{Subnet: n.Subnet, Ranges: set, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC()})
+		if err != nil {
+			return fmt.Errorf("creating pool %s: %w", n.Subnet, err)
+		}
+	}
+	if m.Seeding {
+		if _, err := p.finishSeeding(ctx, m, nil); err != nil {
+			return err
+		}
+	}
+	if n.IPRange.IsValid() && !m.Ranges.ContainsRange(n.Range()) {
+		return fmt.Errorf("pool %s: ip-range %s is not seeded (seeded: %s); run `ipamctl init-range --subnet %s --range %s`",
+			n.Subnet, n.IPRange, FormatRanges(m.Ranges), n.Subnet, n.IPRange)
+	}
+	if _, err := p.store.AddRef(ctx, n.Subnet, p.cfg.Host, 1); err != nil {
+		return fmt.Errorf("recording host %q as user of pool %s: %w", p.cfg.Host, n.Subnet, err)
+	}
+	return nil
+}
+
+// Detach drops this host's use of the pool; the pool itself stays, other
+// hosts may use it.
+func (p *Pools) Detach(ctx context.Context, subnet netip.Prefix) error {
+	if _, ok, err := p.store.Meta(ctx, subnet); err != nil {
+		return fmt.Errorf("reading pool %s: %w", subnet, err)
+	} else if !ok {
+		return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
+	}
+	if _, err := p.store.AddRef(ctx, subnet, p.cfg.Host, -1); err != nil {
+		return fmt.Errorf("dropping host %q from pool %s: %w", p.cfg.Host, subnet, err)
+	}
+	return nil
+}
+
+// AddRanges records set as seeded in subnet's pool (creating the pool) and
+// seeds its free set. It is idempotent and never touches used addresses.
+func (p *Pools) AddRanges(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error) {
+	var in netipx.IPSetBuilder
+	in.AddRange(HostRange(subnet))
+	inside, _ := in.IPSet()
+	for _, r := range set.Ranges() {
+		if !inside.ContainsRange(r) {
+			return 0, fmt.Errorf("range %s is not inside subnet %s (usable %s)", FormatRange(r), subnet, FormatRange(HostRange(subnet)))
+		}
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		m, ok, err := p.store.Meta(ctx, subnet)
+		if err != nil {
+			return 0, fmt.Errorf("reading pool %s: %w", subnet, err)
+		}
+		var b netipx.IPSetBuilder
+		b.AddSet(set)
+		if ok {
+			b.AddSet(m.Ranges)
+		}
+		union, _ := b.IPSet()
+		if size := SetSize(union); size > MaxPoolSize {
+			return 0, fmt.Errorf("pool %s would hold %d addresses, more than the limit of %d", subnet, size, MaxPoolSize)
+		}
+		next := Meta{Subnet: subnet, Ranges: union, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC()}
+		if !ok {
+			m, ok, err = p.store.CreateMeta(ctx, next)
+		} else if !union.Equal(m.Ranges) || m.Seeding {
+			next.CreatedBy, next.Created = m.CreatedBy, m.Created
+			m, ok, err = p.store.UpdateMeta(ctx, m, next)
+		}
+		if err != nil {
+			return 0, fmt.Errorf("recording ranges of pool %s: %w", subnet, err)
+		}
+		if ok {
+			return p.finishSeeding(ctx, m, progress)
+		}
+	}
+	return 0, fmt.Errorf("recording ranges of pool %s: %w", subnet, ErrContention)
+}
+
+// finishSeeding seeds m's ranges and clears its Seeding mark. Seeding is
+// idempotent, so several hosts finishing one pool at once is harmless.
+func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, total uint64)) (uint64, error) {
+	var total uint64
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		added, err := p.store.Seed(ctx, m.Subnet, m.Ranges, progress)
+		total += added
+		if err != nil {
+			return total, fmt.Errorf("seeding pool %s (%d addresses added so far; re-run to continue): %w", m.Subnet, total, err)
+		}
+		done := m
+		done.Seeding = false
+		cur, ok, err := p.store.UpdateMeta(ctx, m, done)
+		if err != nil {
+			return total, fmt.Errorf("marking pool %s seeded: %w", m.Subnet, err)
+		}
+		if ok || !cur.Seeding {
+			return total, nil
+		}
+		m = cur // ranges grew meanwhile: seed those too
+	}
+	return total, fmt.Errorf("seeding pool %s: %w", m.Subnet, ErrContention)
+}
+
+// Allocate takes an address for a, from n's range, or want if it is valid.
+//
+// Automatic allocation starts at a random address of the range rather than
+// the lowest free one: hosts sharing a pool would otherwise all race for
+// the same key. A start that is not free costs nothing extra: the failed
+// claim returns free neighbours, and the retry picks one at random.
+func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
+	a.Host, a.Since = p.cfg.Host, p.now().UTC()
+	if want.IsValid() {
+		if err := CheckHostAddr(n.Subnet, want); err != nil {
+			return netip.Addr{}, err
+		}
+		c, err := p.store.Claim(ctx, n.Subnet, want, n.Range(), a, 0)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err)
+		}
+		switch {
+		case c.Taken:
+			return want, nil
+		case c.NoPool:
+			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
+		}
+		return netip.Addr{}, unavailable(n.Subnet, want, c.Holder)
+	}
+	r := n.Range()
+	addr := AddrAt(r, p.randN(RangeSize(r)))
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		c, err := p.store.Claim(ctx, n.Subnet, addr, r, a, candidates)
+		if err != nil {
+			return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, err)
+		}
+		switch {
+		case c.Taken:
+			return addr, nil
+		case c.NoPool:
+			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
+		case len(c.Candidates) == 0:
+			return netip.Addr{}, fmt.Errorf("%w in pool %s", ErrNoFree, n)
+		}
+		addr = c.Candidates[p.randN(uint64(len(c.Candidates)))]
+	}
+	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
+}
+
+func unavailable(subnet netip.Prefix, a netip.Addr, holder *Allocation) error {
+	if holder != nil {
+		return fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, a, holder.Describe())
+	}
+	return fmt.Errorf("%w: %s is not in the free set of pool %s (never seeded, or excluded; see `ipamctl pool show %s`)",
+		ErrUnavailable, a, subnet, subnet)
+}
+
+// Gateway records addr as this host's gateway in n's pool. With no addr it
+// allocates one from the range (the driver passes the host's own address
+// when it has one in the subnet).
+func (p *Pools) Gateway(ctx context.Context, n Network, addr netip.Addr) (netip.Addr, error) {
+	if !addr.IsValid() {
+		return p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindGateway, Holders: map[string]int{p.cfg.Host: 1}})
+	}
+	return addr, p.hold(ctx, n.Subnet, addr, KindGateway)
+}
+
+// Aux records this host's reference to an --aux-address such as the LAN
+// router. It never fails for being outside the range or the free set: the
+// router is usually neither. A free one leaves the free set, so no
+// container gets it.
+func (p *Pools) Aux(ctx context.Context, n Network, addr netip.Addr) error {
+	return p.hold(ctx, n.Subnet, addr, KindAux)
+}
+
+func (p *Pools) hold(ctx context.Context, subnet netip.Prefix, addr netip.Addr, kind Kind) error {
+	if err := CheckHostAddr(subnet, addr); err != nil {
+		return err
+	}
+	return p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		next, err := holdRule(e, kind, p.cfg.Host, p.now().UTC())
+		return next, true, err
+	})
+}
+
+// holdRule adds host's reference to a shared address of kind.
+func holdRule(e Entry, kind Kind, host string, now time.Time) (State, error) {
+	u := e.Used
+	if u == nil {
+		return State{Used: &Allocation{Kind: kind, Host: host, Holders: map[string]int{host: 1}, Since: now}}, nil
+	}
+	if u.Kind != kind {
+		return State{}, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
+	}
+	if kind == KindGateway && u.Host != host {
+		return State{}, fmt.Errorf("%w: %s is already the gateway of host %q; each host's gateway must be its own bridge address",
+			ErrUnavailable, e.Addr, u.Host)
+	}
+	next := *u
+	next.Holders = maps.Clone(u.Holders)
+	if next.Holders == nil {
+		next.Holders = map[string]int{}
+	}
+	next.Holders[host]++
+	return State{Used: &next}, nil
+}
+
+// Release gives back an address this host holds. It reports released=false
+// when there was nothing of this host's to release (already free, unknown,
+// or a shared address this host holds no reference to): harmless, since
+// dockerd may repeat a release after a failure.
+func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (released bool, err error) {
+	if !subnet.Contains(addr) {
+		return false, fmt.Errorf("address %s is outside subnet %s", addr, subnet)
+	}
+	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		next, change, err := releaseRule(e, p.cfg.Host)
+		released = change
+		return next, change, err
+	})
+	return released, err
+}
+
+// releaseRule drops host's hold on e. An address returns to the free set
+// only if it lies in the pool's seeded ranges.
+func releaseRule(e Entry, host string) (next State, change bool, err error) {
+	u := e.Used
+	if u == nil {
+		return State{}, false, nil
+	}
+	freed := State{Free: e.Ranges != nil && e.Ranges.Contains(e.Addr)}
+	switch u.Kind {
+	case KindContainer:
+		if u.Host != host {
+			return State{}, false, fmt.Errorf("%w: %s is held by another host: %s; host %q may not release it",
+				ErrUnavailable, e.Addr, u.Describe(), host)
+		}
+		return freed, true, nil
+	case KindGateway, KindAux:
+		if u.Holders[host] == 0 {
+			return State{}, false, nil
+		}
+		rest := maps.Clone(u.Holders)
+		if rest[host]--; rest[host] == 0 {
+			delete(rest, host)
+		}
+		if len(rest) == 0 {
+			return freed, true, nil
+		}
+		kept := *u
+		kept.Holders = rest
+		if rest[kept.Host] == 0 {
+			kept.Host = firstHost(rest)
+		}
+		return State{Used: &kept}, true, nil
+	default:
+		return State{}, false, fmt.Errorf("%w: %s is a %s entry (%s); remove it with `ipamctl release`",
+			ErrUnavailable, e.Addr, u.Kind, u.Describe())
+	}
+}
+
+// Evict is the operator's release (`ipamctl release`): it frees addr
+// whoever holds it and returns the record it removed. Gateway and aux
+// addresses need force, since hosts' networks still reference them.
+func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool) (*Allocation, error) {
+	var was *Allocation
+	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		was = e.Used
+		if e.Used == nil {
+			return State{}, false, nil
+		}
+		if (e.Used.Kind == KindGateway || e.Used.Kind == KindAux) && !force {
+			return State{}, false, fmt.Errorf("%s is the %s of hosts %s, whose networks still use it; remove those networks, or use --force",
+				e.Addr, e.Used.Kind, e.Used.HolderList())
+		}
+		return State{Free: e.Ranges.Contains(e.Addr)}, true, nil
+	})
+	return was, err
+}
+
+func firstHost(holders map[string]int) string {
+	first := ""
+	for h := range holders {
+		if first == "" || h < first {
+			first = h
+		}
+	}
+	return first
+}
+
+// change applies rule to addr's current entry as one compare-and-swap,
+// re-reading and re-applying after a lost race.
+func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rule func(Entry) (State, bool, error)) error {
+	e, err := p.store.Entry(ctx, subnet, addr)
+	if err != nil {
+		return fmt.Errorf("reading %s in pool %s: %w", addr, subnet, err)
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		if e.Ranges == nil {
+			return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
+		}
+		next, change, err := rule(e)
+		if err != nil || !change {
+			return err
+		}
+		fresh, ok, err := p.store.Swap(ctx, subnet, e, next)
+		if err != nil {
+			return fmt.Errorf("updating %s in pool %s: %w", addr, subnet, err)
+		}
+		if ok {
+			return nil
+		}
+		e = fresh
+	}
+	return fmt.Errorf("updating %s in pool %s: %w", addr, subnet, ErrContention)
+}

@@ -1,0 +1,170 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strings"
+	"time"
+
+	"go4.org/netipx"
+)
+
+// Kind says why an address is in use.
+type Kind string
+
+const (
+	KindContainer Kind = "container" // an endpoint's address, exclusive
+	KindGateway   Kind = "gateway"   // a host's bridge address, exclusive to that host
+	KindAux       Kind = "aux"       // an --aux-address such as the LAN router, shared, counted per host
+	KindHost      Kind = "host"      // a host's own LAN address, recorded by ipamctl
+	KindReserved  Kind = "reserved"  // kept out of automatic allocation by ipamctl
+)
+
+// Known reports whether k is one of the kinds above.
+func (k Kind) Known() bool {
+	switch k {
+	case KindContainer, KindGateway, KindAux, KindHost, KindReserved:
+		return true
+	}
+	return false
+}
+
+// Allocation is the record kept for a used address.
+type Allocation struct {
+	Kind     Kind   `json:"kind"`
+	Host     string `json:"host"`
+	MAC      string `json:"mac,omitempty"`
+	Endpoint string `json:"endpoint,omitempty"`
+	// Holders counts references per host for the shared kinds (gateway,
+	// aux): every host's `network create` requests them, every `network rm`
+	// releases them.
+	Holders map[string]int `json:"holders,omitempty"`
+	Since   time.Time      `json:"since"`
+}
+
+// Describe names the holder for error messages and listings.
+func (a *Allocation) Describe() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s of host %q", a.Kind, a.Host)
+	if a.MAC != "" {
+		fmt.Fprintf(&b, ", mac %s", a.MAC)
+	}
+	if a.Endpoint != "" {
+		fmt.Fprintf(&b, ", endpoint %q", a.Endpoint)
+	}
+	if len(a.Holders) > 1 || (len(a.Holders) == 1 && a.Holders[a.Host] == 0) {
+		fmt.Fprintf(&b, ", held by %s", a.HolderList())
+	}
+	if !a.Since.IsZero() {
+		fmt.Fprintf(&b, ", since %s", a.Since.UTC().Format(time.RFC3339))
+	}
+	return b.String()
+}
+
+// HolderList renders Holders as "h1,h2x2" in a stable order.
+func (a *Allocation) HolderList() string {
+	hosts := make([]string, 0, len(a.Holders))
+	for h, n := range a.Holders {
+		if n > 1 {
+			h = fmt.Sprintf("%sx%d", h, n)
+		}
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	return strings.Join(hosts, ",")
+}
+
+// Meta describes a pool: its subnet and the ranges seeded into its free set.
+type Meta struct {
+	Subnet netip.Prefix
+	// Ranges are the addresses that belong in the free set whenever they
+	// are not used. Releasing an address outside them (a gateway or router
+	// that was never seeded) drops it instead of freeing it.
+	Ranges *netipx.IPSet
+	// Seeding is true from the moment ranges are added until every address
+	// of them is in the free set; whoever finds it true finishes the job.
+	Seeding   bool
+	CreatedBy string
+	Created   time.Time
+	Rev       int64 // store version, compared on update
+}
+
+// Entry is a consistent snapshot of one address: free, used, or neither,
+// together with its pool's seeded ranges (nil when the pool does not
+// exist), and the versions the store needs to apply a change only if
+// nothing moved in between.
+type Entry struct {
+	Addr    netip.Addr
+	Free    bool
+	Used    *Allocation
+	Ranges  *netipx.IPSet
+	Version Version
+}
+
+// Version is opaque to pool: the store's revisions of the keys behind an Entry.
+type Version struct{ Free, Used, Meta int64 }
+
+// State is what an address should become.
+type State struct {
+	Free bool
+	Used *Allocation
+}
+
+// Claim is the answer to Store.Claim.
+type Claim struct {
+	Taken bool
+	// NoPool is true when the pool does not exist.
+	NoPool bool
+	// Holder is the address's record when it was used by someone.
+	Holder *Allocation
+	// Candidates are free addresses near the one asked for, within the
+	// requested range, so a retry needs no extra round trip.
+	Candidates []netip.Addr
+}
+
+// Usage counts a pool's addresses.
+type Usage struct {
+	Free   uint64
+	Used   uint64
+	ByKind map[Kind]uint64
+}
+
+// Store is what the allocation rules need from storage. Every method that
+// changes state is atomic; a lost race is reported as ok=false or
+// Taken=false, never as an error. ctx bounds each call.
+type Store interface {
+	// Meta reads a pool; ok is false when it does not exist.
+	Meta(ctx context.Context, subnet netip.Prefix) (m Meta, ok bool, err error)
+	// CreateMeta stores m unless the pool exists, in which case the
+	// existing pool is returned with created=false.
+	CreateMeta(ctx context.Context, m Meta) (cur Meta, created bool, err error)
+	// UpdateMeta replaces old with next if old.Rev is still current; else
+	// it returns the current meta and ok=false.
+	UpdateMeta(ctx context.Context, old, next Meta) (cur Meta, ok bool, err error)
+	// Seed adds to the free set every address of set that is neither free
+	// nor used, and reports how many it added. progress may be nil.
+	Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error)
+	// Claim moves addr from free to used, recorded as a. When addr is not
+	// free it returns who holds it and up to n free candidates in within.
+	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error)
+	// Entry reads one address.
+	Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (Entry, error)
+	// Swap gives cur.Addr the state next if cur is still current; else it
+	// returns the fresh entry and ok=false.
+	Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State) (fresh Entry, ok bool, err error)
+	// AddRef adjusts host's reference count on the pool (RequestPool and
+	// ReleasePool) and returns the new count; it never goes below zero.
+	AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int) (int, error)
+}
+
+// Errors; callers wrap them with the pool and address involved.
+var (
+	ErrUnknownPool  = errors.New("pool: no such pool")
+	ErrNoFree       = errors.New("pool: no free address")
+	ErrUnavailable  = errors.New("pool: address not available")
+	ErrContention   = errors.New("pool: gave up after too many lost races")
+	ErrNotInitiated = errors.New("pool: not initialised")
+)
