@@ -1,0 +1,93 @@
+package pool
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+)
+
+// FuzzRules runs random sequences of requests from three hosts against one
+// small pool and checks after each step that nothing is lost or doubled:
+// every seeded address is free or used (never both, never neither), free
+// addresses are all seeded, and the used containers are exactly those the
+// hosts were granted and have not released.
+func FuzzRules(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 1, 1, 3, 2, 2, 9, 3, 0, 3, 4, 1, 9, 5, 0, 12, 3, 2, 9})
+	f.Add([]byte{2, 0, 1, 2, 1, 1, 3, 0, 1, 3, 1, 1, 3, 0, 1, 0, 2, 0, 0, 2, 0})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		ctx := context.Background()
+		s := newMemStore()
+		n := mustNetwork(t, "198.18.0.0/28", "198.18.0.0/29") // seeds .1-.7; .8-.14 stay outside
+		ps := hosts(t, s, n, "a", "b", "c")
+		granted := map[netip.Addr]string{} // container address -> host
+		for i := 0; i+2 < len(ops) && i < 300; i += 3 {
+			p := ps[int(ops[i+1])%len(ps)]
+			addr := AddrAt(HostRange(n.Subnet), uint64(ops[i+2])%14)
+			switch ops[i] % 6 {
+			case 0:
+				if a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer}); err == nil {
+					granted[a] = p.Host()
+				}
+			case 1:
+				if a, err := p.Allocate(ctx, n, addr, Allocation{Kind: KindContainer}); err == nil {
+					granted[a] = p.Host()
+				}
+			case 2:
+				_, _ = p.Gateway(ctx, n, addr) // refusals are legitimate here
+			case 3:
+				_ = p.Aux(ctx, n, addr)
+			case 4:
+				if ok, err := p.Release(ctx, n.Subnet, addr); ok && err == nil && granted[addr] == p.Host() {
+					delete(granted, addr)
+				}
+			case 5:
+				if was, err := p.Evict(ctx, n.Subnet, addr, ops[i+1]&0x80 != 0); err == nil && was != nil {
+					delete(granted, addr)
+				}
+			}
+			checkInvariants(t, s, n, granted)
+		}
+	})
+}
+
+func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Addr]string) {
+	t.Helper()
+	mp := s.pools[n.Subnet]
+	for a := range mp.free {
+		if _, used := mp.used[a]; used {
+			t.Fatalf("%s is both free and used", a)
+		}
+		if !mp.meta.Ranges.Contains(a) {
+			t.Fatalf("%s is free but outside the seeded ranges", a)
+		}
+	}
+	for _, r := range mp.meta.Ranges.Ranges() {
+		for a := r.From(); !r.To().Less(a); a = a.Next() {
+			_, free := mp.free[a]
+			_, used := mp.used[a]
+			if !free && !used {
+				t.Fatalf("%s is lost: seeded but neither free nor used", a)
+			}
+		}
+	}
+	containers := 0
+	for a, u := range mp.used {
+		switch u.a.Kind {
+		case KindContainer:
+			containers++
+			if granted[a] != u.a.Host {
+				t.Fatalf("%s is used by a container of %q, but was granted to %q", a, u.a.Host, granted[a])
+			}
+		case KindGateway, KindAux:
+			if len(u.a.Holders) == 0 || u.a.Holders[u.a.Host] == 0 {
+				t.Fatalf("%s is a %s with holders %v and owner %q", a, u.a.Kind, u.a.Holders, u.a.Host)
+			}
+			if u.a.Kind == KindGateway && len(u.a.Holders) != 1 {
+				t.Fatalf("gateway %s is shared by %v", a, u.a.Holders)
+			}
+		}
+	}
+	if containers != len(granted) {
+		t.Fatalf("%d container entries, %d granted", containers, len(granted))
+	}
+}

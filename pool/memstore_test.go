@@ -1,0 +1,190 @@
+package pool
+
+import (
+	"context"
+	"maps"
+	"net/netip"
+	"slices"
+	"sync"
+
+	"go4.org/netipx"
+)
+
+// memStore is an in-memory Store with the same atomicity as etcdstore, for
+// testing the rules without etcd. Revisions come from one counter, as in
+// etcd, so a stale Entry is detected exactly as the real store would.
+type memStore struct {
+	mu    sync.Mutex
+	rev   int64
+	pools map[netip.Prefix]*memPool
+}
+
+type memPool struct {
+	meta Meta
+	free map[netip.Addr]int64
+	used map[netip.Addr]memUsed
+	refs map[string]int
+}
+
+type memUsed struct {
+	a   Allocation
+	rev int64
+}
+
+var _ Store = (*memStore)(nil)
+
+func newMemStore() *memStore { return &memStore{pools: map[netip.Prefix]*memPool{}} }
+
+func (s *memStore) Meta(_ context.Context, subnet netip.Prefix) (Meta, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[subnet]
+	if !ok {
+		return Meta{}, false, nil
+	}
+	return p.meta, true, nil
+}
+
+func (s *memStore) CreateMeta(_ context.Context, m Meta) (Meta, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if p, ok := s.pools[m.Subnet]; ok {
+		return p.meta, false, nil
+	}
+	s.rev++
+	m.Rev = s.rev
+	s.pools[m.Subnet] = &memPool{meta: m, free: map[netip.Addr]int64{}, used: map[netip.Addr]memUsed{}, refs: map[string]int{}}
+	return m, true, nil
+}
+
+func (s *memStore) UpdateMeta(_ context.Context, old, next Meta) (Meta, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[old.Subnet]
+	if !ok {
+		return Meta{}, false, nil
+	}
+	if p.meta.Rev != old.Rev {
+		return p.meta, false, nil
+	}
+	s.rev++
+	next.Rev = s.rev
+	p.meta = next
+	return next, true, nil
+}
+
+func (s *memStore) Seed(_ context.Context, subnet netip.Prefix, set *netipx.IPSet, _ func(done, total uint64)) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pools[subnet]
+	var added uint64
+	for _, r := range set.Ranges() {
+		for a := r.From(); a.IsValid() && !r.To().Less(a); a = a.Next() {
+			if _, free := p.free[a]; free {
+				continue
+			}
+			if _, used := p.used[a]; used {
+				continue
+			}
+			s.rev++
+			p.free[a] = s.rev
+			added++
+		}
+	}
+	return added, nil
+}
+
+func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[subnet]
+	if !ok {
+		return Claim{NoPool: true}, nil
+	}
+	if _, free := p.free[addr]; free {
+		if _, used := p.used[addr]; !used {
+			s.rev++
+			delete(p.free, addr)
+			p.used[addr] = memUsed{a: cloneAlloc(a), rev: s.rev}
+			return Claim{Taken: true}, nil
+		}
+	}
+	var c Claim
+	if u, used := p.used[addr]; used {
+		h := cloneAlloc(u.a)
+		c.Holder = &h
+	}
+	if n > 0 {
+		sorted := slices.SortedFunc(maps.Keys(p.free), netip.Addr.Compare)
+		var after, before []netip.Addr
+		for _, f := range sorted {
+			switch {
+			case within.Contains(f) && !f.Less(addr) && len(after) < n:
+				after = append(after, f)
+			case within.Contains(f) && f.Less(addr) && len(before) < n:
+				before = append(before, f)
+			}
+		}
+		c.Candidates = append(after, before...)
+	}
+	return c, nil
+}
+
+func (s *memStore) Entry(_ context.Context, subnet netip.Prefix, addr netip.Addr) (Entry, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.entry(subnet, addr), nil
+}
+
+func (s *memStore) entry(subnet netip.Prefix, addr netip.Addr) Entry {
+	e := Entry{Addr: addr}
+	p, ok := s.pools[subnet]
+	if !ok {
+		return e
+	}
+	e.Ranges, e.Version.Meta = p.meta.Ranges, p.meta.Rev
+	if rev, free := p.free[addr]; free {
+		e.Free, e.Version.Free = true, rev
+	}
+	if u, used := p.used[addr]; used {
+		a := cloneAlloc(u.a)
+		e.Used, e.Version.Used = &a, u.rev
+	}
+	return e
+}
+
+func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next State) (Entry, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if fresh := s.entry(subnet, cur.Addr); fresh.Version != cur.Version {
+		return fresh, false, nil
+	}
+	p := s.pools[subnet]
+	s.rev++
+	if next.Free {
+		if _, free := p.free[cur.Addr]; !free {
+			p.free[cur.Addr] = s.rev
+		}
+	} else {
+		delete(p.free, cur.Addr)
+	}
+	if next.Used != nil {
+		p.used[cur.Addr] = memUsed{a: cloneAlloc(*next.Used), rev: s.rev}
+	} else {
+		delete(p.used, cur.Addr)
+	}
+	return Entry{}, true, nil
+}
+
+func (s *memStore) AddRef(_ context.Context, subnet netip.Prefix, host string, delta int) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.pools[subnet]
+	p.refs[host] = max(p.refs[host]+delta, 0)
+	return p.refs[host], nil
+}
+
+func cloneAlloc(a Allocation) Allocation {
+	a.Holders = maps.Clone(a.Holders)
+	return a
+}

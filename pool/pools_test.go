@@ -1,0 +1,314 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"go4.org/netipx"
+)
+
+func mustNetwork(t testing.TB, subnet, ipRange string) Network {
+	t.Helper()
+	n, err := NewNetwork(subnet, ipRange)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// hosts returns one Pools per host id, all on one store, each attached to n.
+func hosts(t testing.TB, s Store, n Network, ids ...string) []*Pools {
+	t.Helper()
+	var out []*Pools
+	for _, id := range ids {
+		p := New(s, Config{Host: id})
+		if err := p.Attach(context.Background(), n); err != nil {
+			t.Fatalf("Attach(%s) by %s: %v", n, id, err)
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+func TestAllocateUntilExhaustedAndRelease(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/24", "198.18.0.64/28")
+	ps := hosts(t, s, n, "a", "b")
+	seen := map[netip.Addr]bool{}
+	for i := 0; i < 16; i++ {
+		p := ps[i%2]
+		a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:00:00:00:00:01"})
+		if err != nil {
+			t.Fatalf("allocation %d: %v", i, err)
+		}
+		if seen[a] || !n.Range().Contains(a) {
+			t.Fatalf("allocation %d gave %s: duplicate or outside %s", i, a, FormatRange(n.Range()))
+		}
+		seen[a] = true
+	}
+	_, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer})
+	if !errors.Is(err, ErrNoFree) || !strings.Contains(err.Error(), "198.18.0.64/28") {
+		t.Fatalf("exhausted pool: err = %v, want ErrNoFree naming the ip-range", err)
+	}
+	for a := range seen {
+		owner := ps[0]
+		if e, _ := s.Entry(ctx, n.Subnet, a); e.Used.Host == "b" {
+			owner = ps[1]
+		}
+		if ok, err := ps[1-indexOf(ps, owner)].Release(ctx, n.Subnet, a); err == nil || ok {
+			t.Fatalf("release of %s by the other host: released=%v err=%v, want refusal", a, ok, err)
+		}
+		if ok, err := owner.Release(ctx, n.Subnet, a); err != nil || !ok {
+			t.Fatalf("release of %s by its owner: %v, %v", a, ok, err)
+		}
+		if ok, err := owner.Release(ctx, n.Subnet, a); err != nil || ok {
+			t.Fatalf("second release of %s: released=%v err=%v, want a harmless no-op", a, ok, err)
+		}
+	}
+	if got := len(s.pools[n.Subnet].free); got != 16 {
+		t.Fatalf("free after releasing all: %d, want the 16 seeded", got)
+	}
+}
+
+func indexOf(ps []*Pools, p *Pools) int {
+	for i := range ps {
+		if ps[i] == p {
+			return i
+		}
+	}
+	return -1
+}
+
+func TestAllocateSpecificAddress(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/24", "198.18.0.0/25")
+	ps := hosts(t, s, n, "a", "b")
+	want := netip.MustParseAddr("198.18.0.200") // outside the ip-range, as Docker allows for --ip
+	if _, err := ps[0].Allocate(ctx, n, want, Allocation{Kind: KindContainer}); err == nil {
+		t.Fatal("--ip of an address never seeded was granted")
+	} else if !strings.Contains(err.Error(), "not in the free set") {
+		t.Fatalf("unseeded --ip: %v", err)
+	}
+	want = netip.MustParseAddr("198.18.0.10")
+	if got, err := ps[0].Allocate(ctx, n, want, Allocation{Kind: KindContainer, MAC: "02:00:00:00:00:0a", Endpoint: "web"}); err != nil || got != want {
+		t.Fatalf("--ip %s: %v, %v", want, got, err)
+	}
+	_, err := ps[1].Allocate(ctx, n, want, Allocation{Kind: KindContainer})
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), `host "a"`) || !strings.Contains(err.Error(), `endpoint "web"`) {
+		t.Fatalf("duplicate --ip: %v, want an error naming host a and endpoint web", err)
+	}
+	for _, bad := range []string{"198.18.0.0", "198.18.0.255", "198.18.1.1"} {
+		if _, err := ps[0].Allocate(ctx, n, netip.MustParseAddr(bad), Allocation{Kind: KindContainer}); err == nil {
+			t.Errorf("--ip %s granted", bad)
+		}
+	}
+}
+
+func TestGatewayAndAuxAcrossHosts(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	ps := hosts(t, s, n, "a", "b", "c")
+	router := netip.MustParseAddr("198.18.0.1")
+	gwA, gwB := netip.MustParseAddr("198.18.0.11"), netip.MustParseAddr("198.18.0.12")
+
+	for i, p := range ps {
+		if err := p.Aux(ctx, n, router); err != nil {
+			t.Fatalf("aux by host %d: %v", i, err)
+		}
+	}
+	if err := ps[0].Aux(ctx, n, router); err != nil {
+		t.Fatalf("second aux by host a: %v", err)
+	}
+	if _, err := ps[0].Gateway(ctx, n, gwA); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps[0].Gateway(ctx, n, gwA); err != nil {
+		t.Fatalf("same host, same gateway, second network: %v", err)
+	}
+	if _, err := ps[1].Gateway(ctx, n, gwA); err == nil || !strings.Contains(err.Error(), `already the gateway of host "a"`) {
+		t.Fatalf("host b claiming host a's gateway: %v", err)
+	}
+	if _, err := ps[1].Gateway(ctx, n, gwB); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps[2].Allocate(ctx, n, router, Allocation{Kind: KindContainer}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("container on the router address: %v", err)
+	}
+	if err := ps[2].Aux(ctx, n, gwB); err == nil {
+		t.Fatal("aux on a gateway address was accepted")
+	}
+	e, _ := s.Entry(ctx, n.Subnet, router)
+	if e.Free || e.Used.Kind != KindAux || e.Used.HolderList() != "ax2,b,c" {
+		t.Fatalf("router entry = %+v, want aux held by ax2,b,c", e.Used)
+	}
+	// Each host's `network rm` releases once per reference; the router
+	// returns to the free set (it was seeded) only after the last one.
+	for _, p := range []*Pools{ps[0], ps[1], ps[0], ps[2]} {
+		if e, _ := s.Entry(ctx, n.Subnet, router); e.Used == nil {
+			t.Fatal("router released too early")
+		}
+		if ok, err := p.Release(ctx, n.Subnet, router); err != nil || !ok {
+			t.Fatalf("release router by %s: %v %v", p.Host(), ok, err)
+		}
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, router); e.Used != nil || !e.Free {
+		t.Fatalf("router after last release: %+v", e)
+	}
+	if ok, err := ps[1].Release(ctx, n.Subnet, gwA); err != nil || ok {
+		t.Fatalf("host b releasing host a's gateway: released=%v err=%v, want a no-op", ok, err)
+	}
+	for range 2 {
+		if ok, err := ps[0].Release(ctx, n.Subnet, gwA); err != nil || !ok {
+			t.Fatalf("host a releasing its gateway: %v %v", ok, err)
+		}
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, gwA); e.Used != nil || !e.Free {
+		t.Fatalf("gateway after release: %+v", e)
+	}
+}
+
+func TestReleaseOutsideSeededRangesDrops(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/24", "198.18.0.128/25")
+	p := hosts(t, s, n, "a")[0]
+	gw := netip.MustParseAddr("198.18.0.1") // the host's own address, never seeded
+	if _, err := p.Gateway(ctx, n, gw); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Release(ctx, n.Subnet, gw); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, gw); e.Free || e.Used != nil {
+		t.Fatalf("unseeded gateway after release: %+v, want neither free nor used", e)
+	}
+}
+
+func TestGatewayWithoutAddressTakesFreeOne(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/28", "")
+	p := hosts(t, s, n, "a")[0]
+	gw, err := p.Gateway(ctx, n, netip.Addr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, _ := s.Entry(ctx, n.Subnet, gw)
+	if e.Used == nil || e.Used.Kind != KindGateway || e.Used.Holders["a"] != 1 {
+		t.Fatalf("gateway entry %+v", e.Used)
+	}
+	if ok, err := p.Release(ctx, n.Subnet, gw); err != nil || !ok {
+		t.Fatalf("release: %v %v", ok, err)
+	}
+}
+
+func TestAttachRules(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	strict := New(s, Config{Host: "a", RequireInit: true})
+	n := mustNetwork(t, "198.18.0.0/24", "198.18.0.0/26")
+	if err := strict.Attach(ctx, n); !errors.Is(err, ErrNotInitiated) || !strings.Contains(err.Error(), "ipamctl init-range --subnet 198.18.0.0/24 --range 198.18.0.1-198.18.0.63") {
+		t.Fatalf("require-init: %v", err)
+	}
+	big := mustNetwork(t, "198.16.0.0/15", "")
+	if err := New(s, Config{Host: "a"}).Attach(ctx, big); err == nil || !strings.Contains(err.Error(), "too many to seed") {
+		t.Fatalf("auto-seeding a /15: %v", err)
+	}
+	hosts(t, s, n, "a")
+	other := mustNetwork(t, "198.18.0.0/24", "198.18.0.128/26")
+	if err := New(s, Config{Host: "b"}).Attach(ctx, other); err == nil || !strings.Contains(err.Error(), "ipamctl init-range --subnet 198.18.0.0/24 --range 198.18.0.128/26") {
+		t.Fatalf("attaching an unseeded ip-range: %v", err)
+	}
+	if s.pools[n.Subnet].refs["a"] != 1 {
+		t.Fatalf("refs = %v", s.pools[n.Subnet].refs)
+	}
+	if err := New(s, Config{Host: "a"}).Detach(ctx, n.Subnet); err != nil || s.pools[n.Subnet].refs["a"] != 0 {
+		t.Fatalf("detach: %v, refs %v", err, s.pools[n.Subnet].refs)
+	}
+	if err := New(s, Config{Host: "a"}).Detach(ctx, netip.MustParsePrefix("198.18.9.0/24")); !errors.Is(err, ErrUnknownPool) {
+		t.Fatalf("detach unknown: %v", err)
+	}
+}
+
+func TestAddRanges(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	p := New(s, Config{Host: "a"})
+	subnet := netip.MustParsePrefix("198.18.0.0/24")
+	set := func(rs ...string) *netipx.IPSet {
+		var b netipx.IPSetBuilder
+		for _, r := range rs {
+			b.AddRange(netipx.MustParseIPRange(r))
+		}
+		s, _ := b.IPSet()
+		return s
+	}
+	if added, err := p.AddRanges(ctx, subnet, set("198.18.0.10-198.18.0.19"), nil); err != nil || added != 10 {
+		t.Fatalf("first: %d, %v", added, err)
+	}
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	if _, err := p.Allocate(ctx, n, netip.MustParseAddr("198.18.0.12"), Allocation{Kind: KindContainer}); err != nil {
+		t.Fatal(err)
+	}
+	if added, err := p.AddRanges(ctx, subnet, set("198.18.0.10-198.18.0.24"), nil); err != nil || added != 5 {
+		t.Fatalf("overlapping re-run: %d, %v; want 5 new, the used .12 untouched", added, err)
+	}
+	if e, _ := s.Entry(ctx, subnet, netip.MustParseAddr("198.18.0.12")); e.Free || e.Used == nil {
+		t.Fatalf("used address touched by seeding: %+v", e)
+	}
+	m, _, _ := s.Meta(ctx, subnet)
+	if FormatRanges(m.Ranges) != "198.18.0.10-198.18.0.24" || m.Seeding {
+		t.Fatalf("meta after seeding: %s seeding=%v", FormatRanges(m.Ranges), m.Seeding)
+	}
+	if _, err := p.AddRanges(ctx, subnet, set("198.18.0.250-198.18.1.3"), nil); err == nil || !strings.Contains(err.Error(), "not inside subnet") {
+		t.Fatalf("range outside the subnet: %v", err)
+	}
+}
+
+// TestConcurrentAllocation: many goroutines of several hosts never get one
+// address twice, and releasing everything restores the seeded set.
+func TestConcurrentAllocation(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/22", "")
+	ps := hosts(t, s, n, "a", "b", "c")
+	var mu sync.Mutex
+	got := map[netip.Addr]*Pools{}
+	var wg sync.WaitGroup
+	for g := range 24 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := ps[g%3]
+			for range 40 {
+				a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if got[a] != nil {
+					t.Errorf("%s handed out twice", a)
+				}
+				got[a] = p
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	for a, p := range got {
+		if _, err := p.Release(ctx, n.Subnet, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if free := len(s.pools[n.Subnet].free); free != 1022 || len(s.pools[n.Subnet].used) != 0 {
+		t.Fatalf("after release: %d free, %d used; want 1022 and 0", free, len(s.pools[n.Subnet].used))
+	}
+}

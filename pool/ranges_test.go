@@ -1,0 +1,190 @@
+package pool
+
+import (
+	"math"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"go4.org/netipx"
+)
+
+func TestParseSubnet(t *testing.T) {
+	for _, tc := range []struct {
+		in, want, err string
+	}{
+		{in: "198.18.0.0/16", want: "198.18.0.0/16"},
+		{in: " 2001:db8::/64 ", want: "2001:db8::/64"},
+		{in: "198.18.1.2/16", err: `host bits set, did you mean 198.18.0.0/16?`},
+		{in: "198.18.0.0", err: `invalid subnet "198.18.0.0"`},
+		{in: "fe80::%eth0/64", err: "invalid subnet"},
+		{in: "::ffff:198.18.0.0/112", err: "plain IPv4 form"},
+		{in: "", err: `invalid subnet ""`},
+	} {
+		got, err := ParseSubnet(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseSubnet(%q) error = %v, want it to contain %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || got.String() != tc.want {
+			t.Errorf("ParseSubnet(%q) = %v, %v; want %s", tc.in, got, err, tc.want)
+		}
+	}
+}
+
+func TestParseRange(t *testing.T) {
+	for _, tc := range []struct {
+		in, want, err string
+	}{
+		{in: "198.18.0.10-198.18.0.20", want: "198.18.0.10-198.18.0.20"},
+		{in: "198.18.0.0/30", want: "198.18.0.0-198.18.0.3"},
+		{in: "198.18.0.7/30", want: "198.18.0.4-198.18.0.7"},
+		{in: "198.18.0.9", want: "198.18.0.9"},
+		{in: "2001:db8::1-2001:db8::ff", want: "2001:db8::1-2001:db8::ff"},
+		{in: "198.18.0.9-198.18.0.1", err: `invalid range "198.18.0.9-198.18.0.1": start after end`},
+		{in: "198.18.0.1-2001:db8::1", err: "different address families"},
+		{in: "198.18.0.1-", err: "want A-B, CIDR or a single address"},
+		{in: "banana", err: `invalid range "banana"`},
+		{in: "198.18.0.0/33", err: "invalid range"},
+	} {
+		got, err := ParseRange(tc.in)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("ParseRange(%q) error = %v, want it to contain %q", tc.in, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || FormatRange(got) != tc.want {
+			t.Errorf("ParseRange(%q) = %s, %v; want %s", tc.in, FormatRange(got), err, tc.want)
+		}
+	}
+}
+
+func TestHostRangeAndCheckHostAddr(t *testing.T) {
+	for _, tc := range []struct{ subnet, want string }{
+		{"198.18.0.0/24", "198.18.0.1-198.18.0.254"},
+		{"198.18.0.0/30", "198.18.0.1-198.18.0.2"},
+		{"198.18.0.0/31", "198.18.0.0-198.18.0.1"},
+		{"198.18.0.5/32", "198.18.0.5"},
+		{"2001:db8::/120", "2001:db8::1-2001:db8::ff"},
+	} {
+		if got := FormatRange(HostRange(netip.MustParsePrefix(tc.subnet))); got != tc.want {
+			t.Errorf("HostRange(%s) = %s, want %s", tc.subnet, got, tc.want)
+		}
+	}
+	subnet := netip.MustParsePrefix("198.18.0.0/24")
+	for addr, want := range map[string]string{
+		"198.18.0.1":   "",
+		"198.18.0.0":   "network address",
+		"198.18.0.255": "broadcast address",
+		"198.18.1.1":   "outside subnet",
+		"2001:db8::1":  "outside subnet",
+	} {
+		err := CheckHostAddr(subnet, netip.MustParseAddr(addr))
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("CheckHostAddr(%s) = %v, want %q", addr, err, want)
+		}
+	}
+}
+
+func TestRangeSizeAndAddrAt(t *testing.T) {
+	for _, tc := range []struct {
+		r    string
+		size uint64
+	}{
+		{"198.18.0.0-198.18.0.0", 1},
+		{"198.18.0.0-198.18.255.255", 65536},
+		{"0.0.0.0-255.255.255.255", 1 << 32},
+		{"2001:db8::-2001:db8::ffff:ffff:ffff:ffff", math.MaxUint64},
+		{"2001:db8::-2001:db9::", math.MaxUint64},
+	} {
+		r := netipx.MustParseIPRange(tc.r)
+		if got := RangeSize(r); got != tc.size {
+			t.Errorf("RangeSize(%s) = %d, want %d", tc.r, got, tc.size)
+		}
+		if got := AddrAt(r, 0); got != r.From() {
+			t.Errorf("AddrAt(%s, 0) = %s", tc.r, got)
+		}
+		if tc.size < math.MaxUint64 {
+			if got := AddrAt(r, tc.size-1); got != r.To() {
+				t.Errorf("AddrAt(%s, size-1) = %s, want %s", tc.r, got, r.To())
+			}
+		}
+	}
+	if got := AddrAt(netipx.MustParseIPRange("2001:db8::ffff:ffff:ffff:ffff-2001:db8:0:1::1"), 1); got != netip.MustParseAddr("2001:db8:0:1::") {
+		t.Errorf("AddrAt across the 64-bit boundary = %s", got)
+	}
+	if RangeSize(netipx.IPRange{}) != 0 {
+		t.Error("zero range has a size")
+	}
+}
+
+func TestNewNetwork(t *testing.T) {
+	for _, tc := range []struct {
+		subnet, ipRange, want, err string
+	}{
+		{subnet: "198.18.0.0/16", want: "198.18.0.1-198.18.255.254"},
+		{subnet: "198.18.0.0/16", ipRange: "198.18.1.0/24", want: "198.18.1.0-198.18.1.255"},
+		{subnet: "198.18.0.0/24", ipRange: "198.18.0.0/24", want: "198.18.0.1-198.18.0.254"},
+		{subnet: "198.18.0.0/24", ipRange: "198.18.0.0/25", want: "198.18.0.1-198.18.0.127"},
+		{subnet: "198.18.0.0/24", ipRange: "198.18.1.0/25", err: "not inside subnet"},
+		{subnet: "198.18.0.0/24", ipRange: "198.18.0.0/16", err: "not inside subnet"},
+		{subnet: "198.18.0.0/24", ipRange: "2001:db8::/64", err: "not inside subnet"},
+		{subnet: "198.18.0.0/24", ipRange: "x", err: `invalid ip-range "x"`},
+	} {
+		n, err := NewNetwork(tc.subnet, tc.ipRange)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("NewNetwork(%s, %s) error = %v, want %q", tc.subnet, tc.ipRange, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || FormatRange(n.Range()) != tc.want {
+			t.Errorf("NewNetwork(%s, %s).Range() = %s, %v; want %s", tc.subnet, tc.ipRange, FormatRange(n.Range()), err, tc.want)
+		}
+	}
+}
+
+// FuzzParseRange: no panic, and what parses prints back to the same range.
+func FuzzParseRange(f *testing.F) {
+	for _, s := range []string{"198.18.0.1-198.18.0.9", "198.18.0.0/24", "2001:db8::/120", "1.2.3.4", "-", "1.2.3.4-", "::ffff:1.2.3.4"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		r, err := ParseRange(s)
+		if err != nil {
+			if !strings.Contains(err.Error(), "invalid range") {
+				t.Fatalf("ParseRange(%q) error %q does not say what is wrong", s, err)
+			}
+			return
+		}
+		if !r.IsValid() {
+			t.Fatalf("ParseRange(%q) returned invalid range without error", s)
+		}
+		back, err := ParseRange(FormatRange(r))
+		if err != nil || back != r {
+			t.Fatalf("ParseRange(%q) = %v; round trip via %q gave %v, %v", s, r, FormatRange(r), back, err)
+		}
+		if RangeSize(r) == 0 || AddrAt(r, RangeSize(r)-1).Less(r.From()) {
+			t.Fatalf("size or arithmetic broken for %v", r)
+		}
+	})
+}
+
+// FuzzParseRanges: the comma form always round-trips and normalises.
+func FuzzParseRanges(f *testing.F) {
+	f.Add("198.18.0.1-198.18.0.9,198.18.0.5-198.18.0.20,198.18.1.0/30")
+	f.Add("2001:db8::1,2001:db8::2")
+	f.Fuzz(func(t *testing.T, s string) {
+		set, err := ParseRanges(s)
+		if err != nil {
+			return
+		}
+		again, err := ParseRanges(FormatRanges(set))
+		if err != nil || !again.Equal(set) {
+			t.Fatalf("ParseRanges(%q) does not round-trip via %q: %v", s, FormatRanges(set), err)
+		}
+	})
+}
