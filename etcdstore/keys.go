@@ -61,12 +61,3 @@ func parseAddrKey(key string) (netip.Addr, error) {
 	}
 	return netip.AddrFrom4(b), nil
 }
-
-// parseSubnetKey reverses subnetKey.
-func parseSubnetKey(s string) (netip.Prefix, error) {
-	i := strings.LastIndexByte(s, '-')
-	if i < 0 {
-		return netip.Prefix{}, fmt.Errorf("malformed subnet key %q", s)
-	}
-	return netip.ParsePrefix(s[:i] + "/" + s[i+1:])
-}

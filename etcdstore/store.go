@@ -159,6 +159,9 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	}
 	c.NoPool = r.Responses[1].GetResponseRange().Count == 0
 	for _, resp := range r.Responses[2:] {
+		if len(c.Candidates) > 0 {
+			break // wrap to the range's start only when nothing follows
+		}
 		for _, kv := range resp.GetResponseRange().Kvs {
 			a, err := parseAddrKey(string(kv.Key))
 			if err != nil {

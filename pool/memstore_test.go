@@ -125,7 +125,10 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 				before = append(before, f)
 			}
 		}
-		c.Candidates = append(after, before...)
+		c.Candidates = after
+		if len(after) == 0 {
+			c.Candidates = before
+		}
 	}
 	return c, nil
 }

@@ -120,8 +120,11 @@ type Claim struct {
 	NoPool bool
 	// Holder is the address's record when it was used by someone.
 	Holder *Allocation
-	// Candidates are free addresses near the one asked for, within the
-	// requested range, so a retry needs no extra round trip.
+	// Candidates are the free addresses of the requested range that follow
+	// the one asked for or, when none do, those at the range's start, so a
+	// retry needs no extra round trip. Following ones come first because
+	// contenders started at different random points, so they spread out;
+	// the range's start is the same for all of them.
 	Candidates []netip.Addr
 }
 

@@ -1,0 +1,42 @@
+# talkingdata IPAM — see README.md.
+GO        ?= go
+BIN       := bin
+PKGS      := ./...
+FUZZTIME  ?= 10s
+# `make run` flags, e.g. make run RUN_ARGS="--etcd-endpoints http://10.0.0.5:2379"
+RUN_ARGS  ?=
+
+.PHONY: all build run test test-deps vet unit fuzz clean
+
+all: build
+
+build:
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/talkingdata-ipam ./cmd/talkingdata-ipam
+	CGO_ENABLED=0 $(GO) build -o $(BIN)/ipamctl ./cmd/ipamctl
+
+# Builds and starts the plugin in the foreground. With no --etcd-endpoints it
+# runs an embedded etcd under /var/lib/talkingdata-ipam.
+run: build
+	$(BIN)/talkingdata-ipam $(RUN_ARGS)
+
+# Everything, with real etcd, real dockerd and real netlink: run as root.
+test: test-deps vet
+	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m $(PKGS)
+	$(MAKE) fuzz
+
+test-deps:
+	scripts/install-test-deps.sh
+
+vet:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }
+	$(GO) vet $(PKGS)
+
+# A short run of every fuzz target, on top of the seed corpora that
+# `go test` always replays.
+fuzz:
+	$(GO) test ./pool -run '^$$' -fuzz '^FuzzParseRange$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pool -run '^$$' -fuzz '^FuzzParseRanges$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pool -run '^$$' -fuzz '^FuzzRules$$' -fuzztime $(FUZZTIME)
+
+clean:
+	rm -rf $(BIN)

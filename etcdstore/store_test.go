@@ -1,0 +1,314 @@
+package etcdstore_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go4.org/netipx"
+
+	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/internal/etcdtest"
+	"github.com/talkingdata/ipam/pool"
+)
+
+func ctxT(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func mustNetwork(t *testing.T, subnet, ipRange string) pool.Network {
+	t.Helper()
+	n, err := pool.NewNetwork(subnet, ipRange)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func rangeSet(t *testing.T, ranges ...string) *netipx.IPSet {
+	t.Helper()
+	var b netipx.IPSetBuilder
+	for _, r := range ranges {
+		b.AddRange(netipx.MustParseIPRange(r))
+	}
+	s, err := b.IPSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestConcurrentHostsNeverShareAnAddress: two hosts, each with its own
+// client, 32 goroutines each, allocate thousands of addresses at once.
+// Every address is handed out once; releasing them all gives back exactly
+// the seeded set.
+func TestConcurrentHostsNeverShareAnAddress(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, 5*time.Minute)
+	n := mustNetwork(t, "198.18.0.0/20", "")
+	seeded := rangeSet(t, "198.18.0.1-198.18.15.254")
+
+	type host struct {
+		id    string
+		pools *pool.Pools
+		store *etcdstore.Store
+	}
+	var hosts []host
+	for _, id := range []string{"host-a", "host-b"} {
+		s := etcdstore.New(srv.Client(t), "/test")
+		hosts = append(hosts, host{id, pool.New(s, pool.Config{Host: id}), s})
+	}
+	if added, err := hosts[0].pools.AddRanges(ctx, n.Subnet, seeded, nil); err != nil || added != 4094 {
+		t.Fatalf("seeding: added %d, %v", added, err)
+	}
+	for _, h := range hosts {
+		if err := h.pools.Attach(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	const perGoroutine = 50
+	var mu sync.Mutex
+	owner := map[netip.Addr]string{}
+	var wg sync.WaitGroup
+	for _, h := range hosts {
+		for range 32 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range perGoroutine {
+					a, err := h.pools.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:00:01"})
+					if err != nil {
+						t.Errorf("%s: %v", h.id, err)
+						return
+					}
+					mu.Lock()
+					if prev, dup := owner[a]; dup {
+						t.Errorf("%s handed to %s and %s", a, prev, h.id)
+					}
+					owner[a] = h.id
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	if len(owner) != 2*32*perGoroutine {
+		t.Fatalf("%d addresses allocated, want %d", len(owner), 2*32*perGoroutine)
+	}
+	used, err := hosts[0].store.Used(ctx, n.Subnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(used) != len(owner) {
+		t.Fatalf("etcd has %d used entries for %d allocations", len(used), len(owner))
+	}
+	for _, u := range used {
+		if owner[u.Addr] != u.Allocation.Host || u.Allocation.Kind != pool.KindContainer {
+			t.Fatalf("used %s recorded as %+v, allocated to %s", u.Addr, u.Allocation, owner[u.Addr])
+		}
+	}
+
+	// Release concurrently too, each host its own.
+	for _, h := range hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for a, id := range owner {
+				if id != h.id {
+					continue
+				}
+				if ok, err := h.pools.Release(ctx, n.Subnet, a); err != nil || !ok {
+					t.Errorf("release %s by %s: %v %v", a, id, ok, err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	free, err := hosts[0].store.Free(ctx, n.Subnet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b netipx.IPSetBuilder
+	for _, a := range free {
+		b.Add(a)
+	}
+	got, _ := b.IPSet()
+	if len(free) != 4094 || !got.Equal(seeded) {
+		t.Fatalf("free set after releasing everything: %d addresses %s; want the seeded %s", len(free), pool.FormatRanges(got), pool.FormatRanges(seeded))
+	}
+	if f, u, err := hosts[0].store.Counts(ctx, n.Subnet); err != nil || f != 4094 || u != 0 {
+		t.Fatalf("counts: free %d used %d, %v", f, u, err)
+	}
+}
+
+func TestSeedIsIdempotentAndNeverTouchesUsed(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	s := etcdstore.New(srv.Client(t), "/test/")
+	p := pool.New(s, pool.Config{Host: "h"})
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	if added, err := p.AddRanges(ctx, n.Subnet, rangeSet(t, "198.18.0.1-198.18.0.100"), nil); err != nil || added != 100 {
+		t.Fatalf("first seeding: %d, %v", added, err)
+	}
+	taken := netip.MustParseAddr("198.18.0.50")
+	if _, err := p.Allocate(ctx, n, taken, pool.Allocation{Kind: pool.KindContainer}); err != nil {
+		t.Fatal(err)
+	}
+	var calls int
+	added, err := p.AddRanges(ctx, n.Subnet, rangeSet(t, "198.18.0.1-198.18.0.200"), func(done, total uint64) {
+		calls++
+		if done > total || total != 200 {
+			t.Errorf("progress %d/%d", done, total)
+		}
+	})
+	if err != nil || added != 100 || calls == 0 {
+		t.Fatalf("second seeding: added %d (want only the 100 new), %v, %d progress calls", added, err, calls)
+	}
+	e, err := s.Entry(ctx, n.Subnet, taken)
+	if err != nil || e.Free || e.Used == nil {
+		t.Fatalf("used address after re-seeding: %+v, %v", e, err)
+	}
+	if f, u, _ := s.Counts(ctx, n.Subnet); f != 199 || u != 1 {
+		t.Fatalf("counts %d free %d used, want 199 and 1", f, u)
+	}
+	m, ok, err := s.Meta(ctx, n.Subnet)
+	if err != nil || !ok || m.Seeding || pool.FormatRanges(m.Ranges) != "198.18.0.1-198.18.0.200" {
+		t.Fatalf("meta %+v %v %v", m, ok, err)
+	}
+}
+
+func TestClaimReturnsCandidatesAndDetectsExhaustion(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	s := etcdstore.New(srv.Client(t), "/test")
+	p := pool.New(s, pool.Config{Host: "h"})
+	n := mustNetwork(t, "198.18.0.0/24", "198.18.0.16/28")
+	if err := p.Attach(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	first := netip.MustParseAddr("198.18.0.16")
+	if _, err := p.Allocate(ctx, n, first, pool.Allocation{Kind: pool.KindContainer}); err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.Claim(ctx, n.Subnet, first, n.Range(), pool.Allocation{Kind: pool.KindContainer}, 4)
+	if err != nil || c.Taken || c.Holder == nil || c.Holder.Host != "h" {
+		t.Fatalf("claim of a used address: %+v, %v", c, err)
+	}
+	want := []netip.Addr{netip.MustParseAddr("198.18.0.17"), netip.MustParseAddr("198.18.0.18"), netip.MustParseAddr("198.18.0.19"), netip.MustParseAddr("198.18.0.20")}
+	if !slices.Equal(c.Candidates, want) {
+		t.Fatalf("candidates %v, want %v", c.Candidates, want)
+	}
+	for range 15 {
+		if _, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer}); !errors.Is(err, pool.ErrNoFree) {
+		t.Fatalf("exhausted: %v", err)
+	}
+	// Free addresses outside the network's range are not candidates.
+	if f, _, _ := s.Counts(ctx, n.Subnet); f != 0 {
+		t.Fatalf("free after exhausting the only seeded range: %d", f)
+	}
+	other := mustNetwork(t, "198.18.9.0/24", "")
+	if _, err := p.Allocate(ctx, other, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer}); !errors.Is(err, pool.ErrUnknownPool) {
+		t.Fatalf("allocation from a pool that does not exist: %v", err)
+	}
+}
+
+func TestSwapRefusesStaleEntry(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	s := etcdstore.New(srv.Client(t), "/test")
+	p := pool.New(s, pool.Config{Host: "h"})
+	n := mustNetwork(t, "198.18.0.0/28", "")
+	if err := p.Attach(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr("198.18.0.3")
+	stale, err := s.Entry(ctx, n.Subnet, a)
+	if err != nil || !stale.Free {
+		t.Fatalf("entry %+v %v", stale, err)
+	}
+	if _, err := p.Allocate(ctx, n, a, pool.Allocation{Kind: pool.KindContainer}); err != nil {
+		t.Fatal(err)
+	}
+	fresh, ok, err := s.Swap(ctx, n.Subnet, stale, pool.State{Used: &pool.Allocation{Kind: pool.KindAux, Host: "x"}})
+	if err != nil || ok {
+		t.Fatalf("swap on a stale entry succeeded: %v %v", ok, err)
+	}
+	if fresh.Free || fresh.Used == nil || fresh.Used.Kind != pool.KindContainer {
+		t.Fatalf("fresh entry %+v", fresh)
+	}
+}
+
+func TestDeletePool(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	s := etcdstore.New(srv.Client(t), "/test")
+	p := pool.New(s, pool.Config{Host: "h"})
+	n := mustNetwork(t, "198.18.0.0/28", "")
+	if err := p.Attach(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	a, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeletePool(ctx, n.Subnet, false); err == nil || !strings.Contains(err.Error(), "still has 1 used") {
+		t.Fatalf("delete while used: %v", err)
+	}
+	if _, err := p.Release(ctx, n.Subnet, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeletePool(ctx, n.Subnet, false); err != nil {
+		t.Fatal(err)
+	}
+	kvs, err := srv.Client(t).Get(ctx, "/test/", clientv3.WithPrefix())
+	if err != nil || kvs.Count != 0 {
+		t.Fatalf("keys left after pool rm: %d, %v", kvs.Count, err)
+	}
+	if err := s.DeletePool(ctx, n.Subnet, true); !errors.Is(err, pool.ErrUnknownPool) {
+		t.Fatalf("delete of a missing pool: %v", err)
+	}
+}
+
+// TestEtcdOutageIsBoundedAndRecovers: with etcd stopped, a call fails
+// when its context ends instead of hanging; once etcd is back, the same
+// client works again.
+func TestEtcdOutageIsBoundedAndRecovers(t *testing.T) {
+	srv := etcdtest.Start(t)
+	s := etcdstore.New(srv.Client(t), "/test")
+	p := pool.New(s, pool.Config{Host: "h"})
+	n := mustNetwork(t, "198.18.0.0/28", "")
+	if err := p.Attach(ctxT(t, 10*time.Second), n); err != nil {
+		t.Fatal(err)
+	}
+	srv.Stop(t)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer})
+	cancel()
+	if err == nil {
+		t.Fatal("allocation succeeded with etcd down")
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("allocation with etcd down took %s, want about the 1s deadline", took)
+	}
+	srv.Restart(t)
+	if _, err := p.Allocate(ctxT(t, 20*time.Second), n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer}); err != nil {
+		t.Fatalf("after etcd came back: %v", err)
+	}
+}
