@@ -1,0 +1,200 @@
+// Package etcdtest starts real, single-member etcd servers for tests.
+//
+// Each Server is a separate etcd process on random loopback ports with its data under
+// t.TempDir(), so tests never share state and never touch a developer's own etcd.
+package etcdtest
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/talkingdata/ipam/internal/testproc"
+)
+
+const (
+	healthTimeout = 20 * time.Second
+	stopTimeout   = 10 * time.Second
+	logTailLines  = 30
+)
+
+// Server is one real etcd process started for a test.
+type Server struct {
+	bin     string
+	dir     string // the test's temp dir: data/ and etcd.log live here
+	logPath string
+	client  string // client URL, e.g. http://127.0.0.1:41234
+	peer    string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+}
+
+// Start runs a fresh etcd and waits until it reports healthy. It is stopped when the test ends;
+// if the test failed, the tail of etcd's log is printed first.
+func Start(t testing.TB) *Server {
+	t.Helper()
+	bin, err := exec.LookPath("etcd")
+	testproc.Require(t, err == nil, "etcdtest: no etcd binary (Debian package etcd-server)")
+	s := &Server{bin: bin, dir: t.TempDir()}
+	s.logPath = filepath.Join(s.dir, "etcd.log")
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("etcd log tail (%s):\n%s", s.logPath, testproc.Tail(s.logPath, logTailLines))
+		}
+		s.Stop(t)
+	})
+
+	// Free ports are picked by binding :0 and closing, so another process can grab one before
+	// etcd binds it: retry with new ports when that happens.
+	for attempt := 1; ; attempt++ {
+		s.client = "http://" + freeAddr(t)
+		s.peer = "http://" + freeAddr(t)
+		err := s.start()
+		if err == nil {
+			return s
+		}
+		if attempt < 5 && strings.Contains(testproc.Tail(s.logPath, logTailLines), "address already in use") {
+			// etcd failed before writing membership, but start from a clean data dir anyway.
+			if err := os.RemoveAll(filepath.Join(s.dir, "data")); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		t.Fatalf("etcdtest: %v\netcd log tail:\n%s", err, testproc.Tail(s.logPath, logTailLines))
+	}
+}
+
+// Endpoints returns the client URLs to give to clientv3 or etcdctl.
+func (s *Server) Endpoints() []string { return []string{s.client} }
+
+// Client returns a client for this server that is closed when the test ends.
+func (s *Server) Client(t testing.TB) *clientv3.Client {
+	t.Helper()
+	c, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints(), DialTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatalf("etcdtest: client: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// Stop ends etcd gracefully (SIGTERM), killing it if it has not exited within 10s.
+// Stopping a stopped server does nothing.
+func (s *Server) Stop(t testing.TB) {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	pid := s.cmd.Process.Pid
+	_ = syscall.Kill(pid, syscall.SIGTERM) // it may have exited already; the wait below tells
+	select {
+	case <-s.done:
+	case <-time.After(stopTimeout):
+		t.Logf("etcdtest: etcd (pid %d) ignored SIGTERM for %v; killing it", pid, stopTimeout)
+		_ = syscall.Kill(-pid, syscall.SIGKILL) // whole process group
+		<-s.done
+	}
+	s.cmd = nil
+}
+
+// Restart stops etcd and starts it again on the same ports with the same data dir.
+func (s *Server) Restart(t testing.TB) {
+	t.Helper()
+	s.Stop(t)
+	if err := s.start(); err != nil {
+		t.Fatalf("etcdtest: restart: %v\netcd log tail:\n%s", err, testproc.Tail(s.logPath, logTailLines))
+	}
+}
+
+// start launches etcd and waits until /health answers.
+func (s *Server) start() error {
+	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close() // the child keeps its own descriptor
+	cmd := exec.Command(s.bin,
+		"--name", "tdtest",
+		"--data-dir", filepath.Join(s.dir, "data"),
+		"--listen-client-urls", s.client,
+		"--advertise-client-urls", s.client,
+		"--listen-peer-urls", s.peer,
+		"--initial-advertise-peer-urls", s.peer,
+		"--initial-cluster", "tdtest="+s.peer,
+		"--initial-cluster-state", "new",
+		// The default, spelled out so tests hit the same per-transaction limit as production.
+		"--max-txn-ops", "128",
+		"--logger", "zap",
+		"--log-outputs", "stderr",
+	)
+	cmd.Env = testproc.EnvWithout("ETCD_") // etcd reads ETCD_* variables as flags
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own process group so Stop can kill everything it started; Pdeathsig so a test binary that
+	// dies without running cleanups (e.g. a -timeout panic) does not leave etcd running.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := testproc.Start(cmd); err != nil {
+		return err
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+
+	if err := waitHealthy(s.client, done); err != nil {
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+		return err
+	}
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
+	return nil
+}
+
+// waitHealthy polls etcd's /health endpoint, which reports true once the member has a leader.
+func waitHealthy(clientURL string, exited <-chan struct{}) error {
+	hc := &http.Client{Timeout: time.Second}
+	deadline := time.Now().Add(healthTimeout)
+	for {
+		select {
+		case <-exited:
+			return errors.New("etcd exited during startup")
+		default:
+		}
+		if resp, err := hc.Get(clientURL + "/health"); err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"health":"true"`) {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("etcd at %s not healthy after %v", clientURL, healthTimeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func freeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}

@@ -1,0 +1,77 @@
+// Package testproc holds the small process helpers shared by the etcdtest and dockertest
+// harnesses.
+package testproc
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+)
+
+var (
+	forkOnce sync.Once
+	forks    chan func()
+)
+
+// Start starts cmd from an OS thread that lives as long as the test binary.
+//
+// The harnesses set SysProcAttr.Pdeathsig so that daemons die with a test binary that never ran
+// its cleanups (a -timeout panic). But Pdeathsig fires when the *thread* that forked the child
+// exits, and Go ends a thread whose goroutine exits while locked to it, which netns tests do on
+// purpose. Forking from one dedicated, never-exiting thread ties the signal to the process.
+func Start(cmd *exec.Cmd) error {
+	forkOnce.Do(func() {
+		forks = make(chan func())
+		go func() {
+			runtime.LockOSThread() // never unlocked: this goroutine and its thread never end
+			for f := range forks {
+				f()
+			}
+		}()
+	})
+	errc := make(chan error, 1)
+	forks <- func() { errc <- cmd.Start() }
+	return <-errc
+}
+
+// Require skips the test when a prerequisite is missing, or fails it when CI is "true", where
+// `make test` promises that nothing skips.
+func Require(t testing.TB, ok bool, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	msg := fmt.Sprintf("%s; run scripts/install-test-deps.sh as root (`make test` does)", what)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// EnvWithout returns the environment minus the variables whose "NAME=value" starts with prefix.
+func EnvWithout(prefix string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, prefix) {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// Tail returns the last n lines of a file, or a note saying why it cannot.
+func Tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(no log: %v)", err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Installs the Debian packages that the integration tests (internal/etcdtest, internal/dockertest)
+# need: a real etcd, a real dockerd, a static busybox for the offline test image, and the netns and
+# mount-namespace tools. Idempotent; prints one line per package it installs and nothing otherwise.
+# It never starts the system dockerd or etcd: the tests start private ones.
+set -euo pipefail
+
+pkgs=(docker.io etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux)
+
+missing=()
+for p in "${pkgs[@]}"; do
+	if [[ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" != "install ok installed" ]]; then
+		missing+=("$p")
+	fi
+done
+((${#missing[@]})) || exit 0
+
+sudo=()
+if [[ "$(id -u)" != 0 ]]; then
+	sudo=(sudo)
+fi
+
+# policy-rc.d exit 101 tells invoke-rc.d and deb-systemd-invoke not to start services during
+# installation (docker.io and etcd-server would otherwise start system daemons). Keep any
+# existing policy aside and put it back afterwards.
+policy=/usr/sbin/policy-rc.d
+saved=""
+if [[ -e "$policy" ]]; then
+	saved="$(mktemp)"
+	"${sudo[@]}" cp -p "$policy" "$saved"
+fi
+restore() {
+	if [[ -n "$saved" ]]; then
+		"${sudo[@]}" cp -p "$saved" "$policy"
+		rm -f "$saved"
+	else
+		"${sudo[@]}" rm -f "$policy"
+	fi
+}
+trap restore EXIT
+printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+"${sudo[@]}" chmod 755 "$policy"
+
+log="$(mktemp)"
+if ! { "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+	"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		"${missing[@]}"; } >"$log" 2>&1; then
+	cat "$log" >&2
+	rm -f "$log"
+	echo "install-test-deps: apt-get failed for: ${missing[*]}" >&2
+	exit 1
+fi
+rm -f "$log"
+for p in "${missing[@]}"; do
+	echo "installed $p"
+done
