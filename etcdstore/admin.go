@@ -16,19 +16,25 @@ import (
 
 // Pools lists every pool's description, ordered by key.
 func (s *Store) Pools(ctx context.Context) ([]pool.Meta, error) {
+	out, _, err := s.pools(ctx)
+	return out, err
+}
+
+// pools also returns the revision the list was read at.
+func (s *Store) pools(ctx context.Context) ([]pool.Meta, int64, error) {
 	r, err := s.cli.Get(ctx, s.k.metaDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, fmt.Errorf("listing pools: %w", err)
+		return nil, 0, fmt.Errorf("listing pools: %w", err)
 	}
 	out := make([]pool.Meta, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {
 		m, err := decodeMeta(string(kv.Key), kv.Value, kv.ModRevision)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		out = append(out, m)
 	}
-	return out, nil
+	return out, r.Header.Revision, nil
 }
 
 // Counts returns how many addresses are free and used, without reading them.
@@ -96,29 +102,36 @@ func (s *Store) Refs(ctx context.Context, subnet netip.Prefix) (map[string]int, 
 	}
 	out := map[string]int{}
 	for _, kv := range r.Kvs {
-		n, _ := strconv.Atoi(string(kv.Value))
+		n, err := strconv.Atoi(string(kv.Value))
+		if err != nil {
+			return nil, fmt.Errorf("malformed reference count %q at %s", kv.Value, kv.Key)
+		}
 		out[strings.TrimPrefix(string(kv.Key), dir)] = n
 	}
 	return out, nil
 }
 
 // DeletePool removes a pool with its free, used and refs directories in one
-// transaction. Unless force, it only does so while nothing is used: the
-// compare over the whole used directory makes that check atomic.
+// transaction. Unless force, it only does so while nothing is used and no
+// host's network uses the pool: compares over the whole used and refs
+// directories make that check atomic.
 func (s *Store) DeletePool(ctx context.Context, subnet netip.Prefix, force bool) error {
-	meta, used := s.k.meta(subnet), s.k.usedDir(subnet)
+	meta, used, refs := s.k.meta(subnet), s.k.usedDir(subnet), s.k.refsDir(subnet)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(meta), ">", 0)}
 	if !force {
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(used), "=", 0).WithPrefix())
+		cmps = append(cmps,
+			clientv3.Compare(clientv3.CreateRevision(used), "=", 0).WithPrefix(),
+			clientv3.Compare(clientv3.CreateRevision(refs), "=", 0).WithPrefix())
 	}
 	r, err := s.cli.Txn(ctx).If(cmps...).Then(
 		clientv3.OpDelete(meta),
 		clientv3.OpDelete(s.k.freeDir(subnet), clientv3.WithPrefix()),
 		clientv3.OpDelete(used, clientv3.WithPrefix()),
-		clientv3.OpDelete(s.k.refsDir(subnet), clientv3.WithPrefix()),
+		clientv3.OpDelete(refs, clientv3.WithPrefix()),
 	).Else(
 		clientv3.OpGet(meta, clientv3.WithCountOnly()),
 		clientv3.OpGet(used, clientv3.WithPrefix(), clientv3.WithCountOnly()),
+		clientv3.OpGet(refs, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 	).Commit()
 	if err != nil {
 		return fmt.Errorf("removing pool %s: %w", subnet, err)
@@ -129,6 +142,13 @@ func (s *Store) DeletePool(ctx context.Context, subnet netip.Prefix, force bool)
 	if r.Responses[0].GetResponseRange().Count == 0 {
 		return fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
 	}
-	return fmt.Errorf("pool %s still has %d used addresses (see `ipamctl addr ls %s`); release them or use --force",
-		subnet, r.Responses[1].GetResponseRange().Count, subnet)
+	if n := r.Responses[1].GetResponseRange().Count; n > 0 {
+		return fmt.Errorf("pool %s still has %d used addresses (see `ipamctl addr ls %s`); release them or use --force", subnet, n, subnet)
+	}
+	var hosts []string
+	for _, kv := range r.Responses[2].GetResponseRange().Kvs {
+		hosts = append(hosts, strings.TrimPrefix(string(kv.Key), refs))
+	}
+	return fmt.Errorf("pool %s is still used by Docker networks of hosts %s (run `docker network rm` there), or use --force",
+		subnet, strings.Join(hosts, ","))
 }

@@ -92,21 +92,35 @@ func (s *Store) Meta(ctx context.Context, subnet netip.Prefix) (pool.Meta, bool,
 	return metaFrom(r.Kvs)
 }
 
+// CreateMeta checks the new subnet against every pool, then creates it
+// with a compare that no pool was created since that read: two hosts
+// creating overlapping pools at once cannot both succeed.
 func (s *Store) CreateMeta(ctx context.Context, m pool.Meta) (pool.Meta, bool, error) {
-	key := s.k.meta(m.Subnet)
-	r, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-		Then(clientv3.OpPut(key, encodeMeta(m))).
-		Else(clientv3.OpGet(key)).Commit()
-	if err != nil {
-		return pool.Meta{}, false, err
+	for attempt := 0; attempt < 32; attempt++ {
+		pools, rev, err := s.pools(ctx)
+		if err != nil {
+			return pool.Meta{}, false, err
+		}
+		for _, other := range pools {
+			if other.Subnet == m.Subnet {
+				return other, false, nil
+			}
+			if other.Subnet.Overlaps(m.Subnet) {
+				return pool.Meta{}, false, fmt.Errorf("%w: %s overlaps %s", pool.ErrOverlap, m.Subnet, other.Subnet)
+			}
+		}
+		r, err := s.cli.Txn(ctx).
+			If(clientv3.Compare(clientv3.CreateRevision(s.k.metaDir()), "<", rev+1).WithPrefix()).
+			Then(clientv3.OpPut(s.k.meta(m.Subnet), encodeMeta(m))).Commit()
+		if err != nil {
+			return pool.Meta{}, false, err
+		}
+		if r.Succeeded {
+			m.Rev = r.Header.Revision
+			return m, true, nil
+		}
 	}
-	if r.Succeeded {
-		m.Rev = r.Header.Revision
-		return m, true, nil
-	}
-	cur, _, err := metaFrom(r.Responses[0].GetResponseRange().Kvs)
-	return cur, false, err
+	return pool.Meta{}, false, fmt.Errorf("creating pool %s: %w", m.Subnet, pool.ErrContention)
 }
 
 func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta, bool, error) {
@@ -254,7 +268,9 @@ func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, de
 		var n int
 		var rev int64
 		if len(r.Kvs) > 0 {
-			n, _ = strconv.Atoi(string(r.Kvs[0].Value))
+			if n, err = strconv.Atoi(string(r.Kvs[0].Value)); err != nil {
+				return 0, fmt.Errorf("malformed reference count %q at %s", r.Kvs[0].Value, key)
+			}
 			rev = r.Kvs[0].ModRevision
 		}
 		n = max(n+delta, 0)

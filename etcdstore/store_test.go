@@ -254,6 +254,47 @@ func TestSwapRefusesStaleEntry(t *testing.T) {
 	}
 }
 
+// TestOverlappingPoolsRace: hosts creating overlapping subnets at the same
+// moment; the pools that come out of it never overlap, and every other
+// request is refused with ErrOverlap.
+func TestOverlappingPoolsRace(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	subnets := []string{"198.18.0.0/16", "198.18.0.0/24", "198.18.1.0/24", "198.18.0.128/25", "198.18.0.0/23", "198.18.0.0/16"}
+	var wg sync.WaitGroup
+	errs := make([]error, len(subnets))
+	for i, sn := range subnets {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p := pool.New(etcdstore.New(srv.Client(t), "/test"), pool.Config{Host: sn})
+			errs[i] = p.Attach(ctx, mustNetwork(t, sn, ""))
+		}()
+	}
+	wg.Wait()
+	pools, err := etcdstore.New(srv.Client(t), "/test").Pools(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := map[string]bool{}
+	for i, a := range pools {
+		created[a.Subnet.String()] = true
+		for _, b := range pools[i+1:] {
+			if a.Subnet.Overlaps(b.Subnet) {
+				t.Fatalf("overlapping pools %s and %s both created", a.Subnet, b.Subnet)
+			}
+		}
+	}
+	if len(pools) == 0 {
+		t.Fatal("no pool created")
+	}
+	for i, err := range errs {
+		if created[subnets[i]] != (err == nil) || (err != nil && !errors.Is(err, pool.ErrOverlap)) {
+			t.Errorf("%s: created=%v, Attach error %v", subnets[i], created[subnets[i]], err)
+		}
+	}
+}
+
 func TestDeletePool(t *testing.T) {
 	srv := etcdtest.Start(t)
 	ctx := ctxT(t, time.Minute)
@@ -271,6 +312,12 @@ func TestDeletePool(t *testing.T) {
 		t.Fatalf("delete while used: %v", err)
 	}
 	if _, err := p.Release(ctx, n.Subnet, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeletePool(ctx, n.Subnet, false); err == nil || !strings.Contains(err.Error(), "used by Docker networks of hosts h") {
+		t.Fatalf("delete while a host's network uses the pool: %v", err)
+	}
+	if err := p.Detach(ctx, n.Subnet); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeletePool(ctx, n.Subnet, false); err != nil {

@@ -51,6 +51,11 @@ func (s *memStore) CreateMeta(_ context.Context, m Meta) (Meta, bool, error) {
 	if p, ok := s.pools[m.Subnet]; ok {
 		return p.meta, false, nil
 	}
+	for other := range s.pools {
+		if other.Overlaps(m.Subnet) {
+			return Meta{}, false, ErrOverlap
+		}
+	}
 	s.rev++
 	m.Rev = s.rev
 	s.pools[m.Subnet] = &memPool{meta: m, free: map[netip.Addr]int64{}, used: map[netip.Addr]memUsed{}, refs: map[string]int{}}

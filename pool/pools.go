@@ -161,6 +161,9 @@ func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, t
 		if err != nil {
 			return total, fmt.Errorf("seeding pool %s (%d addresses added so far; re-run to continue): %w", m.Subnet, total, err)
 		}
+		if !m.Seeding {
+			return total, nil // a re-run that changed nothing leaves meta alone, so no concurrent swap loses its compare
+		}
 		done := m
 		done.Seeding = false
 		cur, ok, err := p.store.UpdateMeta(ctx, m, done)
@@ -282,8 +285,8 @@ func holdRule(e Entry, kind Kind, host string, now time.Time) (State, error) {
 // or a shared address this host holds no reference to): harmless, since
 // dockerd may repeat a release after a failure.
 func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (released bool, err error) {
-	if !subnet.Contains(addr) {
-		return false, fmt.Errorf("address %s is outside subnet %s", addr, subnet)
+	if err := CheckHostAddr(subnet, addr); err != nil {
+		return false, err
 	}
 	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
 		next, change, err := releaseRule(e, p.cfg.Host)
@@ -335,6 +338,9 @@ func releaseRule(e Entry, host string) (next State, change bool, err error) {
 // whoever holds it and returns the record it removed. Gateway and aux
 // addresses need force, since hosts' networks still reference them.
 func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool) (*Allocation, error) {
+	if err := CheckHostAddr(subnet, addr); err != nil {
+		return nil, err
+	}
 	var was *Allocation
 	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
 		was = e.Used

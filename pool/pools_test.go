@@ -235,6 +235,12 @@ func TestAttachRules(t *testing.T) {
 	if err := New(s, Config{Host: "a"}).Detach(ctx, netip.MustParsePrefix("198.18.9.0/24")); !errors.Is(err, ErrUnknownPool) {
 		t.Fatalf("detach unknown: %v", err)
 	}
+	// An address in two pools could be handed out twice.
+	for _, overlapping := range []string{"198.18.0.0/16", "198.18.0.128/25"} {
+		if err := New(s, Config{Host: "a"}).Attach(ctx, mustNetwork(t, overlapping, "")); !errors.Is(err, ErrOverlap) {
+			t.Fatalf("attaching %s next to 198.18.0.0/24: %v, want ErrOverlap", overlapping, err)
+		}
+	}
 }
 
 func TestAddRanges(t *testing.T) {

@@ -56,7 +56,10 @@ func ParseRange(s string) (netipx.IPRange, error) {
 		if err != nil || p.Addr().Zone() != "" || p.Addr().Is4In6() {
 			return r, fmt.Errorf("invalid range %q: want A-B, CIDR or a single address", s)
 		}
-		r = netipx.RangeOfPrefix(p.Masked())
+		if p != p.Masked() {
+			return r, fmt.Errorf("invalid range %q: host bits set, did you mean %s?", s, p.Masked())
+		}
+		r = netipx.RangeOfPrefix(p)
 	default:
 		a, err := parseAddr(s)
 		if err != nil {

@@ -142,7 +142,9 @@ type Store interface {
 	// Meta reads a pool; ok is false when it does not exist.
 	Meta(ctx context.Context, subnet netip.Prefix) (m Meta, ok bool, err error)
 	// CreateMeta stores m unless the pool exists, in which case the
-	// existing pool is returned with created=false.
+	// existing pool is returned with created=false. It fails with
+	// ErrOverlap if m.Subnet overlaps another pool's subnet: an address
+	// in two pools could be handed out twice.
 	CreateMeta(ctx context.Context, m Meta) (cur Meta, created bool, err error)
 	// UpdateMeta replaces old with next if old.Rev is still current; else
 	// it returns the current meta and ok=false.
@@ -170,4 +172,5 @@ var (
 	ErrUnavailable  = errors.New("pool: address not available")
 	ErrContention   = errors.New("pool: gave up after too many lost races")
 	ErrNotInitiated = errors.New("pool: not initialised")
+	ErrOverlap      = errors.New("pool: subnet overlaps another pool")
 )
