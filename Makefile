@@ -6,7 +6,7 @@ FUZZTIME  ?= 10s
 # `make run` flags, e.g. make run RUN_ARGS="--etcd-endpoints http://10.0.0.5:2379"
 RUN_ARGS  ?=
 
-.PHONY: all build run test test-deps vet unit fuzz clean
+.PHONY: all build run test test-deps vet fuzz bench clean
 
 all: build
 
@@ -37,6 +37,12 @@ fuzz:
 	$(GO) test ./pool -run '^$$' -fuzz '^FuzzParseRange$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pool -run '^$$' -fuzz '^FuzzParseRanges$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pool -run '^$$' -fuzz '^FuzzRules$$' -fuzztime $(FUZZTIME)
+
+# Benchmarks, each paired with its raw-etcd baseline (docs/PERFORMANCE.md).
+# Not part of `make test`.
+bench: test-deps
+	$(GO) test ./etcdstore -run '^$$' -bench 'Allocate|BaselineTxn' -benchtime 3000x -count 3
+	$(GO) test ./etcdstore -run '^$$' -bench 'Seed16' -benchtime 5x -count 3
 
 clean:
 	rm -rf $(BIN)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -119,5 +120,42 @@ func BenchmarkSeed16(b *testing.B) {
 		if added, err := p.AddRanges(context.Background(), subnet, set, nil); err != nil || added != 65534 {
 			b.Fatalf("seeded %d: %v", added, err)
 		}
+	}
+}
+
+// BenchmarkBaselineSeed16 puts the same 65,534 free keys with bare
+// transactions of 128 puts, 8 in flight, with no compares and no read-back.
+func BenchmarkBaselineSeed16(b *testing.B) {
+	srv := etcdtest.Start(b)
+	cli := srv.Client(b)
+	k := keys{prefix: "/bench/"}
+	subnet := netip.MustParsePrefix(benchSubnet)
+	r := pool.HostRange(subnet)
+	size := pool.RangeSize(r)
+	for range b.N {
+		b.StopTimer()
+		if _, err := cli.Delete(context.Background(), k.freeDir(subnet), clientv3.WithPrefix()); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		var next atomic.Uint64
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for start := next.Add(128) - 128; start < size; start = next.Add(128) - 128 {
+					ops := make([]clientv3.Op, 0, 128)
+					for i := start; i < min(start+128, size); i++ {
+						ops = append(ops, clientv3.OpPut(k.free(subnet, pool.AddrAt(r, i)), ""))
+					}
+					if _, err := cli.Txn(context.Background()).Then(ops...).Commit(); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
 	"github.com/talkingdata/ipam/internal/testproc"
 )
@@ -84,7 +85,9 @@ func (s *Server) Endpoints() []string { return []string{s.client} }
 // Client returns a client for this server that is closed when the test ends.
 func (s *Server) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
-	c, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints(), DialTimeout: 2 * time.Second})
+	// A silent logger: tests stop etcd on purpose, and the client's retry
+	// warnings would bury the test's own output.
+	c, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatalf("etcdtest: client: %v", err)
 	}
