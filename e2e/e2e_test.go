@@ -168,7 +168,7 @@ func TestDockerLifecycle(t *testing.T) {
 	if took > 30*time.Second {
 		t.Fatalf("docker run with etcd down took %s", took)
 	}
-	t.Logf("with etcd down, docker run failed after %s: %s", took.Round(time.Millisecond), lastLines(err.Error()+out, 1))
+	t.Logf("with etcd down, docker run failed after %s: %s", took.Round(time.Millisecond), err.Error()+out)
 	d.Docker("rm", "-f", "during-outage")
 	etcd.Restart(t)
 	deadline := time.Now().Add(30 * time.Second)

@@ -5,10 +5,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/talkingdata/ipam/internal/testproc"
 )
 
 // binDir holds the binaries TestMain builds once for all tests.
@@ -56,8 +57,7 @@ func startPlugin(t *testing.T, dir string, args ...string) *plugin {
 	t.Cleanup(func() {
 		p.stop()
 		if t.Failed() {
-			b, _ := os.ReadFile(p.log)
-			t.Logf("plugin log:\n%s", lastLines(string(b), 40))
+			t.Logf("plugin log:\n%s", testproc.Tail(p.log, 40))
 		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
@@ -86,12 +86,4 @@ func (p *plugin) stop() {
 		p.cmd.Process.Kill()
 		<-done
 	}
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

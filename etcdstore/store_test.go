@@ -33,6 +33,20 @@ func mustNetwork(t *testing.T, subnet, ipRange string) pool.Network {
 	return n
 }
 
+// attachedPool starts etcd and attaches host "h" to a new pool for
+// subnet (ip-range optional), seeding it.
+func attachedPool(t *testing.T, subnet, ipRange string) (*etcdtest.Server, *etcdstore.Store, *pool.Pools, pool.Network) {
+	t.Helper()
+	srv := etcdtest.Start(t)
+	s := etcdstore.New(srv.Client(t), "/test")
+	p := pool.New(s, pool.Config{Host: "h"})
+	n := mustNetwork(t, subnet, ipRange)
+	if err := p.Attach(ctxT(t, 10*time.Second), n); err != nil {
+		t.Fatal(err)
+	}
+	return srv, s, p, n
+}
+
 func rangeSet(t *testing.T, ranges ...string) *netipx.IPSet {
 	t.Helper()
 	var b netipx.IPSetBuilder
@@ -190,14 +204,8 @@ func TestSeedIsIdempotentAndNeverTouchesUsed(t *testing.T) {
 }
 
 func TestClaimReturnsCandidatesAndDetectsExhaustion(t *testing.T) {
-	srv := etcdtest.Start(t)
+	_, s, p, n := attachedPool(t, "198.18.0.0/24", "198.18.0.16/28")
 	ctx := ctxT(t, time.Minute)
-	s := etcdstore.New(srv.Client(t), "/test")
-	p := pool.New(s, pool.Config{Host: "h"})
-	n := mustNetwork(t, "198.18.0.0/24", "198.18.0.16/28")
-	if err := p.Attach(ctx, n); err != nil {
-		t.Fatal(err)
-	}
 	first := netip.MustParseAddr("198.18.0.16")
 	if _, err := p.Allocate(ctx, n, first, pool.Allocation{Kind: pool.KindContainer}); err != nil {
 		t.Fatal(err)
@@ -229,14 +237,8 @@ func TestClaimReturnsCandidatesAndDetectsExhaustion(t *testing.T) {
 }
 
 func TestSwapRefusesStaleEntry(t *testing.T) {
-	srv := etcdtest.Start(t)
+	_, s, p, n := attachedPool(t, "198.18.0.0/28", "")
 	ctx := ctxT(t, time.Minute)
-	s := etcdstore.New(srv.Client(t), "/test")
-	p := pool.New(s, pool.Config{Host: "h"})
-	n := mustNetwork(t, "198.18.0.0/28", "")
-	if err := p.Attach(ctx, n); err != nil {
-		t.Fatal(err)
-	}
 	a := netip.MustParseAddr("198.18.0.3")
 	stale, err := s.Entry(ctx, n.Subnet, a)
 	if err != nil || !stale.Free {
@@ -296,14 +298,8 @@ func TestOverlappingPoolsRace(t *testing.T) {
 }
 
 func TestDeletePool(t *testing.T) {
-	srv := etcdtest.Start(t)
+	srv, s, p, n := attachedPool(t, "198.18.0.0/28", "")
 	ctx := ctxT(t, time.Minute)
-	s := etcdstore.New(srv.Client(t), "/test")
-	p := pool.New(s, pool.Config{Host: "h"})
-	n := mustNetwork(t, "198.18.0.0/28", "")
-	if err := p.Attach(ctx, n); err != nil {
-		t.Fatal(err)
-	}
 	a, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer})
 	if err != nil {
 		t.Fatal(err)
@@ -336,13 +332,7 @@ func TestDeletePool(t *testing.T) {
 // when its context ends instead of hanging; once etcd is back, the same
 // client works again.
 func TestEtcdOutageIsBoundedAndRecovers(t *testing.T) {
-	srv := etcdtest.Start(t)
-	s := etcdstore.New(srv.Client(t), "/test")
-	p := pool.New(s, pool.Config{Host: "h"})
-	n := mustNetwork(t, "198.18.0.0/28", "")
-	if err := p.Attach(ctxT(t, 10*time.Second), n); err != nil {
-		t.Fatal(err)
-	}
+	srv, _, p, n := attachedPool(t, "198.18.0.0/28", "")
 	srv.Stop(t)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

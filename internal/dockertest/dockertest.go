@@ -159,15 +159,9 @@ func (d *Daemon) Stop(t testing.TB) {
 	if d.cmd == nil {
 		return
 	}
-	pid := d.cmd.Process.Pid
-	_ = syscall.Kill(pid, syscall.SIGTERM) // it may be gone already; the wait below tells
-	select {
-	case <-d.done:
-	case <-time.After(stopTimeout):
-		t.Logf("dockertest: dockerd (pid %d) still running %v after SIGTERM; killing it\n%s",
+	if pid := d.cmd.Process.Pid; testproc.Terminate(pid, d.done, stopTimeout) {
+		t.Logf("dockertest: dockerd (pid %d) still running %v after SIGTERM; killed it\n%s",
 			pid, stopTimeout, d.LogTail(logTailLines))
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
-		<-d.done
 	}
 	d.cmd = nil
 	if n := d.killStrays(); n > 0 {

@@ -104,14 +104,8 @@ func (s *Server) Stop(t testing.TB) {
 	if s.cmd == nil {
 		return
 	}
-	pid := s.cmd.Process.Pid
-	_ = syscall.Kill(pid, syscall.SIGTERM) // it may have exited already; the wait below tells
-	select {
-	case <-s.done:
-	case <-time.After(stopTimeout):
-		t.Logf("etcdtest: etcd (pid %d) ignored SIGTERM for %v; killing it", pid, stopTimeout)
-		_ = syscall.Kill(-pid, syscall.SIGKILL) // whole process group
-		<-s.done
+	if pid := s.cmd.Process.Pid; testproc.Terminate(pid, s.done, stopTimeout) {
+		t.Logf("etcdtest: etcd (pid %d) ignored SIGTERM for %v; killed it", pid, stopTimeout)
 	}
 	s.cmd = nil
 }

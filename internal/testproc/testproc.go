@@ -9,7 +9,9 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 var (
@@ -50,6 +52,21 @@ func Require(t testing.TB, ok bool, what string) {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
+}
+
+// Terminate sends pid SIGTERM and waits for done; after grace it kills
+// pid's whole process group and waits again. It reports whether it had to
+// kill. A process that is already gone is fine: done tells.
+func Terminate(pid int, done <-chan struct{}, grace time.Duration) (killed bool) {
+	_ = syscall.Kill(pid, syscall.SIGTERM) // may be gone already; done tells
+	select {
+	case <-done:
+		return false
+	case <-time.After(grace):
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		<-done
+		return true
+	}
 }
 
 // EnvWithout returns the environment minus the variables whose "NAME=value" starts with prefix.
