@@ -113,7 +113,7 @@ func TestDockerSequenceOnTwoHosts(t *testing.T) {
 	if got := b.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": idB, "Address": "198.18.0.12", "Options": gw})["Address"]; got != "198.18.0.12/24" {
 		t.Fatalf("gateway of host b: %v", got)
 	}
-	b.refused("IpamDriver.RequestAddress", map[string]any{"PoolID": idB, "Address": "198.18.0.11", "Options": gw}, `already the gateway of host "host-a"`)
+	b.refused("IpamDriver.RequestAddress", map[string]any{"PoolID": idB, "Address": "198.18.0.11", "Options": gw}, `is the gateway of host "host-a"`)
 	for _, p := range []plugin{a, b} {
 		if got := p.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": idA, "Address": "198.18.0.1", "Options": nil})["Address"]; got != "198.18.0.1/24" {
 			t.Fatalf("aux router: %v", got)

@@ -14,6 +14,7 @@ import (
 func FuzzRules(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 1, 1, 3, 2, 2, 9, 3, 0, 3, 4, 1, 9, 5, 0, 12, 3, 2, 9})
 	f.Add([]byte{2, 0, 1, 2, 1, 1, 3, 0, 1, 3, 1, 1, 3, 0, 1, 0, 2, 0, 0, 2, 0})
+	f.Add([]byte{6, 0, 2, 2, 0, 2, 2, 1, 2, 4, 0, 2, 2, 1, 2, 5, 0, 2})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		ctx := context.Background()
 		s := newMemStore()
@@ -23,7 +24,7 @@ func FuzzRules(f *testing.F) {
 		for i := 0; i+2 < len(ops) && i < 300; i += 3 {
 			p := ps[int(ops[i+1])%len(ps)]
 			addr := AddrAt(HostRange(n.Subnet), uint64(ops[i+2])%14)
-			switch ops[i] % 6 {
+			switch ops[i] % 7 {
 			case 0:
 				if a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer}); err == nil {
 					granted[a] = p.Host()
@@ -41,9 +42,11 @@ func FuzzRules(f *testing.F) {
 					delete(granted, addr)
 				}
 			case 5:
-				if was, err := p.Evict(ctx, n.Subnet, addr, ops[i+1]&0x80 != 0); err == nil && was != nil {
+				if was, err := p.Evict(ctx, n.Subnet, addr, ops[i+1]&0x80 != 0, ""); err == nil && was != nil {
 					delete(granted, addr)
 				}
+			case 6:
+				_, _ = p.AddHostAddr(ctx, n.Subnet, addr)
 			}
 			checkInvariants(t, s, n, granted)
 		}
@@ -77,6 +80,10 @@ func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Add
 			containers++
 			if granted[a] != u.a.Host {
 				t.Fatalf("%s is used by a container of %q, but was granted to %q", a, u.a.Host, granted[a])
+			}
+		case KindHost:
+			if len(u.a.Holders) > 1 || (len(u.a.Holders) == 1 && u.a.Holders[u.a.Host] == 0) {
+				t.Fatalf("host address %s of %q is used as gateway by %v", a, u.a.Host, u.a.Holders)
 			}
 		case KindGateway, KindAux:
 			if len(u.a.Holders) == 0 || u.a.Holders[u.a.Host] == 0 {

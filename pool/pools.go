@@ -3,7 +3,6 @@ package pool
 import (
 	"context"
 	"fmt"
-	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"time"
@@ -258,28 +257,6 @@ func (p *Pools) hold(ctx context.Context, subnet netip.Prefix, addr netip.Addr, 
 	})
 }
 
-// holdRule adds host's reference to a shared address of kind.
-func holdRule(e Entry, kind Kind, host string, now time.Time) (State, error) {
-	u := e.Used
-	if u == nil {
-		return State{Used: &Allocation{Kind: kind, Host: host, Holders: map[string]int{host: 1}, Since: now}}, nil
-	}
-	if u.Kind != kind {
-		return State{}, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
-	}
-	if kind == KindGateway && u.Host != host {
-		return State{}, fmt.Errorf("%w: %s is already the gateway of host %q; each host's gateway must be its own bridge address",
-			ErrUnavailable, e.Addr, u.Host)
-	}
-	next := *u
-	next.Holders = maps.Clone(u.Holders)
-	if next.Holders == nil {
-		next.Holders = map[string]int{}
-	}
-	next.Holders[host]++
-	return State{Used: &next}, nil
-}
-
 // Release gives back an address this host holds. It reports released=false
 // when there was nothing of this host's to release (already free, unknown,
 // or a shared address this host holds no reference to): harmless, since
@@ -296,48 +273,27 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 	return released, err
 }
 
-// releaseRule drops host's hold on e. An address returns to the free set
-// only if it lies in the pool's seeded ranges.
-func releaseRule(e Entry, host string) (next State, change bool, err error) {
-	u := e.Used
-	if u == nil {
-		return State{}, false, nil
+// AddHostAddr records addr as a host's own LAN address (`ipamctl
+// host-range`), so no container gets it. The first host that uses it as its
+// gateway claims it. added is false when it was recorded already.
+func (p *Pools) AddHostAddr(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (added bool, err error) {
+	if err := CheckHostAddr(subnet, addr); err != nil {
+		return false, err
 	}
-	freed := State{Free: e.Ranges != nil && e.Ranges.Contains(e.Addr)}
-	switch u.Kind {
-	case KindContainer:
-		if u.Host != host {
-			return State{}, false, fmt.Errorf("%w: %s is held by another host: %s; host %q may not release it",
-				ErrUnavailable, e.Addr, u.Describe(), host)
-		}
-		return freed, true, nil
-	case KindGateway, KindAux:
-		if u.Holders[host] == 0 {
-			return State{}, false, nil
-		}
-		rest := maps.Clone(u.Holders)
-		if rest[host]--; rest[host] == 0 {
-			delete(rest, host)
-		}
-		if len(rest) == 0 {
-			return freed, true, nil
-		}
-		kept := *u
-		kept.Holders = rest
-		if rest[kept.Host] == 0 {
-			kept.Host = firstHost(rest)
-		}
-		return State{Used: &kept}, true, nil
-	default:
-		return State{}, false, fmt.Errorf("%w: %s is a %s entry (%s); remove it with `ipamctl release`",
-			ErrUnavailable, e.Addr, u.Kind, u.Describe())
-	}
+	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		next, change, err := hostAddrRule(e, p.now().UTC())
+		added = change
+		return next, change, err
+	})
+	return added, err
 }
 
-// Evict is the operator's release (`ipamctl release`): it frees addr
-// whoever holds it and returns the record it removed. Gateway and aux
-// addresses need force, since hosts' networks still reference them.
-func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool) (*Allocation, error) {
+// Evict is the operator's release (`ipamctl release`, `ipamctl host
+// release`): it frees addr whoever holds it and returns the record it
+// removed. An address that hosts' networks still reference (gateway, aux,
+// a host address in use as gateway) needs force. A non-empty only refuses
+// addresses of any other kind.
+func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool, only Kind) (*Allocation, error) {
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return nil, err
 	}
@@ -347,23 +303,16 @@ func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		if e.Used == nil {
 			return State{}, false, nil
 		}
-		if (e.Used.Kind == KindGateway || e.Used.Kind == KindAux) && !force {
+		if only != "" && e.Used.Kind != only {
+			return State{}, false, fmt.Errorf("%s is not a %s address: it is the %s", e.Addr, only, e.Used.Describe())
+		}
+		if len(e.Used.Holders) > 0 && !force {
 			return State{}, false, fmt.Errorf("%s is the %s of hosts %s, whose networks still use it; remove those networks, or use --force",
 				e.Addr, e.Used.Kind, e.Used.HolderList())
 		}
 		return State{Free: e.Ranges.Contains(e.Addr)}, true, nil
 	})
 	return was, err
-}
-
-func firstHost(holders map[string]int) string {
-	first := ""
-	for h := range holders {
-		if first == "" || h < first {
-			first = h
-		}
-	}
-	return first
 }
 
 // change applies rule to addr's current entry as one compare-and-swap,

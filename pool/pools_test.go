@@ -132,7 +132,7 @@ func TestGatewayAndAuxAcrossHosts(t *testing.T) {
 	if _, err := ps[0].Gateway(ctx, n, gwA); err != nil {
 		t.Fatalf("same host, same gateway, second network: %v", err)
 	}
-	if _, err := ps[1].Gateway(ctx, n, gwA); err == nil || !strings.Contains(err.Error(), `already the gateway of host "a"`) {
+	if _, err := ps[1].Gateway(ctx, n, gwA); err == nil || !strings.Contains(err.Error(), `is the gateway of host "a"`) {
 		t.Fatalf("host b claiming host a's gateway: %v", err)
 	}
 	if _, err := ps[1].Gateway(ctx, n, gwB); err != nil {
@@ -316,5 +316,60 @@ func TestConcurrentAllocation(t *testing.T) {
 	}
 	if free := len(s.pools[n.Subnet].free); free != 1022 || len(s.pools[n.Subnet].used) != 0 {
 		t.Fatalf("after release: %d free, %d used; want 1022 and 0", free, len(s.pools[n.Subnet].used))
+	}
+}
+
+// TestHostAddresses: host addresses recorded by ipamctl are never handed to
+// containers; the first host using one as its gateway claims it, no other
+// host may, and releasing the gateway leaves it with its host.
+func TestHostAddresses(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/28", "")
+	ps := hosts(t, s, n, "a", "b")
+	hostA, hostB := netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("198.18.0.2")
+	for _, addr := range []netip.Addr{hostA, hostB} {
+		if added, err := ps[0].AddHostAddr(ctx, n.Subnet, addr); err != nil || !added {
+			t.Fatalf("AddHostAddr(%s): %v %v", addr, added, err)
+		}
+	}
+	if added, err := ps[0].AddHostAddr(ctx, n.Subnet, hostA); err != nil || added {
+		t.Fatalf("recording %s again: added=%v %v, want a no-op", hostA, added, err)
+	}
+	for range 14 - 2 {
+		if a, err := ps[1].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer}); err != nil || a == hostA || a == hostB {
+			t.Fatalf("container got %s, %v", a, err)
+		}
+	}
+	if _, err := ps[1].Allocate(ctx, n, hostA, Allocation{Kind: KindContainer}); err == nil || !strings.Contains(err.Error(), "host address, not yet claimed") {
+		t.Fatalf("--ip of a host address: %v", err)
+	}
+	if _, err := ps[0].Gateway(ctx, n, hostA); err != nil {
+		t.Fatalf("host a claiming its address as gateway: %v", err)
+	}
+	if _, err := ps[1].Gateway(ctx, n, hostA); err == nil || !strings.Contains(err.Error(), `host address of host "a"`) {
+		t.Fatalf("host b taking host a's address as gateway: %v", err)
+	}
+	if _, err := ps[1].Gateway(ctx, n, hostB); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := ps[0].Release(ctx, n.Subnet, hostA); err != nil || !ok {
+		t.Fatalf("network rm on host a: %v %v", ok, err)
+	}
+	e, _ := s.Entry(ctx, n.Subnet, hostA)
+	if e.Free || e.Used == nil || e.Used.Kind != KindHost || e.Used.Host != "a" || len(e.Used.Holders) != 0 {
+		t.Fatalf("host a's address after its network is gone: %+v", e.Used)
+	}
+	if _, err := ps[1].Gateway(ctx, n, hostA); err == nil {
+		t.Fatal("host b took host a's address once a's network was gone")
+	}
+	if _, err := ps[0].Evict(ctx, n.Subnet, hostB, false, KindHost); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("host release of an address in use as gateway: %v", err)
+	}
+	if was, err := ps[0].Evict(ctx, n.Subnet, hostA, false, KindHost); err != nil || was.Kind != KindHost {
+		t.Fatalf("host release: %+v %v", was, err)
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, hostA); !e.Free {
+		t.Fatalf("released host address should be free again (it is seeded): %+v", e)
 	}
 }

@@ -48,7 +48,14 @@ type Allocation struct {
 // Describe names the holder for error messages and listings.
 func (a *Allocation) Describe() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s of host %q", a.Kind, a.Host)
+	switch {
+	case a.Kind == KindHost && a.Host == "":
+		b.WriteString("host address, not yet claimed by a host")
+	case a.Kind == KindHost:
+		fmt.Fprintf(&b, "host address of host %q", a.Host)
+	default:
+		fmt.Fprintf(&b, "%s of host %q", a.Kind, a.Host)
+	}
 	if a.MAC != "" {
 		fmt.Fprintf(&b, ", mac %s", a.MAC)
 	}

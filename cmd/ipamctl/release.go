@@ -118,7 +118,7 @@ func releaseOne(c *cli.Context, e *env, subnet netip.Prefix, addr netip.Addr) (*
 	}
 	var was *pool.Allocation
 	err := e.do(c, 0, func(ctx context.Context) (err error) {
-		was, err = e.pools.Evict(ctx, subnet, addr, c.Bool("force"))
+		was, err = e.pools.Evict(ctx, subnet, addr, c.Bool("force"), "")
 		return unknownPool(subnet, err)
 	})
 	return was, err

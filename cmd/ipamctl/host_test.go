@@ -1,0 +1,40 @@
+package main
+
+import (
+	"context"
+	"net/netip"
+	"testing"
+
+	"github.com/talkingdata/ipam/pool"
+)
+
+func TestHostAddresses(t *testing.T) {
+	c := newCtl(t)
+	c.ok("init-range", "--subnet", "198.18.0.0/24", "--range", "198.18.0.1-198.18.0.100")
+	rec := okJSON[[]hostAddrJSON](c, "host-range", "--subnet", "198.18.0.0/24", "--range", "198.18.0.11-198.18.0.13")
+	if len(rec) != 3 || rec[0].Result != "recorded" {
+		t.Fatalf("host-range: %+v", rec)
+	}
+	if again := okJSON[[]hostAddrJSON](c, "host-range", "--subnet", "198.18.0.0/24", "--range", "198.18.0.11"); again[0].Result != "already recorded" {
+		t.Fatalf("host-range again: %+v", again)
+	}
+	c.fails("does not exist", "host-range", "--subnet", "198.19.0.0/24", "--range", "198.19.0.1")
+
+	// Host h1's dockerd makes .11 its gateway: that claims it.
+	p, _ := c.pools("h1")
+	n, _ := pool.NewNetwork("198.18.0.0/24", "")
+	if _, err := p.Gateway(context.Background(), n, netip.MustParseAddr("198.18.0.11")); err != nil {
+		t.Fatal(err)
+	}
+	hosts := okJSON[[]hostAddrJSON](c, "host", "ls")
+	if len(hosts) != 3 || hosts[0].Host != "h1" || hosts[0].Gateway["h1"] != 1 || hosts[1].Host != "" {
+		t.Fatalf("host ls: %+v", hosts)
+	}
+	c.fails("--force", "host", "release", "198.18.0.11")
+	c.fails("not recorded as a host address", "host", "release", "198.18.0.50") // a free address
+	c.ok("host", "release", "198.18.0.12")
+	if hosts := okJSON[[]hostAddrJSON](c, "host", "ls", "--subnet", "198.18.0.0/24"); len(hosts) != 2 {
+		t.Fatalf("after release: %+v", hosts)
+	}
+	c.fails("no pool contains", "host", "release", "198.19.9.9")
+}
