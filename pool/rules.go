@@ -105,4 +105,3 @@ func firstHost(holders map[string]int) string {
 	}
 	return first
 }
-
