@@ -161,7 +161,7 @@ func TestDockerLifecycle(t *testing.T) {
 	etcd.Stop(t)
 	start := time.Now()
 	out, err = d.Docker("run", "-d", "--name", "during-outage", "--network", netName, image, "sleep", "600")
-	if err == nil || !strings.Contains(err.Error()+out, "did not answer within 3s") {
+	if err == nil || !strings.Contains(err.Error()+out, "within 3s (--request-timeout)") {
 		t.Fatalf("docker run with etcd down: %v %s; want the plugin's timeout message", err, out)
 	}
 	took := time.Since(start)

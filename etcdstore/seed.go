@@ -15,8 +15,9 @@ import (
 
 const (
 	// seedBatch addresses go into one transaction: two compares each
-	// (neither free nor used) fill etcd's default limit of 128 per txn.
-	seedBatch = 64
+	// (neither free nor used) and one for the pool's existence stay within
+	// etcd's default limit of 128 per txn.
+	seedBatch = 63
 	// seedWorkers transactions are in flight at once: enough to hide the
 	// round trip, few enough not to starve live allocations.
 	seedWorkers = 8
@@ -84,12 +85,17 @@ func (s *Store) Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet
 // seedBatch seeds consecutive addresses, so their keys form one key range.
 func (s *Store) seedBatch(ctx context.Context, subnet netip.Prefix, batch []netip.Addr) (uint64, error) {
 	first, last := batch[0], batch[len(batch)-1]
+	meta := s.k.meta(subnet)
 	readBack := []clientv3.Op{
 		clientv3.OpGet(s.k.free(subnet, first), clientv3.WithRange(s.k.free(subnet, last)+"\x00"), clientv3.WithKeysOnly()),
 		clientv3.OpGet(s.k.used(subnet, first), clientv3.WithRange(s.k.used(subnet, last)+"\x00"), clientv3.WithKeysOnly()),
+		clientv3.OpGet(meta, clientv3.WithCountOnly()),
 	}
 	for attempt := 0; attempt < 8 && len(batch) > 0; attempt++ {
-		cmps := make([]clientv3.Cmp, 0, 2*len(batch))
+		// A pool removed meanwhile (`ipamctl pool rm`) must not come back
+		// as orphaned free keys.
+		cmps := make([]clientv3.Cmp, 0, 2*len(batch)+1)
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(meta), ">", 0))
 		puts := make([]clientv3.Op, 0, len(batch))
 		for _, a := range batch {
 			free, used := s.k.free(subnet, a), s.k.used(subnet, a)
@@ -105,8 +111,11 @@ func (s *Store) seedBatch(ctx context.Context, subnet netip.Prefix, batch []neti
 		if r.Succeeded {
 			return uint64(len(batch)), nil
 		}
+		if r.Responses[2].GetResponseRange().Count == 0 {
+			return 0, fmt.Errorf("%w: %s (removed while seeding)", pool.ErrUnknownPool, subnet)
+		}
 		present := map[netip.Addr]bool{}
-		for _, resp := range r.Responses {
+		for _, resp := range r.Responses[:2] {
 			for _, kv := range resp.GetResponseRange().Kvs {
 				a, err := parseAddrKey(string(kv.Key))
 				if err != nil {

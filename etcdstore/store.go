@@ -24,6 +24,10 @@ var _ pool.Store = (*Store)(nil)
 // DefaultPrefix is where pools live unless configured otherwise.
 const DefaultPrefix = "/talkingdata/ipam"
 
+// maxAttempts bounds the compare-and-swap loops here; every lost race
+// means another writer made progress.
+const maxAttempts = 32
+
 // Store implements pool.Store on etcd.
 type Store struct {
 	cli *clientv3.Client
@@ -96,7 +100,7 @@ func (s *Store) Meta(ctx context.Context, subnet netip.Prefix) (pool.Meta, bool,
 // with a compare that no pool was created since that read: two hosts
 // creating overlapping pools at once cannot both succeed.
 func (s *Store) CreateMeta(ctx context.Context, m pool.Meta) (pool.Meta, bool, error) {
-	for attempt := 0; attempt < 32; attempt++ {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
 		pools, rev, err := s.pools(ctx)
 		if err != nil {
 			return pool.Meta{}, false, err
@@ -120,7 +124,7 @@ func (s *Store) CreateMeta(ctx context.Context, m pool.Meta) (pool.Meta, bool, e
 			return m, true, nil
 		}
 	}
-	return pool.Meta{}, false, fmt.Errorf("creating pool %s: %w", m.Subnet, pool.ErrContention)
+	return pool.Meta{}, false, pool.ErrContention
 }
 
 func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta, bool, error) {
@@ -136,7 +140,10 @@ func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta,
 		next.Rev = r.Header.Revision
 		return next, true, nil
 	}
-	cur, _, err := metaFrom(r.Responses[0].GetResponseRange().Kvs)
+	cur, ok, err := metaFrom(r.Responses[0].GetResponseRange().Kvs)
+	if err == nil && !ok {
+		err = fmt.Errorf("%w: %s (removed meanwhile)", pool.ErrUnknownPool, old.Subnet)
+	}
 	return cur, false, err
 }
 
@@ -154,9 +161,12 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 			clientv3.OpGet(free, clientv3.WithRange(s.k.free(subnet, within.To())+"\x00"), clientv3.WithLimit(int64(n)), clientv3.WithKeysOnly()),
 			clientv3.OpGet(s.k.free(subnet, within.From()), clientv3.WithRange(free), clientv3.WithLimit(int64(n)), clientv3.WithKeysOnly()))
 	}
+	// The pool must still exist: free keys written by a seeding that
+	// raced with `ipamctl pool rm` must not be handed out.
 	r, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(free), ">", 0),
-			clientv3.Compare(clientv3.CreateRevision(used), "=", 0)).
+			clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(s.k.meta(subnet)), ">", 0)).
 		Then(clientv3.OpDelete(free), clientv3.OpPut(used, string(value))).
 		Else(orElse...).Commit()
 	if err != nil {
@@ -259,12 +269,12 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 }
 
 func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int) (int, error) {
-	key := s.k.ref(subnet, host)
+	key, meta := s.k.ref(subnet, host), s.k.meta(subnet)
 	r, err := s.cli.Get(ctx, key)
 	if err != nil {
 		return 0, err
 	}
-	for attempt := 0; attempt < 32; attempt++ {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
 		var n int
 		var rev int64
 		if len(r.Kvs) > 0 {
@@ -279,13 +289,17 @@ func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, de
 			op = clientv3.OpDelete(key)
 		}
 		t, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev)).
-			Then(op).Else(clientv3.OpGet(key)).Commit()
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev),
+				clientv3.Compare(clientv3.CreateRevision(meta), ">", 0)).
+			Then(op).Else(clientv3.OpGet(key), clientv3.OpGet(meta, clientv3.WithCountOnly())).Commit()
 		if err != nil {
 			return 0, err
 		}
 		if t.Succeeded {
 			return n, nil
+		}
+		if t.Responses[1].GetResponseRange().Count == 0 {
+			return 0, fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
 		}
 		r = (*clientv3.GetResponse)(t.Responses[0].GetResponseRange())
 	}

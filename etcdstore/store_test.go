@@ -349,3 +349,35 @@ func TestEtcdOutageIsBoundedAndRecovers(t *testing.T) {
 		t.Fatalf("after etcd came back: %v", err)
 	}
 }
+
+// TestPoolRemovedWhileSeeding: `ipamctl pool rm` of a pool that is still
+// being seeded must not leave orphaned free keys that claims would hand
+// out from a pool that no longer exists.
+func TestPoolRemovedWhileSeeding(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	s := etcdstore.New(srv.Client(t), "/test")
+	p := pool.New(s, pool.Config{Host: "h"})
+	subnet := netip.MustParsePrefix("198.18.0.0/16")
+	var once sync.Once
+	_, err := p.AddRanges(ctx, subnet, rangeSet(t, "198.18.0.1-198.18.255.254"), func(done, total uint64) {
+		if done >= 5000 {
+			once.Do(func() {
+				if err := s.DeletePool(ctx, subnet, false); err != nil {
+					t.Errorf("pool rm during seeding: %v", err)
+				}
+			})
+		}
+	})
+	if !errors.Is(err, pool.ErrUnknownPool) {
+		t.Fatalf("seeding a pool removed midway: %v, want ErrUnknownPool", err)
+	}
+	r, err := srv.Client(t).Get(ctx, "/test/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || r.Count != 0 {
+		t.Fatalf("%d keys left behind (%v)", r.Count, err)
+	}
+	n := mustNetwork(t, "198.18.0.0/16", "")
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer}); !errors.Is(err, pool.ErrUnknownPool) {
+		t.Fatalf("allocation from the removed pool: %v", err)
+	}
+}

@@ -51,13 +51,15 @@ func (d *Driver) context() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), d.Timeout)
 }
 
-// explain turns a store failure into a message an operator can act on.
+// explain turns a failure into a message an operator can act on.
 func (d *Driver) explain(ctx context.Context, err error) error {
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
-	}
-	if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s did not answer within %s: %w", d.StoreName, d.Timeout, err)
+	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("no answer from %s within %s (--request-timeout): %w", d.StoreName, d.Timeout, err)
+	case errors.Is(err, pool.ErrUnknownPool):
+		return fmt.Errorf("%w (if it was removed with ipamctl pool rm, re-create the Docker network)", err)
 	}
 	return err
 }
@@ -141,9 +143,6 @@ func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddre
 		if want, err = pool.ParseAddr(r.Address); err != nil {
 			return nil, fmt.Errorf("invalid Address %q in RequestAddress", r.Address)
 		}
-		if err := pool.CheckHostAddr(n.Subnet, want); err != nil {
-			return nil, err
-		}
 	}
 	ctx, cancel := d.context()
 	defer cancel()
@@ -156,9 +155,10 @@ func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddre
 			want = d.localAddr(n.Subnet)
 		}
 		got, err = d.Pools.Gateway(ctx, n, want)
-	case r.Options[optMAC] == "" && want.IsValid():
-		// dockerd sends a MAC with every endpoint request (we require
-		// one) and no options at all for --aux-address.
+	case len(r.Options) == 0 && want.IsValid():
+		// dockerd sends no options at all for --aux-address, and at least
+		// the endpoint's name (Docker >= 29) or MAC with every endpoint
+		// request; one that fell back to no capabilities sends no MAC.
 		kind = pool.KindAux
 		got, err = want, d.Pools.Aux(ctx, n, want)
 	default:

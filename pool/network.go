@@ -36,6 +36,9 @@ func NewNetwork(subnet, ipRange string) (Network, error) {
 	if r != s {
 		n.IPRange = r
 	}
+	if !n.Range().IsValid() {
+		return Network{}, fmt.Errorf("invalid ip-range %q: holds no usable address of subnet %s", ipRange, s)
+	}
 	return n, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"sync"
 	"time"
 
 	"go4.org/netipx"
@@ -41,6 +42,10 @@ type Pools struct {
 	cfg   Config
 	now   func() time.Time
 	randN func(n uint64) uint64
+	// seeded caches each pool's seeded ranges (netip.Prefix →
+	// *netipx.IPSet), refreshed by Attach. Ranges only grow, so a stale
+	// copy only makes random starts less spread, never wrong.
+	seeded sync.Map
 }
 
 // New returns the rules engine for cfg.Host.
@@ -84,6 +89,7 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 			return err
 		}
 	}
+	p.seeded.Store(n.Subnet, m.Ranges)
 	if n.IPRange.IsValid() && !m.Ranges.ContainsRange(n.Range()) {
 		return fmt.Errorf("pool %s: ip-range %s is not seeded (seeded: %s); run `ipamctl init-range --subnet %s --range %s`",
 			n.Subnet, n.IPRange, FormatRanges(m.Ranges), n.Subnet, n.IPRange)
@@ -179,10 +185,13 @@ func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, t
 
 // Allocate takes an address for a, from n's range, or want if it is valid.
 //
-// Automatic allocation starts at a random address of the range rather than
-// the lowest free one: hosts sharing a pool would otherwise all race for
-// the same key. A start that is not free costs nothing extra: the failed
-// claim returns free neighbours, and the retry picks one at random.
+// Automatic allocation starts at a random seeded address of the range
+// rather than the lowest free one: hosts sharing a pool would otherwise all
+// race for the same key. (Random over the seeded part only: over a range
+// mostly unseeded, most starts would fall past the last seeded key and all
+// wrap to the same first free ones.) A start that is not free costs
+// nothing extra: the failed claim returns free neighbours, and the retry
+// picks one at random.
 func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
 	a.Host, a.Since = p.cfg.Host, p.now().UTC()
 	if want.IsValid() {
@@ -194,7 +203,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return netip.Addr{}, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err)
 		}
 		switch {
-		case c.Taken:
+		case c.Taken, retried(c.Holder, a):
 			return want, nil
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
@@ -202,7 +211,11 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		return netip.Addr{}, unavailable(n.Subnet, want, c.Holder)
 	}
 	r := n.Range()
-	addr := AddrAt(r, p.randN(RangeSize(r)))
+	span, err := p.span(ctx, n)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	addr := AddrInSet(span, p.randN(SetSize(span)))
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		c, err := p.store.Claim(ctx, n.Subnet, addr, r, a, candidates)
 		if err != nil {
@@ -219,6 +232,43 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		addr = c.Candidates[p.randN(uint64(len(c.Candidates)))]
 	}
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
+}
+
+// retried reports whether holder is the very allocation a is asking for:
+// same host and endpoint MAC. dockerd re-sends a request whose answer it
+// did not get (the plugin restarted, a connection broke) while the claim
+// may have committed.
+func retried(holder *Allocation, a Allocation) bool {
+	return holder != nil && holder.Kind == KindContainer && a.MAC != "" &&
+		holder.Host == a.Host && holder.MAC == a.MAC
+}
+
+// span is where random starts go: the pool's seeded ranges within n's
+// range, or n's range when they do not meet it.
+func (p *Pools) span(ctx context.Context, n Network) (*netipx.IPSet, error) {
+	seeded, ok := p.seeded.Load(n.Subnet)
+	if !ok {
+		// dockerd does not repeat RequestPool after a restart of either
+		// side, so the first allocation may come before any Attach.
+		m, found, err := p.store.Meta(ctx, n.Subnet)
+		if err != nil {
+			return nil, fmt.Errorf("reading pool %s: %w", n.Subnet, err)
+		}
+		if !found {
+			return nil, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
+		}
+		p.seeded.Store(n.Subnet, m.Ranges)
+		seeded = m.Ranges
+	}
+	var b netipx.IPSetBuilder
+	b.AddRange(n.Range())
+	b.Intersect(seeded.(*netipx.IPSet))
+	s, _ := b.IPSet()
+	if len(s.Ranges()) == 0 {
+		b.AddRange(n.Range())
+		s, _ = b.IPSet()
+	}
+	return s, nil
 }
 
 func unavailable(subnet netip.Prefix, a netip.Addr, holder *Allocation) error {

@@ -170,6 +170,19 @@ func split128(a netip.Addr) (hi, lo uint64) {
 	return binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])
 }
 
+// AddrInSet returns the n-th address of s in address order; n must be
+// below SetSize(s).
+func AddrInSet(s *netipx.IPSet, n uint64) netip.Addr {
+	for _, r := range s.Ranges() {
+		if size := RangeSize(r); n >= size {
+			n -= size
+			continue
+		}
+		return AddrAt(r, n)
+	}
+	return netip.Addr{}
+}
+
 // FormatRanges renders a set as "A-B,C,D-E" (single addresses without a dash).
 func FormatRanges(s *netipx.IPSet) string {
 	parts := make([]string, 0, len(s.Ranges()))

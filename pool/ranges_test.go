@@ -133,6 +133,7 @@ func TestNewNetwork(t *testing.T) {
 		{subnet: "198.18.0.0/24", ipRange: "198.18.0.0/16", err: "not inside subnet"},
 		{subnet: "198.18.0.0/24", ipRange: "2001:db8::/64", err: "not inside subnet"},
 		{subnet: "198.18.0.0/24", ipRange: "x", err: `invalid ip-range "x"`},
+		{subnet: "198.18.0.0/24", ipRange: "198.18.0.255/32", err: "holds no usable address"},
 	} {
 		n, err := NewNetwork(tc.subnet, tc.ipRange)
 		if tc.err != "" {

@@ -135,16 +135,10 @@ type Claim struct {
 	Candidates []netip.Addr
 }
 
-// Usage counts a pool's addresses.
-type Usage struct {
-	Free   uint64
-	Used   uint64
-	ByKind map[Kind]uint64
-}
-
 // Store is what the allocation rules need from storage. Every method that
 // changes state is atomic; a lost race is reported as ok=false or
-// Taken=false, never as an error. ctx bounds each call.
+// Taken=false, and only a method that retries by itself (CreateMeta,
+// AddRef, Seed) reports ErrContention after too many. ctx bounds each call.
 type Store interface {
 	// Meta reads a pool; ok is false when it does not exist.
 	Meta(ctx context.Context, subnet netip.Prefix) (m Meta, ok bool, err error)

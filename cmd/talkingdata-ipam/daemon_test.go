@@ -54,7 +54,8 @@ func TestEmbeddedEtcdSingleHost(t *testing.T) {
 	}
 
 	startDaemon(t, bin, sock, data)
-	again := post(t, sock, "IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Address": addr, "Options": mac})
+	other := map[string]string{"com.docker.network.endpoint.macaddress": "02:42:c6:12:00:02"}
+	again := post(t, sock, "IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Address": addr, "Options": other})
 	if !strings.Contains(again["Err"].(string), addr+" is in use") {
 		t.Fatalf("after a restart, %s should still be used: %v", addr, again)
 	}

@@ -67,7 +67,12 @@ func run(c *cli.Context) error {
 	}
 	defer os.Remove(path)
 	srv := &http.Server{Handler: ipam.Handler(driver, log), ReadHeaderTimeout: 5 * time.Second}
+	// Calls in flight finish before etcd is closed: a call cut off after
+	// its transaction committed would be retried by dockerd and allocate
+	// twice.
+	drained := make(chan struct{})
 	go func() {
+		defer close(drained)
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), driver.Timeout+time.Second)
 		defer cancel()
@@ -79,6 +84,7 @@ func run(c *cli.Context) error {
 	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serving %s: %w", path, err)
 	}
+	<-drained
 	log.Info("stopped")
 	return nil
 }
