@@ -151,10 +151,11 @@ func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddre
 	switch {
 	case r.Options[optRequestType] == typeGateway:
 		kind = pool.KindGateway
+		local := d.localAddr(n.Subnet, want)
 		if !want.IsValid() {
-			want = d.localAddr(n.Subnet)
+			want = local
 		}
-		got, err = d.Pools.Gateway(ctx, n, want)
+		got, err = d.Pools.Gateway(ctx, n, want, local.IsValid() && local == want)
 	case len(r.Options) == 0 && want.IsValid():
 		// dockerd sends no options at all for --aux-address, and at least
 		// the endpoint's name (Docker >= 29) or MAC with every endpoint
@@ -180,8 +181,9 @@ func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddre
 	return &api.RequestAddressResponse{Address: netip.PrefixFrom(got, n.Subnet.Bits()).String(), Data: map[string]string{}}, nil
 }
 
-// localAddr is this host's own address in subnet, if it has one.
-func (d *Driver) localAddr(subnet netip.Prefix) netip.Addr {
+// localAddr is this host's own address in subnet, preferring want: want
+// itself when the host has it, else the first one it has, else none.
+func (d *Driver) localAddr(subnet netip.Prefix, want netip.Addr) netip.Addr {
 	if d.LocalAddrs == nil {
 		return netip.Addr{}
 	}
@@ -189,12 +191,16 @@ func (d *Driver) localAddr(subnet netip.Prefix) netip.Addr {
 	if err != nil {
 		d.Log.Warn("listing local addresses", "err", err)
 	}
+	var first netip.Addr
 	for _, a := range addrs {
-		if pool.CheckHostAddr(subnet, a) == nil {
+		if a == want {
 			return a
 		}
+		if !first.IsValid() && pool.CheckHostAddr(subnet, a) == nil {
+			first = a
+		}
 	}
-	return netip.Addr{}
+	return first
 }
 
 func (d *Driver) ReleaseAddress(r *api.ReleaseAddressRequest) error {

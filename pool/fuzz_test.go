@@ -34,7 +34,7 @@ func FuzzRules(f *testing.F) {
 					granted[a] = p.Host()
 				}
 			case 2:
-				_, _ = p.Gateway(ctx, n, addr) // refusals are legitimate here
+				_, _ = p.Gateway(ctx, n, addr, ops[i+1]&0x40 != 0) // refusals are legitimate here
 			case 3:
 				_ = p.Aux(ctx, n, addr)
 			case 4:

@@ -281,12 +281,13 @@ func unavailable(subnet netip.Prefix, a netip.Addr, holder *Allocation) error {
 
 // Gateway records addr as this host's gateway in n's pool. With no addr it
 // allocates one from the range (the driver passes the host's own address
-// when it has one in the subnet).
-func (p *Pools) Gateway(ctx context.Context, n Network, addr netip.Addr) (netip.Addr, error) {
+// when it has one in the subnet). local says addr is configured on this
+// host: only then may it claim an unclaimed host address.
+func (p *Pools) Gateway(ctx context.Context, n Network, addr netip.Addr, local bool) (netip.Addr, error) {
 	if !addr.IsValid() {
 		return p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindGateway, Holders: map[string]int{p.cfg.Host: 1}})
 	}
-	return addr, p.hold(ctx, n.Subnet, addr, KindGateway)
+	return addr, p.hold(ctx, n.Subnet, addr, KindGateway, local)
 }
 
 // Aux records this host's reference to an --aux-address such as the LAN
@@ -294,15 +295,15 @@ func (p *Pools) Gateway(ctx context.Context, n Network, addr netip.Addr) (netip.
 // router is usually neither. A free one leaves the free set, so no
 // container gets it.
 func (p *Pools) Aux(ctx context.Context, n Network, addr netip.Addr) error {
-	return p.hold(ctx, n.Subnet, addr, KindAux)
+	return p.hold(ctx, n.Subnet, addr, KindAux, false)
 }
 
-func (p *Pools) hold(ctx context.Context, subnet netip.Prefix, addr netip.Addr, kind Kind) error {
+func (p *Pools) hold(ctx context.Context, subnet netip.Prefix, addr netip.Addr, kind Kind, local bool) error {
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return err
 	}
 	return p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		next, err := holdRule(e, kind, p.cfg.Host, p.now().UTC())
+		next, err := holdRule(e, kind, p.cfg.Host, local, p.now().UTC())
 		return next, true, err
 	})
 }

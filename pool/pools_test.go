@@ -126,16 +126,16 @@ func TestGatewayAndAuxAcrossHosts(t *testing.T) {
 	if err := ps[0].Aux(ctx, n, router); err != nil {
 		t.Fatalf("second aux by host a: %v", err)
 	}
-	if _, err := ps[0].Gateway(ctx, n, gwA); err != nil {
+	if _, err := ps[0].Gateway(ctx, n, gwA, true); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ps[0].Gateway(ctx, n, gwA); err != nil {
+	if _, err := ps[0].Gateway(ctx, n, gwA, true); err != nil {
 		t.Fatalf("same host, same gateway, second network: %v", err)
 	}
-	if _, err := ps[1].Gateway(ctx, n, gwA); err == nil || !strings.Contains(err.Error(), `is the gateway of host "a"`) {
+	if _, err := ps[1].Gateway(ctx, n, gwA, true); err == nil || !strings.Contains(err.Error(), `is the gateway of host "a"`) {
 		t.Fatalf("host b claiming host a's gateway: %v", err)
 	}
-	if _, err := ps[1].Gateway(ctx, n, gwB); err != nil {
+	if _, err := ps[1].Gateway(ctx, n, gwB, true); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ps[2].Allocate(ctx, n, router, Allocation{Kind: KindContainer}); !errors.Is(err, ErrUnavailable) {
@@ -180,7 +180,7 @@ func TestReleaseOutsideSeededRangesDrops(t *testing.T) {
 	n := mustNetwork(t, "198.18.0.0/24", "198.18.0.128/25")
 	p := hosts(t, s, n, "a")[0]
 	gw := netip.MustParseAddr("198.18.0.1") // the host's own address, never seeded
-	if _, err := p.Gateway(ctx, n, gw); err != nil {
+	if _, err := p.Gateway(ctx, n, gw, true); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := p.Release(ctx, n.Subnet, gw); err != nil {
@@ -196,7 +196,7 @@ func TestGatewayWithoutAddressTakesFreeOne(t *testing.T) {
 	s := newMemStore()
 	n := mustNetwork(t, "198.18.0.0/28", "")
 	p := hosts(t, s, n, "a")[0]
-	gw, err := p.Gateway(ctx, n, netip.Addr{})
+	gw, err := p.Gateway(ctx, n, netip.Addr{}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,13 +344,16 @@ func TestHostAddresses(t *testing.T) {
 	if _, err := ps[1].Allocate(ctx, n, hostA, Allocation{Kind: KindContainer}); err == nil || !strings.Contains(err.Error(), "host address, not yet claimed") {
 		t.Fatalf("--ip of a host address: %v", err)
 	}
-	if _, err := ps[0].Gateway(ctx, n, hostA); err != nil {
+	if _, err := ps[1].Gateway(ctx, n, hostA, false); err == nil || !strings.Contains(err.Error(), `host "b" does not have`) {
+		t.Fatalf("host b claiming an unclaimed host address it does not have: %v", err)
+	}
+	if _, err := ps[0].Gateway(ctx, n, hostA, true); err != nil {
 		t.Fatalf("host a claiming its address as gateway: %v", err)
 	}
-	if _, err := ps[1].Gateway(ctx, n, hostA); err == nil || !strings.Contains(err.Error(), `host address of host "a"`) {
+	if _, err := ps[1].Gateway(ctx, n, hostA, true); err == nil || !strings.Contains(err.Error(), `host address of host "a"`) {
 		t.Fatalf("host b taking host a's address as gateway: %v", err)
 	}
-	if _, err := ps[1].Gateway(ctx, n, hostB); err != nil {
+	if _, err := ps[1].Gateway(ctx, n, hostB, true); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := ps[0].Release(ctx, n.Subnet, hostA); err != nil || !ok {
@@ -360,7 +363,7 @@ func TestHostAddresses(t *testing.T) {
 	if e.Free || e.Used == nil || e.Used.Kind != KindHost || e.Used.Host != "a" || len(e.Used.Holders) != 0 {
 		t.Fatalf("host a's address after its network is gone: %+v", e.Used)
 	}
-	if _, err := ps[1].Gateway(ctx, n, hostA); err == nil {
+	if _, err := ps[1].Gateway(ctx, n, hostA, true); err == nil {
 		t.Fatal("host b took host a's address once a's network was gone")
 	}
 	if _, err := ps[0].Evict(ctx, n.Subnet, hostB, false, KindHost); err == nil || !strings.Contains(err.Error(), "--force") {

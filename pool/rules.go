@@ -12,10 +12,10 @@ import (
 
 // holdRule adds host's reference to a shared address of kind (gateway or
 // aux). A gateway may also be a host address recorded by `ipamctl
-// host-range`: the first host to use it as its gateway claims it, and no
-// other host may then use it: two hosts with one IP is the outage this
-// prevents.
-func holdRule(e Entry, kind Kind, host string, now time.Time) (State, error) {
+// host-range`: the host that has it configured (local) claims it when it
+// first uses it as its gateway, and no other host may then use it: two
+// hosts with one IP is the outage this prevents.
+func holdRule(e Entry, kind Kind, host string, local bool, now time.Time) (State, error) {
 	u := e.Used
 	if u == nil {
 		return State{Used: &Allocation{Kind: kind, Host: host, Holders: map[string]int{host: 1}, Since: now}}, nil
@@ -27,6 +27,10 @@ func holdRule(e Entry, kind Kind, host string, now time.Time) (State, error) {
 	if kind == KindGateway && u.Host != host && !(claimsHost && u.Host == "") {
 		return State{}, fmt.Errorf("%w: %s is the %s; each host's gateway must be its own bridge address",
 			ErrUnavailable, e.Addr, u.Describe())
+	}
+	if claimsHost && u.Host == "" && !local {
+		return State{}, fmt.Errorf("%w: %s is a recorded host address that host %q does not have; each host's gateway must be its own bridge address",
+			ErrUnavailable, e.Addr, host)
 	}
 	next := *u
 	next.Holders = maps.Clone(u.Holders)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lab.sh — a multi-host talkingdata IPAM lab on one machine, for tests and by hand. Needs root.
 #
-#   scripts/lab.sh [-i ID] up [--build]      build a lab (a fresh random id unless -i / $TDLAB_ID)
+#   scripts/lab.sh [-i ID] up                build a lab (a fresh random id unless -i / $TDLAB_ID)
 #   scripts/lab.sh [-i ID] status            each component and whether it is alive (all labs without an id)
 #   scripts/lab.sh [-i ID] exec NODE [CMD…]  run CMD (default: a shell) in NODE's network namespace
 #   scripts/lab.sh [-i ID] docker HOST ARGS… the docker CLI against HOST's dockerd
@@ -34,8 +34,8 @@
 #
 # Environment:
 #   TDLAB_ID          lab id ([a-z0-9], at most 16)        TDLAB_HOSTS       hosts, 1-9 (default 3)
-#   TDLAB_BIN         directory with talkingdata-ipam and ipamctl to use (else --build: fresh into
-#                     the state dir; else the repo's bin/, built with `make build` when missing)
+#   TDLAB_BIN         directory with talkingdata-ipam and ipamctl to use (else a fresh build of
+#                     the working tree into the state dir)
 #   TDLAB_PLUGIN_ARGS extra daemon flags, split on spaces   TDLAB_OWNER_PID   see prune
 #   TDLAB_DOCKERD, TDLAB_ETCD, TDLAB_DOCKER_CLI, TDLAB_GO, TDLAB_STORAGE_DRIVER: override programs
 #
@@ -360,15 +360,9 @@ shift 2
 exec "$@"'
 
 cmd_up() {
-	local build=0 k
+	local k
 	T0_US=${EPOCHREALTIME//[.,]/}
-	while (($#)); do
-		case $1 in
-		--build) build=1 ;;
-		*) die "up: unknown argument $1" ;;
-		esac
-		shift
-	done
+	(($# == 0)) || die "up: unknown argument $1"
 	[[ $(id -u) == 0 ]] || die "up needs root (namespaces, mounts, dockerd)"
 	[[ -n ${ID:-} ]] || ID=$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')
 	set_lab "$ID"
@@ -398,20 +392,14 @@ cmd_up() {
 	local buildpid=""
 	if [[ -n ${TDLAB_BIN:-} ]]; then
 		BIN=$(cd "$TDLAB_BIN" && pwd)
-	elif ((build)); then
+	else
+		# Always a fresh build of the working tree (incremental, about a
+		# second): a stale bin/ would test yesterday's code.
 		BIN="$S/bin"
 		GO=${TDLAB_GO:-$(command -v go || echo /usr/local/go/bin/go)}
-		[[ -x $GO ]] || die "no go toolchain for up --build (set TDLAB_GO or TDLAB_BIN)"
+		[[ -x $GO ]] || die "no go toolchain to build the binaries (set TDLAB_GO, or TDLAB_BIN to prebuilt ones)"
 		(cd "$REPO" && CGO_ENABLED=0 "$GO" build -o "$BIN/" ./cmd/talkingdata-ipam ./cmd/ipamctl) >"$S/build.log" 2>&1 &
 		buildpid=$!
-	else
-		BIN="$REPO/bin"
-		if [[ ! -x $BIN/talkingdata-ipam || ! -x $BIN/ipamctl ]]; then
-			GO=${TDLAB_GO:-$(command -v go || echo /usr/local/go/bin/go)}
-			# flock: concurrent ups must not write bin/ at the same time.
-			(cd "$REPO" && flock "$REPO" sh -c '[ -x bin/talkingdata-ipam ] && [ -x bin/ipamctl ] || exec make build GO="$1"' sh "$GO") >"$S/build.log" 2>&1 &
-			buildpid=$!
-		fi
 	fi
 
 	local -a hosts=()

@@ -23,7 +23,7 @@ func TestHostAddresses(t *testing.T) {
 	// Host h1's dockerd makes .11 its gateway: that claims it.
 	p, _ := c.pools("h1")
 	n, _ := pool.NewNetwork("198.18.0.0/24", "")
-	if _, err := p.Gateway(context.Background(), n, netip.MustParseAddr("198.18.0.11")); err != nil {
+	if _, err := p.Gateway(context.Background(), n, netip.MustParseAddr("198.18.0.11"), true); err != nil {
 		t.Fatal(err)
 	}
 	hosts := okJSON[[]hostAddrJSON](c, "host", "ls")

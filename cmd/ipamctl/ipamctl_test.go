@@ -111,7 +111,7 @@ func populate(t *testing.T, c *ctl) {
 		}
 	}
 	p, _ := c.pools("hostA")
-	if _, err := p.Gateway(ctx(t), n, netip.MustParseAddr("198.18.1.100")); err != nil {
+	if _, err := p.Gateway(ctx(t), n, netip.MustParseAddr("198.18.1.100"), false); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -82,7 +82,7 @@ func UpWith(t testing.TB, o Options) *Lab {
 	t.Helper()
 	l := prepare(t, o)
 	start := time.Now()
-	out, err := l.run(upTimeout, l.upEnv(o), "up", l.upArgs(o)...)
+	out, err := l.run(upTimeout, l.upEnv(o), "up")
 	if err != nil {
 		t.Fatalf("lab: up %s: %v\n%s", l.ID, err, out)
 	}
@@ -152,13 +152,6 @@ func (l *Lab) upEnv(o Options) []string {
 		env = append(env, "TDLAB_PLUGIN_ARGS="+strings.Join(o.PluginArgs, " "))
 	}
 	return env
-}
-
-func (l *Lab) upArgs(o Options) []string {
-	if o.BinDir == "" {
-		return []string{"--build"}
-	}
-	return nil
 }
 
 // Down tears the lab down (SIGKILL for everything; nothing is saved) and fails the test if

@@ -210,7 +210,7 @@ func TestDownAfterFailedUp(t *testing.T) {
 	t.Parallel()
 	o := Options{Hosts: 2}
 	l := prepare(t, o)
-	out, err := l.run(upTimeout, append(l.upEnv(o), "TDLAB_DOCKERD=/bin/false"), "up", l.upArgs(o)...)
+	out, err := l.run(upTimeout, append(l.upEnv(o), "TDLAB_DOCKERD=/bin/false"), "up")
 	if err == nil || !strings.Contains(err.Error(), "dockerd of h") {
 		t.Fatalf("up with a failing dockerd: %v\n%s", err, out)
 	}
@@ -231,7 +231,7 @@ func TestDownAfterKilledUp(t *testing.T) {
 			t.Parallel()
 			o := Options{Hosts: 2}
 			l := prepare(t, o)
-			up := l.command(context.Background(), l.upEnv(o), "up", l.upArgs(o)...)
+			up := l.command(context.Background(), l.upEnv(o), "up")
 			var log strings.Builder
 			up.Stdout, up.Stderr = &log, &log
 			if err := up.Start(); err != nil {
