@@ -5,6 +5,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/talkingdata/ipam/pool"
 )
 
 // Key layout under the prefix (see docs/ARCHITECTURE.md):
@@ -13,17 +15,30 @@ import (
 //	free/<subnet>/<addr>   one key per free address, empty value
 //	used/<subnet>/<addr>   one key per used address, its allocation (JSON)
 //	refs/<subnet>/<host>   how many of the host's networks use the pool
+//	owners/<subnet>/<host>/<mac>  the address an endpoint holds: written and
+//	                       deleted in the same transactions as its used/ key,
+//	                       so a retried request finds what it already got
 //
 // <subnet> is "198.18.0.0-16". <addr> sorts in address order, so a key
 // range is an address range: IPv4 is zero-padded ("198.018.001.023"),
 // IPv6 fully expanded.
 type keys struct{ prefix string }
 
-func (k keys) meta(s netip.Prefix) string    { return k.prefix + "meta/" + subnetKey(s) }
-func (k keys) metaDir() string               { return k.prefix + "meta/" }
-func (k keys) freeDir(s netip.Prefix) string { return k.prefix + "free/" + subnetKey(s) + "/" }
-func (k keys) usedDir(s netip.Prefix) string { return k.prefix + "used/" + subnetKey(s) + "/" }
-func (k keys) refsDir(s netip.Prefix) string { return k.prefix + "refs/" + subnetKey(s) + "/" }
+func (k keys) meta(s netip.Prefix) string      { return k.prefix + "meta/" + subnetKey(s) }
+func (k keys) metaDir() string                 { return k.prefix + "meta/" }
+func (k keys) freeDir(s netip.Prefix) string   { return k.prefix + "free/" + subnetKey(s) + "/" }
+func (k keys) usedDir(s netip.Prefix) string   { return k.prefix + "used/" + subnetKey(s) + "/" }
+func (k keys) refsDir(s netip.Prefix) string   { return k.prefix + "refs/" + subnetKey(s) + "/" }
+func (k keys) ownersDir(s netip.Prefix) string { return k.prefix + "owners/" + subnetKey(s) + "/" }
+
+// owner is the owner-index key of a, or "" when a has none: only
+// container addresses with a MAC are indexed.
+func (k keys) owner(s netip.Prefix, a *pool.Allocation) string {
+	if a == nil || a.Kind != pool.KindContainer || a.MAC == "" {
+		return ""
+	}
+	return k.ownersDir(s) + a.Host + "/" + a.MAC
+}
 
 func (k keys) free(s netip.Prefix, a netip.Addr) string { return k.freeDir(s) + addrKey(a) }
 func (k keys) used(s netip.Prefix, a netip.Addr) string { return k.usedDir(s) + addrKey(a) }

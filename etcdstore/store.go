@@ -148,12 +148,28 @@ func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta,
 }
 
 func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a pool.Allocation, n int) (pool.Claim, error) {
-	free, used := s.k.free(subnet, addr), s.k.used(subnet, addr)
+	free, used, meta, owner := s.k.free(subnet, addr), s.k.used(subnet, addr), s.k.meta(subnet), s.k.owner(subnet, &a)
 	value, err := json.Marshal(a)
 	if err != nil {
 		return pool.Claim{}, err
 	}
-	orElse := []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(s.k.meta(subnet), clientv3.WithCountOnly())}
+	// The pool must still exist: free keys written by a seeding that
+	// raced with `ipamctl pool rm` must not be handed out. The endpoint
+	// must not hold an address yet: then this is a retry, answered from
+	// the Else.
+	cmps := []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(free), ">", 0),
+		clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
+		clientv3.Compare(clientv3.CreateRevision(meta), ">", 0),
+	}
+	then := []clientv3.Op{clientv3.OpDelete(free), clientv3.OpPut(used, string(value))}
+	orElse := []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(meta, clientv3.WithCountOnly())}
+	if owner != "" {
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(owner), "=", 0))
+		then = append(then, clientv3.OpPut(owner, addr.String()))
+		orElse = append(orElse, clientv3.OpGet(owner))
+	}
+	firstCandidates := len(orElse)
 	if n > 0 {
 		// Free neighbours at or after addr, then from the range's start:
 		// a retry from here needs no further read.
@@ -161,14 +177,7 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 			clientv3.OpGet(free, clientv3.WithRange(s.k.free(subnet, within.To())+"\x00"), clientv3.WithLimit(int64(n)), clientv3.WithKeysOnly()),
 			clientv3.OpGet(s.k.free(subnet, within.From()), clientv3.WithRange(free), clientv3.WithLimit(int64(n)), clientv3.WithKeysOnly()))
 	}
-	// The pool must still exist: free keys written by a seeding that
-	// raced with `ipamctl pool rm` must not be handed out.
-	r, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(free), ">", 0),
-			clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
-			clientv3.Compare(clientv3.CreateRevision(s.k.meta(subnet)), ">", 0)).
-		Then(clientv3.OpDelete(free), clientv3.OpPut(used, string(value))).
-		Else(orElse...).Commit()
+	r, err := s.cli.Txn(ctx).If(cmps...).Then(then...).Else(orElse...).Commit()
 	if err != nil {
 		return pool.Claim{}, err
 	}
@@ -182,7 +191,14 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		}
 	}
 	c.NoPool = r.Responses[1].GetResponseRange().Count == 0
-	for _, resp := range r.Responses[2:] {
+	if owner != "" {
+		if kvs := r.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 {
+			if c.Existing, err = netip.ParseAddr(string(kvs[0].Value)); err != nil {
+				return c, fmt.Errorf("malformed owner index %s: %w", owner, err)
+			}
+		}
+	}
+	for _, resp := range r.Responses[firstCandidates:] {
 		if len(c.Candidates) > 0 {
 			break // wrap to the range's start only when nothing follows
 		}
@@ -195,6 +211,21 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		}
 	}
 	return c, nil
+}
+
+// Owned returns the address host's endpoint with this MAC holds in the
+// pool, if any.
+func (s *Store) Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {
+	key := s.k.owner(subnet, &pool.Allocation{Kind: pool.KindContainer, Host: host, MAC: mac})
+	r, err := s.cli.Get(ctx, key)
+	if err != nil || len(r.Kvs) == 0 {
+		return netip.Addr{}, false, err
+	}
+	a, err := netip.ParseAddr(string(r.Kvs[0].Value))
+	if err != nil {
+		return netip.Addr{}, false, fmt.Errorf("malformed owner index %s: %w", key, err)
+	}
+	return a, true, nil
 }
 
 // entryOps read everything an Entry holds, in one round trip.
@@ -251,6 +282,15 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 		ops = append(ops, clientv3.OpPut(used, string(value)))
 	case cur.Used != nil:
 		ops = append(ops, clientv3.OpDelete(used))
+	}
+	// The owner index follows the used record in the same transaction.
+	if was, now := s.k.owner(subnet, cur.Used), s.k.owner(subnet, next.Used); was != now {
+		if was != "" {
+			ops = append(ops, clientv3.OpDelete(was))
+		}
+		if now != "" {
+			ops = append(ops, clientv3.OpPut(now, cur.Addr.String()))
+		}
 	}
 	r, err := s.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.ModRevision(free), "=", cur.Version.Free),

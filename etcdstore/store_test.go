@@ -3,6 +3,7 @@ package etcdstore_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
@@ -94,12 +95,13 @@ func TestConcurrentHostsNeverShareAnAddress(t *testing.T) {
 	owner := map[netip.Addr]string{}
 	var wg sync.WaitGroup
 	for _, h := range hosts {
-		for range 32 {
+		for g := range 32 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for range perGoroutine {
-					a, err := h.pools.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:00:01"})
+				for i := range perGoroutine {
+					mac := fmt.Sprintf("02:42:c6:12:%02x:%02x", g, i) // one endpoint each
+					a, err := h.pools.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: mac})
 					if err != nil {
 						t.Errorf("%s: %v", h.id, err)
 						return

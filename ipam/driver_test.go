@@ -3,6 +3,7 @@ package ipam_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -83,8 +84,9 @@ func (p plugin) refused(method string, body any, want string) {
 	}
 }
 
+// mac is the options of endpoint n's request.
 func mac(n int) map[string]string {
-	return map[string]string{"com.docker.network.endpoint.macaddress": "02:42:c6:12:00:" + string(rune('a'+n%6)) + "0"}
+	return map[string]string{"com.docker.network.endpoint.macaddress": fmt.Sprintf("02:42:c6:12:00:%02x", n)}
 }
 
 func TestDockerSequenceOnTwoHosts(t *testing.T) {
@@ -119,7 +121,7 @@ func TestDockerSequenceOnTwoHosts(t *testing.T) {
 			t.Fatalf("aux router: %v", got)
 		}
 	}
-	fixed := map[string]any{"PoolID": idA, "Address": "198.18.0.200", "Options": mac(1)}
+	fixed := map[string]any{"PoolID": idA, "Address": "198.18.0.200", "Options": mac(100)}
 	a.ok("IpamDriver.RequestAddress", fixed)
 	// Docker >= 29 names the endpoint; without the MAC capability it sends
 	// no MAC. Still a container's address, never a shared aux one.
@@ -136,7 +138,7 @@ func TestDockerSequenceOnTwoHosts(t *testing.T) {
 		}
 		seen[got] = true
 	}
-	b.refused("IpamDriver.RequestAddress", fixed, `198.18.0.200 is in use: container of host "host-a", mac 02:42:c6:12:00:b0`)
+	b.refused("IpamDriver.RequestAddress", fixed, `198.18.0.200 is in use: container of host "host-a", mac 02:42:c6:12:00:64`)
 	b.refused("IpamDriver.ReleaseAddress", map[string]any{"PoolID": idA, "Address": "198.18.0.200"}, `host "host-b" may not release it`)
 	a.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": idA, "Address": "198.18.0.200"})
 	a.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": idA, "Address": "198.18.0.200"}) // repeated: harmless

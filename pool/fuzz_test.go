@@ -26,11 +26,11 @@ func FuzzRules(f *testing.F) {
 			addr := AddrAt(HostRange(n.Subnet), uint64(ops[i+2])%14)
 			switch ops[i] % 7 {
 			case 0:
-				if a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer}); err == nil {
+				if a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+2] % 4)}); err == nil {
 					granted[a] = p.Host()
 				}
 			case 1:
-				if a, err := p.Allocate(ctx, n, addr, Allocation{Kind: KindContainer}); err == nil {
+				if a, err := p.Allocate(ctx, n, addr, Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+1] % 4)}); err == nil {
 					granted[a] = p.Host()
 				}
 			case 2:
@@ -51,6 +51,14 @@ func FuzzRules(f *testing.F) {
 			checkInvariants(t, s, n, granted)
 		}
 	})
+}
+
+// fuzzMAC gives a few endpoints, so requests repeat (retries) and collide.
+func fuzzMAC(n byte) string {
+	if n == 0 {
+		return "" // an endpoint without MAC: not indexed
+	}
+	return "02:42:00:00:00:0" + string('0'+rune(n))
 }
 
 func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Addr]string) {
@@ -93,6 +101,20 @@ func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Add
 				t.Fatalf("gateway %s is shared by %v", a, u.a.Holders)
 			}
 		}
+	}
+	for key, a := range mp.owners {
+		if u, ok := mp.used[a]; !ok || ownerKey(&u.a) != key {
+			t.Fatalf("owner index %s -> %s does not match the used entry %+v", key, a, u.a)
+		}
+	}
+	indexed := 0
+	for _, u := range mp.used {
+		if ownerKey(&u.a) != "" {
+			indexed++
+		}
+	}
+	if indexed != len(mp.owners) {
+		t.Fatalf("%d indexed container entries, %d owner keys", indexed, len(mp.owners))
 	}
 	if containers != len(granted) {
 		t.Fatalf("%d container entries, %d granted", containers, len(granted))

@@ -20,10 +20,19 @@ type memStore struct {
 }
 
 type memPool struct {
-	meta Meta
-	free map[netip.Addr]int64
-	used map[netip.Addr]memUsed
-	refs map[string]int
+	meta   Meta
+	free   map[netip.Addr]int64
+	used   map[netip.Addr]memUsed
+	refs   map[string]int
+	owners map[string]netip.Addr // host/mac of container entries
+}
+
+// ownerKey mirrors etcdstore's owner index: containers with a MAC.
+func ownerKey(a *Allocation) string {
+	if a == nil || a.Kind != KindContainer || a.MAC == "" {
+		return ""
+	}
+	return a.Host + "/" + a.MAC
 }
 
 type memUsed struct {
@@ -58,7 +67,7 @@ func (s *memStore) CreateMeta(_ context.Context, m Meta) (Meta, bool, error) {
 	}
 	s.rev++
 	m.Rev = s.rev
-	s.pools[m.Subnet] = &memPool{meta: m, free: map[netip.Addr]int64{}, used: map[netip.Addr]memUsed{}, refs: map[string]int{}}
+	s.pools[m.Subnet] = &memPool{meta: m, free: map[netip.Addr]int64{}, used: map[netip.Addr]memUsed{}, refs: map[string]int{}, owners: map[string]netip.Addr{}}
 	return m, true, nil
 }
 
@@ -106,15 +115,23 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	if !ok {
 		return Claim{NoPool: true}, nil
 	}
-	if _, free := p.free[addr]; free {
+	owner := ownerKey(&a)
+	existing, holds := p.owners[owner]
+	if _, free := p.free[addr]; free && !holds {
 		if _, used := p.used[addr]; !used {
 			s.rev++
 			delete(p.free, addr)
 			p.used[addr] = memUsed{a: cloneAlloc(a), rev: s.rev}
+			if owner != "" {
+				p.owners[owner] = addr
+			}
 			return Claim{Taken: true}, nil
 		}
 	}
 	var c Claim
+	if holds {
+		c.Existing = existing
+	}
 	if u, used := p.used[addr]; used {
 		h := cloneAlloc(u.a)
 		c.Holder = &h
@@ -181,7 +198,20 @@ func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next 
 	} else {
 		delete(p.used, cur.Addr)
 	}
+	if was, now := ownerKey(cur.Used), ownerKey(next.Used); was != now {
+		delete(p.owners, was)
+		if now != "" {
+			p.owners[now] = cur.Addr
+		}
+	}
 	return Entry{}, true, nil
+}
+
+func (s *memStore) Owned(_ context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.pools[subnet].owners[ownerKey(&Allocation{Kind: KindContainer, Host: host, MAC: mac})]
+	return a, ok, nil
 }
 
 func (s *memStore) AddRef(_ context.Context, subnet netip.Prefix, host string, delta int) (int, error) {

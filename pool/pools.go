@@ -200,13 +200,15 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		}
 		c, err := p.store.Claim(ctx, n.Subnet, want, n.Range(), a, 0)
 		if err != nil {
-			return netip.Addr{}, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err)
+			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err))
 		}
 		switch {
-		case c.Taken, retried(c.Holder, a):
+		case c.Taken, c.Existing == want:
 			return want, nil
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
+		case c.Existing.IsValid():
+			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
 		}
 		return netip.Addr{}, unavailable(n.Subnet, want, c.Holder)
 	}
@@ -219,11 +221,13 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		c, err := p.store.Claim(ctx, n.Subnet, addr, r, a, candidates)
 		if err != nil {
-			return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, err)
+			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming an address in pool %s: %w", n, err))
 		}
 		switch {
 		case c.Taken:
 			return addr, nil
+		case c.Existing.IsValid():
+			return c.Existing, nil // a retry: the first answer was lost
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case len(c.Candidates) == 0:
@@ -234,13 +238,34 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
 }
 
-// retried reports whether holder is the very allocation a is asking for:
-// same host and endpoint MAC. dockerd re-sends a request whose answer it
-// did not get (the plugin restarted, a connection broke) while the claim
-// may have committed.
-func retried(holder *Allocation, a Allocation) bool {
-	return holder != nil && holder.Kind == KindContainer && a.MAC != "" &&
-		holder.Host == a.Host && holder.MAC == a.MAC
+// undoTimeout bounds the background clean-up of a claim whose outcome is
+// unknown: long enough to ride out an etcd leader election.
+const undoTimeout = 30 * time.Second
+
+// undoClaim handles a claim that failed with an error rather than a lost
+// race: its transaction may still have committed (a timeout after the
+// commit), leaving an address dockerd will never use or release. The owner
+// index tells: in the background, with a fresh deadline, the address held
+// by a's endpoint, if any, is released. It returns err for the caller.
+func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
+	if a.MAC == "" || a.Kind != KindContainer {
+		return err
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), undoTimeout)
+		defer cancel()
+		for ctx.Err() == nil {
+			addr, held, err := p.store.Owned(ctx, subnet, a.Host, a.MAC)
+			if err == nil && held {
+				_, err = p.Release(ctx, subnet, addr)
+			}
+			if err == nil {
+				return
+			}
+			time.Sleep(time.Second)
+		}
+	}()
+	return err
 }
 
 // span is where random starts go: the pool's seeded ranges within n's

@@ -3,10 +3,12 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go4.org/netipx"
 )
@@ -42,7 +44,7 @@ func TestAllocateUntilExhaustedAndRelease(t *testing.T) {
 	seen := map[netip.Addr]bool{}
 	for i := 0; i < 16; i++ {
 		p := ps[i%2]
-		a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:00:00:00:00:01"})
+		a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: fmt.Sprintf("02:00:00:00:00:%02x", i)})
 		if err != nil {
 			t.Fatalf("allocation %d: %v", i, err)
 		}
@@ -374,5 +376,73 @@ func TestHostAddresses(t *testing.T) {
 	}
 	if e, _ := s.Entry(ctx, n.Subnet, hostA); !e.Free {
 		t.Fatalf("released host address should be free again (it is seeded): %+v", e)
+	}
+}
+
+// TestRetriedRequestGetsItsOwnAddress: dockerd re-sends a request whose
+// answer it lost (same host, same endpoint MAC); it must get the address
+// it already holds, not a second one.
+func TestRetriedRequestGetsItsOwnAddress(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	ps := hosts(t, s, n, "a", "b")
+	ep := Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}
+	first, err := ps[0].Allocate(ctx, n, netip.Addr{}, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := ps[0].Allocate(ctx, n, netip.Addr{}, ep); err != nil || again != first {
+		t.Fatalf("retry got %s, %v; want %s again", again, err, first)
+	}
+	if other, err := ps[1].Allocate(ctx, n, netip.Addr{}, ep); err != nil || other == first {
+		t.Fatalf("the same MAC on another host got %s, %v; want its own address", other, err)
+	}
+	if _, err := ps[0].Allocate(ctx, n, netip.MustParseAddr("198.18.0.77"), ep); err == nil || !strings.Contains(err.Error(), "already holds "+first.String()) {
+		t.Fatalf("--ip for an endpoint that holds another address: %v", err)
+	}
+	if got, err := ps[0].Allocate(ctx, n, first, ep); err != nil || got != first {
+		t.Fatalf("--ip retry: %s, %v", got, err)
+	}
+	if _, err := ps[0].Release(ctx, n.Subnet, first); err != nil {
+		t.Fatal(err)
+	}
+	if _, held, _ := s.Owned(ctx, n.Subnet, "a", ep.MAC); held {
+		t.Fatal("owner index kept after release")
+	}
+}
+
+// commitThenFail commits claims but reports a timeout, as etcd does when
+// the answer of an applied transaction is lost.
+type commitThenFail struct{ *memStore }
+
+func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error) {
+	c, err := s.memStore.Claim(ctx, subnet, addr, within, a, n)
+	if err == nil && c.Taken {
+		return Claim{}, context.DeadlineExceeded
+	}
+	return c, err
+}
+
+// TestClaimWithUnknownOutcomeIsUndone: the claim committed but the plugin
+// answered dockerd with an error; the address must not stay used.
+func TestClaimWithUnknownOutcomeIsUndone(t *testing.T) {
+	ctx := context.Background()
+	mem := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	p := hosts(t, commitThenFail{mem}, n, "a")[0]
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("allocate: %v", err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		mem.mu.Lock()
+		used := len(mem.pools[n.Subnet].used)
+		mem.mu.Unlock()
+		if used == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the committed claim was not undone")
+		}
 	}
 }

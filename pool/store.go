@@ -125,6 +125,9 @@ type Claim struct {
 	Taken bool
 	// NoPool is true when the pool does not exist.
 	NoPool bool
+	// Existing is the address the requesting endpoint (same host and MAC)
+	// already holds in the pool: the request is a retry.
+	Existing netip.Addr
 	// Holder is the address's record when it was used by someone.
 	Holder *Allocation
 	// Candidates are the free addresses of the requested range that follow
@@ -153,9 +156,13 @@ type Store interface {
 	// Seed adds to the free set every address of set that is neither free
 	// nor used, and reports how many it added. progress may be nil.
 	Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error)
-	// Claim moves addr from free to used, recorded as a. When addr is not
-	// free it returns who holds it and up to n free candidates in within.
+	// Claim moves addr from free to used, recorded as a, unless a's
+	// endpoint (host and MAC) already holds an address in the pool. When it
+	// does not take addr it returns who holds it, the endpoint's existing
+	// address, and up to n free candidates in within.
 	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error)
+	// Owned returns the address host's endpoint with mac holds, if any.
+	Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error)
 	// Entry reads one address.
 	Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (Entry, error)
 	// Swap gives cur.Addr the state next if cur is still current; else it

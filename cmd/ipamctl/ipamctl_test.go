@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -101,8 +102,8 @@ func populate(t *testing.T, c *ctl) {
 		if err := p.Attach(ctx(t), n); err != nil {
 			t.Fatal(err)
 		}
-		for _, a := range addrs {
-			if _, err := p.Allocate(ctx(t), n, netip.MustParseAddr(a), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:01:01"}); err != nil {
+		for i, a := range addrs {
+			if _, err := p.Allocate(ctx(t), n, netip.MustParseAddr(a), pool.Allocation{Kind: pool.KindContainer, MAC: fmt.Sprintf("02:42:c6:12:01:%02x", i)}); err != nil {
 				t.Fatal(err)
 			}
 		}
