@@ -203,8 +203,10 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err))
 		}
 		switch {
-		case c.Taken, c.Existing == want:
+		case c.Taken:
 			return want, nil
+		case c.Existing == want:
+			return want, p.adopt(ctx, n.Subnet, want, a)
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case c.Existing.IsValid():
@@ -227,7 +229,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		case c.Taken:
 			return addr, nil
 		case c.Existing.IsValid():
-			return c.Existing, nil // a retry: the first answer was lost
+			return c.Existing, p.adopt(ctx, n.Subnet, c.Existing, a) // a retry: the first answer was lost
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case len(c.Candidates) == 0:
@@ -238,6 +240,24 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
 }
 
+// adopt makes a retried request the owner of what its endpoint already
+// holds: it stamps the record with this request's time, so the background
+// undo of an earlier failed attempt (which compares the time) leaves it.
+func (p *Pools) adopt(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) error {
+	return p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		if !sameEndpoint(e.Used, a) {
+			return State{}, false, fmt.Errorf("%w: %s changed hands while being re-requested", ErrUnavailable, addr)
+		}
+		next := *e.Used
+		next.Since = a.Since
+		return State{Used: &next}, true, nil
+	})
+}
+
+func sameEndpoint(u *Allocation, a Allocation) bool {
+	return u != nil && u.Kind == KindContainer && u.Host == a.Host && u.MAC == a.MAC
+}
+
 // undoTimeout bounds the background clean-up of a claim whose outcome is
 // unknown: long enough to ride out an etcd leader election.
 const undoTimeout = 30 * time.Second
@@ -246,7 +266,9 @@ const undoTimeout = 30 * time.Second
 // race: its transaction may still have committed (a timeout after the
 // commit), leaving an address dockerd will never use or release. The owner
 // index tells: in the background, with a fresh deadline, the address held
-// by a's endpoint, if any, is released. It returns err for the caller.
+// by a's endpoint is released if it is still this very attempt's (same
+// time stamp; a retry that adopted it has stamped it anew). It returns err
+// for the caller.
 func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
 	if a.MAC == "" || a.Kind != KindContainer {
 		return err
@@ -257,7 +279,12 @@ func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
 		for ctx.Err() == nil {
 			addr, held, err := p.store.Owned(ctx, subnet, a.Host, a.MAC)
 			if err == nil && held {
-				_, err = p.Release(ctx, subnet, addr)
+				err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+					if !sameEndpoint(e.Used, a) || !e.Used.Since.Equal(a.Since) {
+						return State{}, false, nil
+					}
+					return State{Free: e.Ranges.Contains(addr)}, true, nil
+				})
 			}
 			if err == nil {
 				return

@@ -413,8 +413,12 @@ func TestRetriedRequestGetsItsOwnAddress(t *testing.T) {
 }
 
 // commitThenFail commits claims but reports a timeout, as etcd does when
-// the answer of an applied transaction is lost.
-type commitThenFail struct{ *memStore }
+// the answer of an applied transaction is lost. A non-nil gate holds the
+// background undo (its Owned lookup) until closed.
+type commitThenFail struct {
+	*memStore
+	gate chan struct{}
+}
 
 func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error) {
 	c, err := s.memStore.Claim(ctx, subnet, addr, within, a, n)
@@ -424,13 +428,20 @@ func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr net
 	return c, err
 }
 
+func (s commitThenFail) Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {
+	if s.gate != nil {
+		<-s.gate
+	}
+	return s.memStore.Owned(ctx, subnet, host, mac)
+}
+
 // TestClaimWithUnknownOutcomeIsUndone: the claim committed but the plugin
 // answered dockerd with an error; the address must not stay used.
 func TestClaimWithUnknownOutcomeIsUndone(t *testing.T) {
 	ctx := context.Background()
 	mem := newMemStore()
 	n := mustNetwork(t, "198.18.0.0/24", "")
-	p := hosts(t, commitThenFail{mem}, n, "a")[0]
+	p := hosts(t, commitThenFail{memStore: mem}, n, "a")[0]
 	if _, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("allocate: %v", err)
 	}
@@ -444,5 +455,31 @@ func TestClaimWithUnknownOutcomeIsUndone(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatal("the committed claim was not undone")
 		}
+	}
+}
+
+// TestRetryAfterFailedAttemptKeepsTheAddress: an attempt committed but was
+// answered with an error, and the client retried with the same endpoint
+// before the background undo ran: the retry's address must stay used.
+func TestRetryAfterFailedAttemptKeepsTheAddress(t *testing.T) {
+	ctx := context.Background()
+	mem := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	gate := make(chan struct{})
+	failing := hosts(t, commitThenFail{memStore: mem, gate: gate}, n, "a")[0]
+	ok := New(mem, Config{Host: "a"})
+	ep := Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}
+	if _, err := failing.Allocate(ctx, n, netip.Addr{}, ep); err == nil {
+		t.Fatal("want the injected failure")
+	}
+	committed, _, _ := mem.Owned(ctx, n.Subnet, "a", ep.MAC)
+	got, err := ok.Allocate(ctx, n, netip.Addr{}, ep)
+	if err != nil || got != committed {
+		t.Fatalf("retry got %s, %v; want the committed %s", got, err, committed)
+	}
+	close(gate) // now the undo of the failed attempt runs
+	time.Sleep(300 * time.Millisecond)
+	if e, _ := mem.Entry(ctx, n.Subnet, got); e.Used == nil {
+		t.Fatalf("the undo of the failed attempt freed %s, which the retry holds", got)
 	}
 }
