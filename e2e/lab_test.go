@@ -132,6 +132,8 @@ func TestThreeHostsFlatL2(t *testing.T) {
 		t.Fatalf("used entries by kind %v, want %d containers, 3 hosts, 1 router", kinds, 3*perHost)
 	}
 
+	ctl(1, "check", lanSubnet) // fails the test on any anomaly
+
 	// Tear it all down: every container address goes back.
 	for h := 1; h <= 3; h++ {
 		names := []string{"rm", "-f"}
@@ -150,8 +152,9 @@ func TestThreeHostsFlatL2(t *testing.T) {
 	if err := json.Unmarshal([]byte(ctl(1, "pool", "show", lanSubnet, "--json")), &show); err != nil {
 		t.Fatal(err)
 	}
-	// Free ⊆ seeded always holds (seeding writes only seeded addresses), so
-	// equal counts mean equal sets.
+	ctl(1, "check", lanSubnet)
+	// Free ⊆ seeded always holds (check verifies it), so equal counts mean
+	// equal sets.
 	usedOther := 0
 	for kind, n := range show.UsedByKind {
 		if kind != "host" {

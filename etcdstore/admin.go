@@ -153,3 +153,58 @@ func (s *Store) DeletePool(ctx context.Context, subnet netip.Prefix, force bool)
 	return fmt.Errorf("pool %s is still used by Docker networks of hosts %s (run `docker network rm` there), or use --force",
 		subnet, strings.Join(hosts, ","))
 }
+
+// Snapshot reads a pool's whole state in one transaction, so ipamctl
+// check sees a single revision.
+func (s *Store) Snapshot(ctx context.Context, subnet netip.Prefix) (pool.Snapshot, error) {
+	free, used, refs, owners := s.k.freeDir(subnet), s.k.usedDir(subnet), s.k.refsDir(subnet), s.k.ownersDir(subnet)
+	r, err := s.cli.Txn(ctx).Then(
+		clientv3.OpGet(s.k.meta(subnet)),
+		clientv3.OpGet(free, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
+		clientv3.OpGet(used, clientv3.WithPrefix()),
+		clientv3.OpGet(refs, clientv3.WithPrefix()),
+		clientv3.OpGet(owners, clientv3.WithPrefix()),
+	).Commit()
+	if err != nil {
+		return pool.Snapshot{}, fmt.Errorf("reading pool %s: %w", subnet, err)
+	}
+	m, ok, err := metaFrom(r.Responses[0].GetResponseRange().Kvs)
+	if err != nil {
+		return pool.Snapshot{}, err
+	}
+	if !ok {
+		return pool.Snapshot{}, fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
+	}
+	snap := pool.Snapshot{Meta: m, Used: map[netip.Addr][]byte{}, Refs: map[string]int{}, Owners: map[string]netip.Addr{}}
+	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
+		if a, err := parseAddrKey(string(kv.Key)); err != nil {
+			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
+		} else {
+			snap.Free = append(snap.Free, a)
+		}
+	}
+	for _, kv := range r.Responses[2].GetResponseRange().Kvs {
+		if a, err := parseAddrKey(string(kv.Key)); err != nil {
+			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
+		} else {
+			snap.Used[a] = kv.Value
+		}
+	}
+	for _, kv := range r.Responses[3].GetResponseRange().Kvs {
+		n, err := strconv.Atoi(string(kv.Value))
+		if err != nil {
+			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
+			continue
+		}
+		snap.Refs[strings.TrimPrefix(string(kv.Key), refs)] = n
+	}
+	for _, kv := range r.Responses[4].GetResponseRange().Kvs {
+		a, err := netip.ParseAddr(string(kv.Value))
+		if err != nil {
+			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
+			continue
+		}
+		snap.Owners[strings.TrimPrefix(string(kv.Key), owners)] = a
+	}
+	return snap, nil
+}
