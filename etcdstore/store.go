@@ -157,13 +157,21 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	// raced with `ipamctl pool rm` must not be handed out. The endpoint
 	// must not hold an address yet: then this is a retry, answered from
 	// the Else.
+	since := a.Since
+	if since.IsZero() {
+		since = time.Now()
+	}
+	now := reuseStamp(since)
 	cmps := []clientv3.Cmp{
-		clientv3.Compare(clientv3.CreateRevision(free), ">", 0),
+		// Exists, and past its reuse delay: a free key's value is the
+		// time it may be claimed again ("" at once); a missing key fails
+		// any value compare.
+		clientv3.Compare(clientv3.Value(free), "<", now),
 		clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
 		clientv3.Compare(clientv3.CreateRevision(meta), ">", 0),
 	}
 	then := []clientv3.Op{clientv3.OpDelete(free), clientv3.OpPut(used, string(value))}
-	orElse := []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(meta, clientv3.WithCountOnly())}
+	orElse := []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(meta, clientv3.WithCountOnly()), clientv3.OpGet(free)}
 	if owner != "" {
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(owner), "=", 0))
 		then = append(then, clientv3.OpPut(owner, addr.String()))
@@ -174,8 +182,8 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		// Free neighbours at or after addr, then from the range's start:
 		// a retry from here needs no further read.
 		orElse = append(orElse,
-			clientv3.OpGet(free, clientv3.WithRange(s.k.free(subnet, within.To())+"\x00"), clientv3.WithLimit(int64(n)), clientv3.WithKeysOnly()),
-			clientv3.OpGet(s.k.free(subnet, within.From()), clientv3.WithRange(free), clientv3.WithLimit(int64(n)), clientv3.WithKeysOnly()))
+			clientv3.OpGet(free, clientv3.WithRange(s.k.free(subnet, within.To())+"\x00"), clientv3.WithLimit(int64(n))),
+			clientv3.OpGet(s.k.free(subnet, within.From()), clientv3.WithRange(free), clientv3.WithLimit(int64(n))))
 	}
 	r, err := s.cli.Txn(ctx).If(cmps...).Then(then...).Else(orElse...).Commit()
 	if err != nil {
@@ -191,26 +199,52 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		}
 	}
 	c.NoPool = r.Responses[1].GetResponseRange().Count == 0
+	if kvs := r.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) >= now {
+		c.Delayed = true
+	}
 	if owner != "" {
-		if kvs := r.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 {
+		if kvs := r.Responses[3].GetResponseRange().Kvs; len(kvs) > 0 {
 			if c.Existing, err = netip.ParseAddr(string(kvs[0].Value)); err != nil {
 				return c, fmt.Errorf("malformed owner index %s: %w", owner, err)
 			}
 		}
 	}
-	for _, resp := range r.Responses[firstCandidates:] {
-		if len(c.Candidates) > 0 {
+	for i, resp := range r.Responses[firstCandidates:] {
+		if len(c.Candidates) > 0 || c.Resume.IsValid() {
 			break // wrap to the range's start only when nothing follows
 		}
-		for _, kv := range resp.GetResponseRange().Kvs {
+		kvs := resp.GetResponseRange().Kvs
+		for _, kv := range kvs {
 			a, err := parseAddrKey(string(kv.Key))
 			if err != nil {
 				return c, err
 			}
+			if string(kv.Value) >= now {
+				c.Waiting++
+				continue
+			}
 			c.Candidates = append(c.Candidates, a)
+		}
+		if len(c.Candidates) == 0 && len(kvs) == n {
+			// A full page in its reuse delay: there may be more beyond,
+			// up to the range's end (first page) or to addr (the wrap).
+			last, _ := parseAddrKey(string(kvs[len(kvs)-1].Key))
+			if i == 1 || last.Less(within.To()) {
+				c.Resume = last.Next()
+			}
 		}
 	}
 	return c, nil
+}
+
+// reuseStamp encodes t so that free keys' values compare in time order:
+// zero-padded Unix milliseconds. Seeded and instantly reusable addresses
+// have the empty value, which sorts before every stamp.
+func reuseStamp(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf("%016d", t.UnixMilli())
 }
 
 // Owned returns the address host's endpoint with this MAC holds in the
@@ -269,7 +303,7 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 	var ops []clientv3.Op
 	switch {
 	case next.Free && !cur.Free:
-		ops = append(ops, clientv3.OpPut(free, ""))
+		ops = append(ops, clientv3.OpPut(free, reuseStamp(next.ReusableAfter)))
 	case !next.Free && cur.Free:
 		ops = append(ops, clientv3.OpDelete(free))
 	}

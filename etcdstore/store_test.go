@@ -383,3 +383,46 @@ func TestPoolRemovedWhileSeeding(t *testing.T) {
 		t.Fatalf("allocation from the removed pool: %v", err)
 	}
 }
+
+// TestReuseDelayAgainstEtcd: addresses in their reuse delay are skipped
+// page by page until a claimable one is found, and an all-delayed range is
+// reported as such.
+func TestReuseDelayAgainstEtcd(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	s := etcdstore.New(srv.Client(t), "/test")
+	p := pool.New(s, pool.Config{Host: "h", ReuseDelay: time.Hour})
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	if _, err := p.AddRanges(ctx, n.Subnet, rangeSet(t, "198.18.0.1-198.18.0.60"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Attach(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	// .1-.40 used and released: in their reuse delay for an hour.
+	for i := 1; i <= 40; i++ {
+		a := netip.AddrFrom4([4]byte{198, 18, 0, byte(i)})
+		if _, err := p.Allocate(ctx, n, a, pool.Allocation{Kind: pool.KindContainer, MAC: fmt.Sprintf("02:42:00:00:01:%02x", i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Release(ctx, n.Subnet, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := s.Claim(ctx, n.Subnet, netip.MustParseAddr("198.18.0.1"), n.Range(), pool.Allocation{Kind: pool.KindContainer, Since: time.Now()}, 8)
+	if err != nil || c.Taken || !c.Delayed || len(c.Candidates) != 0 || c.Resume != netip.MustParseAddr("198.18.0.9") || c.Waiting != 8 {
+		t.Fatalf("claim at a delayed address: %+v, %v; want no candidates and resume at .9", c, err)
+	}
+	for i := range 20 {
+		got, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: fmt.Sprintf("02:42:00:00:02:%02x", i)})
+		if err != nil {
+			t.Fatalf("allocation %d: %v", i, err)
+		}
+		if got.As4()[3] <= 40 {
+			t.Fatalf("allocation %d got %s, still in its reuse delay", i, got)
+		}
+	}
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:03:01"}); !errors.Is(err, pool.ErrNoFree) || !strings.Contains(err.Error(), "--reuse-delay") {
+		t.Fatalf("only delayed addresses left: %v", err)
+	}
+}

@@ -31,7 +31,10 @@ func TestCheck(t *testing.T) {
 	s := newMemStore()
 	n := mustNetwork(t, "198.18.0.0/28", "")
 	ps := hosts(t, s, n, "a", "b")
-	c1, _ := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
+	c1, err := ps[0].Allocate(ctx, n, netip.MustParseAddr("198.18.0.5"), Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if _, err := ps[0].Gateway(ctx, n, netip.MustParseAddr("198.18.0.1"), true); err != nil {
 		t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"go4.org/netipx"
 )
@@ -25,6 +26,7 @@ type memPool struct {
 	used   map[netip.Addr]memUsed
 	refs   map[string]int
 	owners map[string]netip.Addr // host/mac of container entries
+	after  map[netip.Addr]time.Time // free addresses in their reuse delay
 }
 
 // ownerKey mirrors etcdstore's owner index: containers with a MAC.
@@ -67,7 +69,7 @@ func (s *memStore) CreateMeta(_ context.Context, m Meta) (Meta, bool, error) {
 	}
 	s.rev++
 	m.Rev = s.rev
-	s.pools[m.Subnet] = &memPool{meta: m, free: map[netip.Addr]int64{}, used: map[netip.Addr]memUsed{}, refs: map[string]int{}, owners: map[string]netip.Addr{}}
+	s.pools[m.Subnet] = &memPool{meta: m, free: map[netip.Addr]int64{}, used: map[netip.Addr]memUsed{}, refs: map[string]int{}, owners: map[string]netip.Addr{}, after: map[netip.Addr]time.Time{}}
 	return m, true, nil
 }
 
@@ -117,10 +119,15 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	}
 	owner := ownerKey(&a)
 	existing, holds := p.owners[owner]
-	if _, free := p.free[addr]; free && !holds {
+	claimable := func(f netip.Addr) bool {
+		_, free := p.free[f]
+		return free && p.after[f].Before(a.Since)
+	}
+	if claimable(addr) && !holds {
 		if _, used := p.used[addr]; !used {
 			s.rev++
 			delete(p.free, addr)
+			delete(p.after, addr)
 			p.used[addr] = memUsed{a: cloneAlloc(a), rev: s.rev}
 			if owner != "" {
 				p.owners[owner] = addr
@@ -132,6 +139,9 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	if holds {
 		c.Existing = existing
 	}
+	if _, free := p.free[addr]; free && !claimable(addr) {
+		c.Delayed = true
+	}
 	if u, used := p.used[addr]; used {
 		h := cloneAlloc(u.a)
 		c.Holder = &h
@@ -140,6 +150,10 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 		sorted := slices.SortedFunc(maps.Keys(p.free), netip.Addr.Compare)
 		var after, before []netip.Addr
 		for _, f := range sorted {
+			if within.Contains(f) && !claimable(f) {
+				c.Waiting++
+				continue
+			}
 			switch {
 			case within.Contains(f) && !f.Less(addr) && len(after) < n:
 				after = append(after, f)
@@ -189,9 +203,11 @@ func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next 
 	if next.Free {
 		if _, free := p.free[cur.Addr]; !free {
 			p.free[cur.Addr] = s.rev
+			p.after[cur.Addr] = next.ReusableAfter
 		}
 	} else {
 		delete(p.free, cur.Addr)
+		delete(p.after, cur.Addr)
 	}
 	if next.Used != nil {
 		p.used[cur.Addr] = memUsed{a: cloneAlloc(*next.Used), rev: s.rev}

@@ -34,6 +34,9 @@ type Config struct {
 	Host        string // this host's id, the owner of what it allocates
 	RequireInit bool   // refuse pools not seeded by ipamctl init-range
 	MaxAutoSeed uint64 // 0 means DefaultMaxAutoSeed
+	// ReuseDelay keeps a released container address from being handed out
+	// again for this long; 0 disables it.
+	ReuseDelay time.Duration
 }
 
 // Pools applies the allocation rules for one host on top of a Store.
@@ -211,6 +214,8 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case c.Existing.IsValid():
 			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
+		case c.Delayed:
+			return netip.Addr{}, fmt.Errorf("%w: %s was released less than %s ago (--reuse-delay); neighbours may still send its traffic to the old container's MAC", ErrUnavailable, want, p.cfg.ReuseDelay)
 		}
 		return netip.Addr{}, unavailable(n.Subnet, want, c.Holder)
 	}
@@ -220,6 +225,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		return netip.Addr{}, err
 	}
 	addr := AddrInSet(span, p.randN(SetSize(span)))
+	start, wrapped := addr, false // where a scan past delayed addresses began, and whether it wrapped
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		c, err := p.store.Claim(ctx, n.Subnet, addr, r, a, candidates)
 		if err != nil {
@@ -232,10 +238,18 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return c.Existing, p.adopt(ctx, n.Subnet, c.Existing, a) // a retry: the first answer was lost
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
-		case len(c.Candidates) == 0:
+		case len(c.Candidates) > 0:
+			addr = c.Candidates[p.randN(uint64(len(c.Candidates)))]
+		case c.Resume.IsValid() && !(wrapped && (c.Resume.Less(addr) || !c.Resume.Less(start))):
+			// A page of addresses in their reuse delay: look further,
+			// until the scan comes round to where it began.
+			wrapped = wrapped || c.Resume.Less(addr)
+			addr = c.Resume
+		case c.Waiting > 0:
+			return netip.Addr{}, fmt.Errorf("%w in pool %s: the only free ones were released less than %s ago (--reuse-delay)", ErrNoFree, n, p.cfg.ReuseDelay)
+		default:
 			return netip.Addr{}, fmt.Errorf("%w in pool %s", ErrNoFree, n)
 		}
-		addr = c.Candidates[p.randN(uint64(len(c.Candidates)))]
 	}
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
 }
@@ -283,7 +297,7 @@ func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
 					if !sameEndpoint(e.Used, a) || !e.Used.Since.Equal(a.Since) {
 						return State{}, false, nil
 					}
-					return State{Free: e.Ranges.Contains(addr)}, true, nil
+					return freed(e, time.Time{}), true, nil // never used: no reuse delay
 				})
 			}
 			if err == nil {
@@ -369,7 +383,7 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 		return false, err
 	}
 	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		next, change, err := releaseRule(e, p.cfg.Host)
+		next, change, err := releaseRule(e, p.cfg.Host, p.reusableAfter())
 		released = change
 		return next, change, err
 	})
@@ -413,9 +427,17 @@ func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 			return State{}, false, fmt.Errorf("%s is the %s of hosts %s, whose networks still use it; remove those networks, or use --force",
 				e.Addr, e.Used.Kind, e.Used.HolderList())
 		}
-		return State{Free: e.Ranges.Contains(e.Addr)}, true, nil
+		return freed(e, p.reusableAfter()), true, nil
 	})
 	return was, err
+}
+
+// reusableAfter is when an address released now may be claimed again.
+func (p *Pools) reusableAfter() time.Time {
+	if p.cfg.ReuseDelay <= 0 {
+		return time.Time{}
+	}
+	return p.now().UTC().Add(p.cfg.ReuseDelay)
 }
 
 // change applies rule to addr's current entry as one compare-and-swap,

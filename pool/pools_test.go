@@ -483,3 +483,38 @@ func TestRetryAfterFailedAttemptKeepsTheAddress(t *testing.T) {
 		t.Fatalf("the undo of the failed attempt freed %s, which the retry holds", got)
 	}
 }
+
+// TestReuseDelay: a released container address is not handed out again
+// until the delay has passed, neither automatically nor by --ip.
+func TestReuseDelay(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/30", "") // two addresses
+	p := New(s, Config{Host: "a", ReuseDelay: time.Minute})
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	p.now = func() time.Time { return clock }
+	if err := p.Attach(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	x, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Release(ctx, n.Subnet, x); err != nil {
+		t.Fatal(err)
+	}
+	y, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02"})
+	if err != nil || y == x {
+		t.Fatalf("allocation after a release: %s, %v; want the other address", y, err)
+	}
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"}); !errors.Is(err, ErrNoFree) || !strings.Contains(err.Error(), "--reuse-delay") {
+		t.Fatalf("only a delayed address left: %v", err)
+	}
+	if _, err := p.Allocate(ctx, n, x, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"}); err == nil || !strings.Contains(err.Error(), "released less than 1m0s ago") {
+		t.Fatalf("--ip of a delayed address: %v", err)
+	}
+	clock = clock.Add(time.Minute + time.Second)
+	if got, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"}); err != nil || got != x {
+		t.Fatalf("after the delay: %s, %v; want %s", got, err, x)
+	}
+}

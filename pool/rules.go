@@ -47,12 +47,12 @@ func holdRule(e Entry, kind Kind, host string, local bool, now time.Time) (State
 // releaseRule drops host's hold on e. An address returns to the free set
 // only if it lies in the pool's seeded ranges. A host address stays with
 // its host when its last network lets go of it as gateway.
-func releaseRule(e Entry, host string) (next State, change bool, err error) {
+func releaseRule(e Entry, host string, reusableAfter time.Time) (next State, change bool, err error) {
 	u := e.Used
 	if u == nil {
 		return State{}, false, nil
 	}
-	freed := State{Free: e.Ranges != nil && e.Ranges.Contains(e.Addr)}
+	freed := freed(e, reusableAfter)
 	switch u.Kind {
 	case KindContainer:
 		if u.Host != host {
@@ -86,6 +86,17 @@ func releaseRule(e Entry, host string) (next State, change bool, err error) {
 		return State{}, false, fmt.Errorf("%w: %s is a %s entry (%s); remove it with `ipamctl release`",
 			ErrUnavailable, e.Addr, u.Kind, u.Describe())
 	}
+}
+
+// freed is e's state once nobody holds it: free again if seeded. A
+// container's address may not be claimed again before reusableAfter, so
+// that LAN neighbours' ARP caches forget the old container's MAC first.
+func freed(e Entry, reusableAfter time.Time) State {
+	s := State{Free: e.Ranges != nil && e.Ranges.Contains(e.Addr)}
+	if s.Free && e.Used != nil && e.Used.Kind == KindContainer {
+		s.ReusableAfter = reusableAfter
+	}
+	return s
 }
 
 // hostAddrRule records e as a host address not yet claimed by any host.

@@ -117,6 +117,9 @@ type Version struct{ Free, Used, Meta int64 }
 // State is what an address should become.
 type State struct {
 	Free bool
+	// ReusableAfter keeps a freed container address from being claimed
+	// before that time (the reuse delay); zero means at once.
+	ReusableAfter time.Time
 	Used *Allocation
 }
 
@@ -130,7 +133,15 @@ type Claim struct {
 	Existing netip.Addr
 	// Holder is the address's record when it was used by someone.
 	Holder *Allocation
-	// Candidates are the free addresses of the requested range that follow
+	// Resume, when valid, is where to continue looking: the candidates
+	// read were all still in their reuse delay.
+	Resume netip.Addr
+	// Waiting counts the free addresses seen that were in their reuse delay.
+	Waiting int
+	// Delayed is true when the address asked for is free but still in its
+	// reuse delay.
+	Delayed bool
+	// Candidates are the claimable free addresses of the requested range that follow
 	// the one asked for or, when none do, those at the range's start, so a
 	// retry needs no extra round trip. Following ones come first because
 	// contenders started at different random points, so they spread out;
@@ -157,9 +168,10 @@ type Store interface {
 	// nor used, and reports how many it added. progress may be nil.
 	Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error)
 	// Claim moves addr from free to used, recorded as a, unless a's
-	// endpoint (host and MAC) already holds an address in the pool. When it
-	// does not take addr it returns who holds it, the endpoint's existing
-	// address, and up to n free candidates in within.
+	// endpoint (host and MAC) already holds an address in the pool or addr
+	// is still in its reuse delay at a.Since. When it does not take addr it
+	// returns who holds it, the endpoint's existing address, and free
+	// candidates in within (reading up to n keys each way).
 	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error)
 	// Owned returns the address host's endpoint with mac holds, if any.
 	Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error)

@@ -23,6 +23,8 @@ func main() {
 				Usage: "embedded etcd's data, used when no --etcd-endpoints are given"},
 			&cli.DurationFlag{Name: "request-timeout", EnvVars: []string{"IPAM_REQUEST_TIMEOUT"}, Value: defaultRequestTimeout,
 				Usage: "bound on every plugin call, etcd round trips included"},
+			&cli.DurationFlag{Name: "reuse-delay", EnvVars: []string{"IPAM_REUSE_DELAY"}, Value: defaultReuseDelay,
+				Usage: "keep a released container address from being handed out again for this long (0 disables)"},
 			&cli.BoolFlag{Name: "require-init", EnvVars: []string{"IPAM_REQUIRE_INIT"},
 				Usage: "refuse pools not seeded with `ipamctl init-range` instead of seeding them on first use"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"IPAM_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},

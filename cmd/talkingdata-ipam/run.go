@@ -22,6 +22,12 @@ import (
 	"github.com/talkingdata/ipam/pool"
 )
 
+// defaultReuseDelay outlasts Linux neighbours' ARP entries for a departed
+// container (reachable 15-45 s, then stale until gc_stale_time, 60 s), so
+// a new container with the address does not get traffic meant for the old
+// MAC. Routers with hour-long ARP timeouts need gratuitous ARP instead.
+const defaultReuseDelay = time.Minute
+
 // defaultRequestTimeout leaves room for a first RequestPool to seed a /16
 // while staying far below anything an operator would call a hang.
 const defaultRequestTimeout = 10 * time.Second
@@ -55,7 +61,7 @@ func run(c *cli.Context) error {
 
 	host := c.String("host-id")
 	driver := &ipam.Driver{
-		Pools:      pool.New(etcdstore.New(cli, c.String("etcd-prefix")), pool.Config{Host: host, RequireInit: c.Bool("require-init")}),
+		Pools:      pool.New(etcdstore.New(cli, c.String("etcd-prefix")), pool.Config{Host: host, RequireInit: c.Bool("require-init"), ReuseDelay: c.Duration("reuse-delay")}),
 		Timeout:    c.Duration("request-timeout"),
 		LocalAddrs: localAddrs,
 		StoreName:  "etcd " + strings.Join(cfg.Endpoints, ","),
