@@ -1,14 +1,20 @@
 package etcdstore
 
 import (
+	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 // Config says how to reach etcd.
@@ -21,13 +27,12 @@ type Config struct {
 
 // Dial returns a client for cfg. It does not wait for etcd: every call is
 // bounded by its own context, so an unreachable etcd turns into errors
-// instead of a daemon that cannot start.
+// instead of a daemon that cannot start. With a username it tries to log in
+// for up to DialTimeout, and fails only if etcd refuses the password.
 func Dial(cfg Config) (*clientv3.Client, error) {
 	c := clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		DialTimeout: cfg.DialTimeout,
-		Username:    cfg.Username,
-		Password:    cfg.Password,
 		// The client's own zap logger is chatty about every reconnect; our
 		// errors already name the endpoints.
 		Logger: zap.NewNop(),
@@ -47,9 +52,33 @@ func Dial(cfg Config) (*clientv3.Client, error) {
 			}
 		}
 	}
+	if c.TLS != nil && len(cfg.Endpoints) > 0 && strings.HasPrefix(cfg.Endpoints[0], "https://") {
+		// The credentials clientv3 would use (it picks them by the first
+		// endpoint's scheme), noting why connections fail.
+		d := &tlsDiag{TransportCredentials: credentials.NewTLS(c.TLS), last: new(atomic.Pointer[error])}
+		c.DialOptions = append(c.DialOptions, grpc.WithTransportCredentials(d), grpc.WithChainUnaryInterceptor(d.unary))
+	}
+	var auth *tokenAuth
+	if cfg.Username != "" {
+		auth = &tokenAuth{user: cfg.Username, password: cfg.Password, lock: make(chan struct{}, 1)}
+		c.DialOptions = append(c.DialOptions, grpc.WithPerRPCCredentials(auth), grpc.WithChainUnaryInterceptor(auth.unary))
+	}
 	cli, err := clientv3.New(c)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	if auth != nil {
+		auth.cli = cli
+		// Refused credentials fail now; an etcd that does not answer (or
+		// fails otherwise) is logged in to by the first call that reaches it.
+		if cfg.DialTimeout > 0 {
+			ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+			defer cancel()
+			if err := auth.login(ctx, ""); errors.Is(err, rpctypes.ErrAuthFailed) {
+				cli.Close()
+				return nil, fmt.Errorf("etcd %s: %w", strings.Join(cfg.Endpoints, ","), err)
+			}
+		}
 	}
 	return cli, nil
 }

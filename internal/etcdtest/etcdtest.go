@@ -5,6 +5,7 @@
 package etcdtest
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -39,6 +40,13 @@ type Server struct {
 	client  string // client URL, e.g. http://127.0.0.1:41234
 	peer    string
 
+	// Set by StartSecure: the client URL's scheme, etcd's TLS and auth flags, and what
+	// Client and the health check connect with.
+	scheme     string // "http" or "https"
+	extraArgs  []string
+	tls        *tls.Config
+	user, pass string
+
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
@@ -48,9 +56,18 @@ type Server struct {
 // if the test failed, the tail of etcd's log is printed first.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	s := newServer(t)
+	s.launch(t)
+	return s
+}
+
+// newServer finds etcd and prepares a Server in a fresh temp dir, stopped
+// when the test ends; launch starts it.
+func newServer(t testing.TB) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("etcd")
 	testproc.Require(t, err == nil, "etcdtest: no etcd binary (Debian package etcd-server)")
-	s := &Server{bin: bin, dir: t.TempDir()}
+	s := &Server{bin: bin, dir: t.TempDir(), scheme: "http"}
 	s.logPath = filepath.Join(s.dir, "etcd.log")
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -58,15 +75,20 @@ func Start(t testing.TB) *Server {
 		}
 		s.Stop(t)
 	})
+	return s
+}
 
+// launch starts etcd on fresh ports.
+func (s *Server) launch(t testing.TB) {
+	t.Helper()
 	// Free ports are picked by binding :0 and closing, so another process can grab one before
 	// etcd binds it: retry with new ports when that happens.
 	for attempt := 1; ; attempt++ {
-		s.client = "http://" + freeAddr(t)
+		s.client = s.scheme + "://" + freeAddr(t)
 		s.peer = "http://" + freeAddr(t)
 		err := s.start()
 		if err == nil {
-			return s
+			return
 		}
 		if attempt < 5 && strings.Contains(testproc.Tail(s.logPath, logTailLines), "address already in use") {
 			// etcd failed before writing membership, but start from a clean data dir anyway.
@@ -82,12 +104,14 @@ func Start(t testing.TB) *Server {
 // Endpoints returns the client URLs to give to clientv3 or etcdctl.
 func (s *Server) Endpoints() []string { return []string{s.client} }
 
-// Client returns a client for this server that is closed when the test ends.
+// Client returns a client for this server that is closed when the test ends. For a
+// StartSecure server it presents the test client certificate and, with auth, logs in as root.
 func (s *Server) Client(t testing.TB) *clientv3.Client {
 	t.Helper()
 	// A silent logger: tests stop etcd on purpose, and the client's retry
 	// warnings would bury the test's own output.
-	c, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop()})
+	c, err := clientv3.New(clientv3.Config{Endpoints: s.Endpoints(), DialTimeout: 2 * time.Second, Logger: zap.NewNop(),
+		TLS: s.tls, Username: s.user, Password: s.pass})
 	if err != nil {
 		t.Fatalf("etcdtest: client: %v", err)
 	}
@@ -126,20 +150,20 @@ func (s *Server) start() error {
 		return err
 	}
 	defer logf.Close() // the child keeps its own descriptor
-	cmd := exec.Command(s.bin,
+	cmd := exec.Command(s.bin, append([]string{
 		"--name", "tdtest",
 		"--data-dir", filepath.Join(s.dir, "data"),
 		"--listen-client-urls", s.client,
 		"--advertise-client-urls", s.client,
 		"--listen-peer-urls", s.peer,
 		"--initial-advertise-peer-urls", s.peer,
-		"--initial-cluster", "tdtest="+s.peer,
+		"--initial-cluster", "tdtest=" + s.peer,
 		"--initial-cluster-state", "new",
 		// The default, spelled out so tests hit the same per-transaction limit as production.
 		"--max-txn-ops", "128",
 		"--logger", "zap",
 		"--log-outputs", "stderr",
-	)
+	}, s.extraArgs...)...)
 	cmd.Env = testproc.EnvWithout("ETCD_") // etcd reads ETCD_* variables as flags
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// Own process group so Stop can kill everything it started; Pdeathsig so a test binary that
@@ -151,7 +175,7 @@ func (s *Server) start() error {
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 
-	if err := waitHealthy(s.client, done); err != nil {
+	if err := waitHealthy(s.client, s.tls, done); err != nil {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-done
 		return err
@@ -163,8 +187,10 @@ func (s *Server) start() error {
 }
 
 // waitHealthy polls etcd's /health endpoint, which reports true once the member has a leader.
-func waitHealthy(clientURL string, exited <-chan struct{}) error {
-	hc := &http.Client{Timeout: time.Second}
+func waitHealthy(clientURL string, tc *tls.Config, exited <-chan struct{}) error {
+	tr := &http.Transport{TLSClientConfig: tc}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Timeout: time.Second, Transport: tr}
 	deadline := time.Now().Add(healthTimeout)
 	for {
 		select {
