@@ -21,6 +21,13 @@ const (
 	// inside etcd's default 2 GiB quota. IPv6 /64s need ranges.
 	MaxPoolSize = 1 << 21
 
+	// DefaultReuseDelay outlasts Linux neighbours' ARP entries for a
+	// departed container (reachable 15-45 s, then stale until
+	// gc_stale_time, 60 s), so a new container with the address does not
+	// get traffic meant for the old MAC. Routers with hour-long ARP
+	// timeouts need gratuitous ARP instead.
+	DefaultReuseDelay = time.Minute
+
 	// maxAttempts bounds retries after lost races. Every lost race means
 	// another request won, so the pool as a whole always makes progress.
 	maxAttempts = 32

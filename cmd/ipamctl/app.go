@@ -39,7 +39,7 @@ func newApp() *cli.App {
 			&cli.DurationFlag{Name: "timeout", EnvVars: []string{"IPAM_TIMEOUT"}, Value: defaultTimeout,
 				Usage: "bound on each command's etcd calls (init-range adds 1ms per address it seeds)"},
 		),
-		Commands:        []*cli.Command{initRangeCommand(), poolCommand(), addrCommand(), releaseCommand(), hostRangeCommand(), hostCommand(), checkCommand(), networkCommand(), bridgeCommand()},
+		Commands:        []*cli.Command{initRangeCommand(), poolCommand(), addrCommand(), releaseCommand(), hostRangeCommand(), hostCommand(), checkCommand(), networkCommand(), bridgeCommand(), gcCommand()},
 		HideHelpCommand: true,
 	}
 }
@@ -73,7 +73,8 @@ func connect(c *cli.Context) (*env, error) {
 	return &env{
 		client:    client,
 		store:     store,
-		pools:     pool.New(store, pool.Config{Host: c.String("host-id")}),
+		// Operator releases wait out the same reuse delay as the daemon's.
+		pools:     pool.New(store, pool.Config{Host: c.String("host-id"), ReuseDelay: pool.DefaultReuseDelay}),
 		timeout:   timeout,
 		endpoints: strings.Join(cfg.Endpoints, ","),
 	}, nil

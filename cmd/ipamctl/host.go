@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"sort"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -65,12 +67,16 @@ func hostCommand() *cli.Command {
 
 // hostAddrJSON is one line of `host ls --json` and `host-range --json`.
 type hostAddrJSON struct {
-	Address string         `json:"address"`
-	Subnet  string         `json:"subnet"`
+	Address string         `json:"address,omitempty"` // empty: a host with no recorded host address
+	Subnet  string         `json:"subnet,omitempty"`
 	Host    string         `json:"host,omitempty"`    // the host that claimed it
 	Gateway map[string]int `json:"gateway,omitempty"` // networks using it as gateway, per host
 	Result  string         `json:"result,omitempty"`  // host-range: recorded, already recorded, failed
 	Error   string         `json:"error,omitempty"`
+	// host ls: the host's daemon, alive, stopped, dead or unknown (see
+	// etcdstore.HostStatus), and when it last reported.
+	Live     string    `json:"live,omitempty"`
+	LastSeen time.Time `json:"lastSeen,omitzero"`
 }
 
 func hostRange(c *cli.Context) error {
@@ -138,29 +144,68 @@ func hostList(c *cli.Context) error {
 		return err
 	}
 	defer e.Close()
-	out := []hostAddrJSON{}
-	err = e.do(c, 0, func(ctx context.Context) error {
-		subnets, err := e.subnets(ctx, only)
-		if err != nil {
-			return err
-		}
-		for _, subnet := range subnets {
-			used, err := e.store.Used(ctx, subnet)
-			if err != nil {
+	var cen etcdstore.Census
+	err = e.do(c, 0, func(ctx context.Context) (err error) {
+		if only.IsValid() {
+			if _, err = e.meta(ctx, only); err != nil {
 				return err
 			}
-			for _, u := range used {
-				if u.Allocation.Kind == pool.KindHost {
-					out = append(out, hostAddrJSON{Address: u.Addr.String(), Subnet: subnet.String(), Host: u.Allocation.Host, Gateway: u.Allocation.Holders})
-				}
-			}
 		}
-		return nil
+		cen, err = e.store.Census(ctx)
+		return err
 	})
 	if err != nil {
 		return err
 	}
-	return printHostAddrs(c, out, false)
+	return printHostAddrs(c, hostRows(cen, only), false)
+}
+
+// hostRows lists the host addresses (of pool only, if valid), then every
+// other host that holds addresses there or, without only, has a liveness
+// record; each with its daemon's liveness.
+func hostRows(cen etcdstore.Census, only netip.Prefix) []hostAddrJSON {
+	out := []hostAddrJSON{}
+	listed, holders := map[string]bool{}, map[string]bool{}
+	for _, u := range cen.Used {
+		if only.IsValid() && u.Subnet != only {
+			continue
+		}
+		a := u.Allocation
+		holders[a.Host] = true
+		for h := range a.Holders {
+			holders[h] = true
+		}
+		if a.Kind == pool.KindHost {
+			out = append(out, hostAddrJSON{Address: u.Addr.String(), Subnet: u.Subnet.String(), Host: a.Host, Gateway: a.Holders})
+			listed[a.Host] = true
+		}
+	}
+	if !only.IsValid() {
+		for h := range cen.Hosts {
+			holders[h] = true
+		}
+	}
+	delete(holders, "")
+	var rest []string
+	for h := range holders {
+		if !listed[h] {
+			rest = append(rest, h)
+		}
+	}
+	sort.Strings(rest)
+	for _, h := range rest {
+		out = append(out, hostAddrJSON{Host: h})
+	}
+	for i := range out {
+		if out[i].Host != "" {
+			st := cen.Status(out[i].Host)
+			out[i].Live = st.State()
+			if st.LastSeen != nil {
+				out[i].LastSeen = st.LastSeen.Seen.UTC()
+			}
+		}
+	}
+	return out
 }
 
 // subnets is only, after checking it exists, or every pool's subnet.
@@ -234,10 +279,10 @@ func printHostAddrs(c *cli.Context, out []hostAddrJSON, withResult bool) error {
 		}
 		return t.flush()
 	}
-	t := newTable(c.App.Writer, "ADDRESS", "SUBNET", "HOST", "GATEWAY OF")
+	t := newTable(c.App.Writer, "ADDRESS", "SUBNET", "HOST", "GATEWAY OF", "LIVE", "LAST SEEN")
 	for _, h := range out {
 		gw := (&pool.Allocation{Holders: h.Gateway}).HolderList()
-		t.row(h.Address, h.Subnet, dash(h.Host), dash(gw))
+		t.row(dash(h.Address), dash(h.Subnet), dash(h.Host), dash(gw), dash(h.Live), dash(formatTime(h.LastSeen)))
 	}
 	return t.flush()
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/talkingdata/ipam/cmd/internal/etcdflags"
+	"github.com/talkingdata/ipam/pool"
 )
 
 func main() {
@@ -23,7 +24,7 @@ func main() {
 				Usage: "embedded etcd's data, used when no --etcd-endpoints are given"},
 			&cli.DurationFlag{Name: "request-timeout", EnvVars: []string{"IPAM_REQUEST_TIMEOUT"}, Value: defaultRequestTimeout,
 				Usage: "bound on every plugin call, etcd round trips included"},
-			&cli.DurationFlag{Name: "reuse-delay", EnvVars: []string{"IPAM_REUSE_DELAY"}, Value: defaultReuseDelay,
+			&cli.DurationFlag{Name: "reuse-delay", EnvVars: []string{"IPAM_REUSE_DELAY"}, Value: pool.DefaultReuseDelay,
 				Usage: "keep a released container address from being handed out again for this long (0 disables)"},
 			&cli.BoolFlag{Name: "require-init", EnvVars: []string{"IPAM_REQUIRE_INIT"},
 				Usage: "refuse pools not seeded with `ipamctl init-range` instead of seeding them on first use"},

@@ -22,12 +22,6 @@ import (
 	"github.com/talkingdata/ipam/pool"
 )
 
-// defaultReuseDelay outlasts Linux neighbours' ARP entries for a departed
-// container (reachable 15-45 s, then stale until gc_stale_time, 60 s), so
-// a new container with the address does not get traffic meant for the old
-// MAC. Routers with hour-long ARP timeouts need gratuitous ARP instead.
-const defaultReuseDelay = time.Minute
-
 // defaultRequestTimeout leaves room for a first RequestPool to seed a /16
 // while staying far below anything an operator would call a hang.
 const defaultRequestTimeout = 10 * time.Second
@@ -72,6 +66,8 @@ func run(c *cli.Context) error {
 		return err
 	}
 	defer os.Remove(path)
+	live := startLiveness(etcdstore.New(cli, c.String("etcd-prefix")), host, log)
+	defer live.stop() // after the calls in flight have drained
 	srv := &http.Server{Handler: ipam.Handler(driver, log), ReadHeaderTimeout: 5 * time.Second}
 	// Calls in flight finish before etcd is closed: a call cut off after
 	// its transaction committed would be retried by dockerd and allocate

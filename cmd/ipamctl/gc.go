@@ -1,0 +1,424 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/pool"
+)
+
+func gcCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "gc",
+		Usage: "find (and with --apply free) container addresses no container uses",
+		Description: `Without --dead-hosts: compares the container addresses this host owns in
+etcd (--host-id) with the endpoints its dockerd reports (--docker-host).
+An address no endpoint and no running container has is an orphan: dockerd
+lost its release (it only logs release errors), or the plugin failed after
+committing. A stopped container holds no address (dockerd releases it on
+stop), so its old address is an orphan too. Addresses younger than
+--min-age are kept: their container may still be starting.
+
+With --dead-hosts: lists the container addresses of hosts whose daemon has
+no liveness lease and was last seen longer ago than --grace. Never this
+host's, never a host with a live lease, never a host without any liveness
+record. Gateway, aux and host addresses of dead hosts are only listed, with
+the command that would release them.
+
+Nothing changes without --apply. Each release is one etcd transaction that
+succeeds only if the record is unchanged since it was listed (and, for a
+dead host, while it is still dead), so an address re-allocated meanwhile is
+never freed.`,
+		ArgsUsage: " ",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "apply", Usage: "release the orphans (default: only list them)"},
+			&cli.StringFlag{Name: "docker-host", EnvVars: []string{"DOCKER_HOST"}, Value: "unix:///var/run/docker.sock",
+				Usage: "this host's Docker API"},
+			&cli.StringFlag{Name: "host-id", Usage: "the host whose addresses to check (default: the global --host-id)"},
+			&cli.DurationFlag{Name: "min-age", Value: time.Minute, Usage: "keep addresses allocated more recently than this"},
+			&cli.DurationFlag{Name: "reuse-delay", Value: pool.DefaultReuseDelay,
+				Usage: "released addresses are not handed out again for this long (as the daemon's --reuse-delay)"},
+			&cli.BoolFlag{Name: "dead-hosts", Usage: "reclaim container addresses of dead hosts instead"},
+			&cli.DurationFlag{Name: "grace", Value: 10 * time.Minute, Usage: "with --dead-hosts: how long a host must have been gone"},
+			jsonFlag(),
+		},
+		Action: gc,
+	}
+}
+
+// Results of one address in gc.
+const (
+	gcOrphan   = "orphan"   // would be released with --apply
+	gcReleased = "released" // released by --apply
+	gcChanged  = "changed"  // --apply: changed since listed (re-allocated, host back): kept
+	gcFailed   = "failed"
+	gcYoung    = "young"  // younger than --min-age: kept
+	gcGrace    = "grace"  // its host died less than --grace ago: kept
+	gcUnseen   = "unseen" // its host has no liveness record: kept
+	gcAdvice   = "advice" // a dead host's gateway, aux or host address: listed only
+)
+
+// gcJSON is the output of `gc --json`.
+type gcJSON struct {
+	Host      string       `json:"host"` // this host
+	DeadHosts bool         `json:"deadHosts"`
+	Applied   bool         `json:"applied"`
+	Addresses []gcAddrJSON `json:"addresses"`
+}
+
+type gcAddrJSON struct {
+	Subnet string `json:"subnet"`
+	addrJSON
+	Result string `json:"result"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// gcCandidate is one listed address with what gc makes of it.
+type gcCandidate struct {
+	listed etcdstore.ListedAddr
+	dead   *etcdstore.HostStatus // the dead owner, for the release guard
+	row    gcAddrJSON
+}
+
+func gc(c *cli.Context) error {
+	if _, err := positional(c, 0, 0); err != nil {
+		return err
+	}
+	deadHosts := c.Bool("dead-hosts")
+	switch {
+	case c.Duration("min-age") < 0 || c.Duration("grace") < 0 || c.Duration("reuse-delay") < 0:
+		return fmt.Errorf("--min-age, --grace and --reuse-delay must not be negative")
+	case deadHosts && c.IsSet("min-age"):
+		return fmt.Errorf("--min-age applies to this host's addresses; with --dead-hosts use --grace")
+	case !deadHosts && c.IsSet("grace"):
+		return fmt.Errorf("--grace needs --dead-hosts")
+	}
+	host := gcHost(c)
+	if host == "" {
+		return fmt.Errorf("no host id: set --host-id")
+	}
+	e, err := connect(c)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	// etcd first, Docker second: an address allocated after the census is
+	// not in it, so a container starting meanwhile cannot look orphaned.
+	var cen etcdstore.Census
+	if err := e.do(c, 0, func(ctx context.Context) (err error) { cen, err = e.store.Census(ctx); return err }); err != nil {
+		return err
+	}
+	var found []gcCandidate
+	if deadHosts {
+		found = deadHostOrphans(cen, host, c.Duration("grace"), time.Now())
+	} else {
+		live, err := dockerEndpoints(c.Context, c.String("docker-host"))
+		if err != nil {
+			return err
+		}
+		found = localOrphans(cen, host, live, c.Duration("min-age"), time.Now())
+	}
+	nfailed := 0
+	var reusableAfter time.Time
+	if d := c.Duration("reuse-delay"); d > 0 {
+		reusableAfter = time.Now().UTC().Add(d)
+	}
+	if c.Bool("apply") {
+		for i := range found {
+			f := &found[i]
+			if f.row.Result != gcOrphan {
+				continue
+			}
+			var ok bool
+			err := e.do(c, 0, func(ctx context.Context) (err error) {
+				ok, err = e.store.ReleaseListed(ctx, f.listed, f.dead, reusableAfter)
+				return err
+			})
+			switch {
+			case err != nil:
+				f.row.Result, f.row.Detail = gcFailed, err.Error()
+				nfailed++
+			case ok:
+				f.row.Result = gcReleased
+			default:
+				f.row.Result, f.row.Detail = gcChanged, "changed since it was listed (released, re-allocated, or its host came back): kept"
+			}
+		}
+	}
+	return printGC(c, gcJSON{Host: host, DeadHosts: deadHosts, Applied: c.Bool("apply"), Addresses: gcRows(found)}, nfailed)
+}
+
+// gcHost is gc's --host-id, else the global one.
+func gcHost(c *cli.Context) string {
+	for _, ctx := range c.Lineage() {
+		if h := ctx.String("host-id"); h != "" {
+			return h
+		}
+	}
+	return ""
+}
+
+// localOrphans are host's container addresses that no live endpoint has.
+func localOrphans(cen etcdstore.Census, host string, live map[netip.Addr]string, minAge time.Duration, now time.Time) []gcCandidate {
+	var out []gcCandidate
+	for _, u := range cen.Used {
+		a := u.Allocation
+		if a.Kind != pool.KindContainer || a.Host != host {
+			continue
+		}
+		if _, ok := live[u.Addr]; ok {
+			continue
+		}
+		f := gcCandidate{listed: u, row: newGCRow(u, gcOrphan, "no endpoint or running container on this host's dockerd has it")}
+		if age := now.Sub(a.Since); age < minAge {
+			f.row.Result = gcYoung
+			f.row.Detail = fmt.Sprintf("allocated %s ago, less than --min-age %s: its container may still be starting", age.Round(time.Second), minAge)
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// deadHostOrphans are the container addresses of hosts that are not
+// alive, and the other addresses those hosts hold, as advice.
+func deadHostOrphans(cen etcdstore.Census, self string, grace time.Duration, now time.Time) []gcCandidate {
+	// gone reports whether h is dead for longer than grace, and describes
+	// why it is kept otherwise.
+	gone := func(h string) (ok bool, result, detail string) {
+		st := cen.Status(h)
+		switch st.State() {
+		case etcdstore.HostAlive:
+			return false, "", ""
+		case etcdstore.HostUnknown:
+			return false, gcUnseen, fmt.Sprintf("host %q has no liveness record (its daemon predates them, or never ran): release by hand once sure", h)
+		}
+		seen := st.LastSeen.Seen
+		if until := seen.Add(grace); now.Before(until) {
+			return false, gcGrace, fmt.Sprintf("host %q %s, last seen %s: reclaimable after %s", h, st.State(), formatTime(seen), formatTime(until))
+		}
+		return true, gcOrphan, fmt.Sprintf("host %q %s, last seen %s (%s ago)", h, st.State(), formatTime(seen), now.Sub(seen).Round(time.Second))
+	}
+	var out []gcCandidate
+	for _, u := range cen.Used {
+		a := u.Allocation
+		if a.Kind == pool.KindContainer {
+			if a.Host == self {
+				continue
+			}
+			ok, result, detail := gone(a.Host)
+			if result == "" {
+				continue
+			}
+			f := gcCandidate{listed: u, row: newGCRow(u, result, detail)}
+			if ok {
+				f.dead = cen.Status(a.Host)
+			}
+			out = append(out, f)
+			continue
+		}
+		if detail := deadHolderAdvice(u, self, func(h string) bool { ok, _, _ := gone(h); return ok }); detail != "" {
+			out = append(out, gcCandidate{listed: u, row: newGCRow(u, gcAdvice, detail)})
+		}
+	}
+	return out
+}
+
+// deadHolderAdvice says what to do about a gateway, aux or host address
+// held by dead hosts, or "" when none of its holders is dead. gc never
+// releases these: a host's network still names them, and a shared one
+// serves the live hosts too.
+func deadHolderAdvice(u etcdstore.ListedAddr, self string, dead func(string) bool) string {
+	a := u.Allocation
+	if a.Kind != pool.KindGateway && a.Kind != pool.KindAux && a.Kind != pool.KindHost {
+		return ""
+	}
+	hosts := map[string]bool{}
+	if a.Host != "" {
+		hosts[a.Host] = true
+	}
+	for h := range a.Holders {
+		hosts[h] = true
+	}
+	var gone, living []string
+	for h := range hosts {
+		if h != self && dead(h) {
+			gone = append(gone, h)
+		} else {
+			living = append(living, h)
+		}
+	}
+	if len(gone) == 0 {
+		return ""
+	}
+	names := (&pool.Allocation{Holders: oneEach(gone)}).HolderList()
+	switch {
+	case len(living) > 0:
+		return fmt.Sprintf("%s held by dead host %s and by %s, which are not dead: left alone", a.Kind, names,
+			(&pool.Allocation{Holders: oneEach(living)}).HolderList())
+	case a.Kind == pool.KindHost:
+		return fmt.Sprintf("host address of dead host %s; once it is gone for good: ipamctl host release %s --force", names, u.Addr)
+	}
+	return fmt.Sprintf("%s of dead host %s; once it is gone for good: ipamctl release %s %s --force", a.Kind, names, u.Subnet, u.Addr)
+}
+
+func oneEach(hosts []string) map[string]int {
+	m := make(map[string]int, len(hosts))
+	for _, h := range hosts {
+		m[h] = 1
+	}
+	return m
+}
+
+func newGCRow(u etcdstore.ListedAddr, result, detail string) gcAddrJSON {
+	return gcAddrJSON{Subnet: u.Subnet.String(), addrJSON: newAddrJSON(u.UsedAddr), Result: result, Detail: detail}
+}
+
+func gcRows(found []gcCandidate) []gcAddrJSON {
+	out := make([]gcAddrJSON, 0, len(found))
+	for _, f := range found {
+		out = append(out, f.row)
+	}
+	return out
+}
+
+func printGC(c *cli.Context, out gcJSON, nfailed int) error {
+	if c.Bool("json") {
+		if err := printJSON(c.App.Writer, out); err != nil {
+			return err
+		}
+	} else {
+		t := newTable(c.App.Writer, "SUBNET", "ADDRESS", "KIND", "HOST", "MAC", "SINCE", "RESULT", "DETAIL")
+		for _, a := range out.Addresses {
+			t.row(a.Subnet, a.Address, a.Kind, dash(a.Host), dash(a.MAC), dash(formatTime(a.Since)), a.Result, dash(a.Detail))
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
+		n := map[string]int{}
+		for _, a := range out.Addresses {
+			n[a.Result]++
+		}
+		switch {
+		case n[gcOrphan] > 0:
+			fmt.Fprintf(c.App.ErrWriter, "%s orphaned; run again with --apply to release them\n", gcCount(n[gcOrphan], "address", "addresses"))
+		case out.Applied:
+			fmt.Fprintf(c.App.ErrWriter, "%s released\n", gcCount(n[gcReleased], "address", "addresses"))
+		default:
+			fmt.Fprintln(c.App.ErrWriter, "no orphaned addresses")
+		}
+	}
+	if nfailed > 0 {
+		return fmt.Errorf("%d addresses not released", nfailed)
+	}
+	return nil
+}
+
+// dockerTimeout bounds gc's calls to the Docker API.
+const dockerTimeout = time.Minute
+
+// dockerEndpoints returns every address this host's dockerd has in use,
+// with who has it: the endpoints of every network (whatever its IPAM
+// driver: an address in use is in use), and the addresses of running
+// containers, read separately so one view missing an endpoint does not
+// make its address look orphaned.
+func dockerEndpoints(ctx context.Context, dockerHost string) (map[netip.Addr]string, error) {
+	client, base, err := dockerClient(dockerHost)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
+	defer cancel()
+	get := func(path string, v any) error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			return fmt.Errorf("calling the Docker API at %s: %w", dockerHost, err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+		if resp.StatusCode == http.StatusNotFound {
+			return errDockerNotFound
+		}
+		if resp.StatusCode/100 != 2 {
+			return fmt.Errorf("Docker API GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(raw)))
+		}
+		if err := json.Unmarshal(raw, v); err != nil {
+			return fmt.Errorf("Docker API GET %s: %w", path, err)
+		}
+		return nil
+	}
+	live := map[netip.Addr]string{}
+	add := func(cidrOrAddr, who string) {
+		s, _, _ := strings.Cut(cidrOrAddr, "/")
+		if a, err := netip.ParseAddr(s); err == nil {
+			live[a.Unmap()] = who
+		}
+	}
+	var networks []struct {
+		ID   string `json:"Id"`
+		Name string
+	}
+	if err := get("/networks", &networks); err != nil {
+		return nil, err
+	}
+	for _, n := range networks {
+		var detail struct {
+			Containers map[string]struct {
+				Name        string
+				IPv4Address string
+				IPv6Address string
+			}
+		}
+		switch err := get("/networks/"+url.PathEscape(n.ID), &detail); {
+		case errors.Is(err, errDockerNotFound):
+			continue // removed meanwhile, with its endpoints
+		case err != nil:
+			return nil, err
+		}
+		for id, ep := range detail.Containers {
+			who := fmt.Sprintf("endpoint %s (%s) on network %s", ep.Name, shortID(id), n.Name)
+			add(ep.IPv4Address, who)
+			add(ep.IPv6Address, who)
+		}
+	}
+	var running []struct {
+		ID              string `json:"Id"`
+		NetworkSettings struct {
+			Networks map[string]struct {
+				IPAddress         string
+				GlobalIPv6Address string
+			}
+		}
+	}
+	if err := get("/containers/json", &running); err != nil {
+		return nil, err
+	}
+	for _, ctr := range running {
+		for name, n := range ctr.NetworkSettings.Networks {
+			who := fmt.Sprintf("running container %s on network %s", shortID(ctr.ID), name)
+			add(n.IPAddress, who)
+			add(n.GlobalIPv6Address, who)
+		}
+	}
+	return live, nil
+}
+
+var errDockerNotFound = errors.New("not found")
+
+func gcCount(n int, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}

@@ -1,0 +1,258 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"maps"
+	"net"
+	"net/http"
+	"net/netip"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/pool"
+)
+
+// deadHostsPool fills 198.18.1.0/24 (seeded .10-.109) with the addresses
+// of hosts in every liveness state; the ctl host ("ctl") is one of them.
+func deadHostsPool(t *testing.T, c *ctl) {
+	t.Helper()
+	c.ok("init-range", "--subnet", "198.18.1.0/24", "--range", "198.18.1.10-198.18.1.109")
+	c.ok("host-range", "--subnet", "198.18.1.0/24", "--range", "198.18.1.5")
+	n, _ := pool.NewNetwork("198.18.1.0/24", "")
+	a := netip.MustParseAddr
+	containers := map[string][]string{
+		"alive":       {"198.18.1.10"},
+		"gone":        {"198.18.1.11", "198.18.1.12"},
+		"recent":      {"198.18.1.13"},
+		"unseen":      {"198.18.1.14"},
+		"ctl":         {"198.18.1.15"},
+		"stopped-old": {"198.18.1.16"},
+	}
+	for host, addrs := range containers {
+		p, _ := c.pools(host)
+		if err := p.Attach(ctx(t), n); err != nil {
+			t.Fatal(err)
+		}
+		for i, addr := range addrs {
+			mac := net.HardwareAddr{2, 0x42, 0, 0, byte(len(host)), byte(i)}.String()
+			if _, err := p.Allocate(ctx(t), n, a(addr), pool.Allocation{Kind: pool.KindContainer, MAC: mac}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	gone, _ := c.pools("gone")
+	if _, err := gone.Gateway(ctx(t), n, a("198.18.1.100"), false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gone.Gateway(ctx(t), n, a("198.18.1.5"), true); err != nil { // claims the host address
+		t.Fatal(err)
+	}
+	for _, h := range []string{"gone", "alive"} {
+		p, _ := c.pools(h)
+		if err := p.Aux(ctx(t), n, a("198.18.1.254")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Liveness: "alive" runs a keeper; the others left lastseen records
+	// behind at various times; "unseen" never ran one.
+	_, store := c.pools("alive")
+	k := store.StartKeeper(etcdstore.HostRecord{Host: "alive", Since: time.Now()}, etcdstore.KeeperConfig{TTL: 3 * time.Second})
+	t.Cleanup(func() { k.Stop(context.Background()) })
+	now := time.Now().UTC()
+	cli := c.etcd.Client(t)
+	for host, seen := range map[string]etcdstore.LastSeen{
+		"gone":        {Seen: now.Add(-20 * time.Minute)},
+		"recent":      {Seen: now.Add(-2 * time.Minute)},
+		"ctl":         {Seen: now.Add(-time.Hour)},
+		"stopped-old": {Seen: now.Add(-30 * time.Minute), Stopped: true},
+	} {
+		seen.Host = host
+		b, _ := json.Marshal(seen)
+		if _, err := cli.Put(ctx(t), testPrefix+"/lastseen/"+host, string(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		cen, err := store.Census(ctx(t))
+		if err == nil && cen.Status("alive").State() == etcdstore.HostAlive {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the keeper of host alive did not announce it within 10s: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// results maps address → result.
+func results(g gcJSON) map[string]string {
+	m := map[string]string{}
+	for _, a := range g.Addresses {
+		m[a.Address] = a.Result
+	}
+	return m
+}
+
+func sameResults(t *testing.T, what string, got gcJSON, want map[string]string) {
+	t.Helper()
+	if g := results(got); !maps.Equal(g, want) {
+		t.Fatalf("%s:\n got  %v\n want %v\n%+v", what, g, want, got.Addresses)
+	}
+}
+
+func TestGCDeadHosts(t *testing.T) {
+	c := newCtl(t)
+	deadHostsPool(t, c)
+
+	// Not listed: alive's .10, and ctl's own .15 although ctl looks dead.
+	dry := map[string]string{
+		"198.18.1.11":  gcOrphan, // gone
+		"198.18.1.12":  gcOrphan, // gone
+		"198.18.1.16":  gcOrphan, // stopped-old: a clean stop counts as gone too
+		"198.18.1.13":  gcGrace,  // recent: dead for 2m < 10m
+		"198.18.1.14":  gcUnseen, // no liveness record
+		"198.18.1.100": gcAdvice, // gone's gateway
+		"198.18.1.5":   gcAdvice, // gone's host address
+		"198.18.1.254": gcAdvice, // the router, shared with alive
+	}
+	got := okJSON[gcJSON](c, "gc", "--dead-hosts")
+	sameResults(t, "gc --dead-hosts", got, dry)
+	if got.Host != "ctl" || !got.DeadHosts || got.Applied {
+		t.Fatalf("gc --dead-hosts header: %+v", got)
+	}
+	table := c.ok("gc", "--dead-hosts")
+	for _, want := range []string{
+		"ipamctl release 198.18.1.0/24 198.18.1.100 --force",
+		"ipamctl host release 198.18.1.5 --force",
+		"aux held by dead host gone and by alive, which are not dead: left alone",
+		`host "recent" dead, last seen`,
+		`host "stopped-old" stopped, last seen`,
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("gc --dead-hosts table lacks %q:\n%s", want, table)
+		}
+	}
+	shorter := okJSON[gcJSON](c, "gc", "--dead-hosts", "--grace", "1m")
+	if results(shorter)["198.18.1.13"] != gcOrphan {
+		t.Fatalf("with --grace 1m, recent's address: %v", results(shorter))
+	}
+	// As seen from host "gone" itself, its own addresses are never listed.
+	if self := results(okJSON[gcJSON](c, "gc", "--dead-hosts", "--host-id", "gone")); self["198.18.1.11"] != "" || self["198.18.1.15"] != gcOrphan {
+		t.Fatalf("gc --dead-hosts --host-id gone: %v", self)
+	}
+
+	applied := okJSON[gcJSON](c, "gc", "--dead-hosts", "--apply")
+	want := map[string]string{}
+	for a, r := range dry {
+		if r == gcOrphan {
+			r = gcReleased
+		}
+		want[a] = r
+	}
+	sameResults(t, "gc --dead-hosts --apply", applied, want)
+	var used []string
+	for _, u := range okJSON[[]addrJSON](c, "addr", "ls", "198.18.1.0/24") {
+		used = append(used, u.Address)
+	}
+	sort.Strings(used)
+	if strings.Join(used, " ") != "198.18.1.10 198.18.1.100 198.18.1.13 198.18.1.14 198.18.1.15 198.18.1.254 198.18.1.5" {
+		t.Fatalf("used after --apply: %v", used)
+	}
+	if chk := okJSON[[]checkJSON](c, "check"); len(chk) != 1 || len(chk[0].Anomalies) != 0 {
+		t.Fatalf("check after gc --apply: %+v", chk)
+	}
+	again := okJSON[gcJSON](c, "gc", "--dead-hosts", "--apply")
+	for _, a := range again.Addresses {
+		if a.Result == gcReleased || a.Result == gcOrphan {
+			t.Fatalf("second gc --apply still found %+v", a)
+		}
+	}
+
+	states := map[string]string{}
+	for _, h := range okJSON[[]hostAddrJSON](c, "host", "ls") {
+		states[h.Host] = h.Live
+	}
+	wantStates := map[string]string{"alive": "alive", "gone": "dead", "recent": "dead", "unseen": "unknown", "ctl": "dead", "stopped-old": "stopped"}
+	if !maps.Equal(states, wantStates) {
+		t.Fatalf("host ls liveness: %v, want %v", states, wantStates)
+	}
+	if out := c.ok("host", "ls"); !strings.Contains(out, "LIVE") || !strings.Contains(out, "stopped") {
+		t.Fatalf("host ls table:\n%s", out)
+	}
+}
+
+// fakeDocker serves the three Docker API calls gc makes, on a unix socket.
+func fakeDocker(t *testing.T, endpoints map[string]string, running map[string]string) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "docker.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /networks", func(w http.ResponseWriter, _ *http.Request) {
+		json.NewEncoder(w).Encode([]map[string]string{{"Id": "n1", "Name": "lan"}, {"Id": "gone", "Name": "removed"}})
+	})
+	mux.HandleFunc("GET /networks/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("id") != "n1" {
+			http.Error(w, `{"message":"network not found"}`, http.StatusNotFound)
+			return
+		}
+		ctrs := map[string]map[string]string{}
+		for name, cidr := range endpoints {
+			ctrs["id-"+name] = map[string]string{"Name": name, "IPv4Address": cidr}
+		}
+		json.NewEncoder(w).Encode(map[string]any{"Containers": ctrs})
+	})
+	mux.HandleFunc("GET /containers/json", func(w http.ResponseWriter, _ *http.Request) {
+		var out []any
+		for id, ip := range running {
+			out = append(out, map[string]any{"Id": id, "NetworkSettings": map[string]any{"Networks": map[string]any{"lan": map[string]string{"IPAddress": ip}}}})
+		}
+		json.NewEncoder(w).Encode(out)
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return "unix://" + sock
+}
+
+// TestGCLocal: host "gone"'s view, with its dockerd reporting .11 as an
+// endpoint and .12 only as a running container's address: neither is an
+// orphan. Everything else of gone's would be, once older than --min-age.
+func TestGCLocal(t *testing.T) {
+	c := newCtl(t)
+	deadHostsPool(t, c)
+	p, _ := c.pools("gone")
+	n, _ := pool.NewNetwork("198.18.1.0/24", "")
+	if _, err := p.Allocate(ctx(t), n, netip.MustParseAddr("198.18.1.20"), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:01:20"}); err != nil {
+		t.Fatal(err)
+	}
+	docker := fakeDocker(t, map[string]string{"web": "198.18.1.11/24"}, map[string]string{"abc": "198.18.1.12"})
+
+	c.fails("--grace needs --dead-hosts", "gc", "--grace", "1m", "--docker-host", docker)
+	c.fails("with --dead-hosts use --grace", "gc", "--dead-hosts", "--min-age", "1s")
+	c.fails("calling the Docker API", "gc", "--host-id", "gone", "--docker-host", "unix:///nonexistent.sock")
+
+	young := okJSON[gcJSON](c, "gc", "--host-id", "gone", "--docker-host", docker)
+	sameResults(t, "gc (default --min-age)", young, map[string]string{"198.18.1.20": gcYoung})
+	time.Sleep(1100 * time.Millisecond)
+	dry := okJSON[gcJSON](c, "gc", "--host-id", "gone", "--docker-host", docker, "--min-age", "1s")
+	sameResults(t, "gc --min-age 1s", dry, map[string]string{"198.18.1.20": gcOrphan})
+	applied := okJSON[gcJSON](c, "gc", "--host-id", "gone", "--docker-host", docker, "--min-age", "1s", "--apply")
+	sameResults(t, "gc --apply", applied, map[string]string{"198.18.1.20": gcReleased})
+	if after := okJSON[gcJSON](c, "gc", "--host-id", "gone", "--docker-host", docker, "--min-age", "0s"); len(after.Addresses) != 0 {
+		t.Fatalf("after --apply: %+v", after.Addresses)
+	}
+	// ctl's own (the global --host-id) .15 is not in Docker's list.
+	if own := okJSON[gcJSON](c, "gc", "--docker-host", docker, "--min-age", "0s"); own.Host != "ctl" || !maps.Equal(results(own), map[string]string{"198.18.1.15": gcOrphan}) {
+		t.Fatalf("gc as ctl: %+v", own)
+	}
+}
