@@ -25,7 +25,7 @@ type memPool struct {
 	free   map[netip.Addr]int64
 	used   map[netip.Addr]memUsed
 	refs   map[string]int
-	owners map[string]netip.Addr // host/mac of container entries
+	owners map[string]netip.Addr    // host/mac of container entries
 	after  map[netip.Addr]time.Time // free addresses in their reuse delay
 }
 

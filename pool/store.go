@@ -120,7 +120,7 @@ type State struct {
 	// ReusableAfter keeps a freed container address from being claimed
 	// before that time (the reuse delay); zero means at once.
 	ReusableAfter time.Time
-	Used *Allocation
+	Used          *Allocation
 }
 
 // Claim is the answer to Store.Claim.

@@ -71,8 +71,8 @@ func connect(c *cli.Context) (*env, error) {
 	}
 	store := etcdstore.New(client, c.String("etcd-prefix"))
 	return &env{
-		client:    client,
-		store:     store,
+		client: client,
+		store:  store,
 		// Operator releases wait out the same reuse delay as the daemon's.
 		pools:     pool.New(store, pool.Config{Host: c.String("host-id"), ReuseDelay: pool.DefaultReuseDelay}),
 		timeout:   timeout,
