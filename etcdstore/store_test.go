@@ -426,3 +426,29 @@ func TestReuseDelayAgainstEtcd(t *testing.T) {
 		t.Fatalf("only delayed addresses left: %v", err)
 	}
 }
+
+// TestReuseDelayOnALargeRange: more delayed addresses than lost-race
+// attempts times page size are scanned to the end and reported as delayed.
+func TestReuseDelayOnALargeRange(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, 2*time.Minute)
+	s := etcdstore.New(srv.Client(t), "/test")
+	p := pool.New(s, pool.Config{Host: "h", ReuseDelay: time.Hour})
+	n := mustNetwork(t, "198.18.0.0/22", "")
+	if err := p.Attach(ctx, n); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 1022 {
+		a := pool.AddrAt(n.Range(), uint64(i))
+		if _, err := p.Allocate(ctx, n, a, pool.Allocation{Kind: pool.KindContainer, MAC: fmt.Sprintf("02:42:00:00:%02x:%02x", i>>8, i&0xff)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Release(ctx, n.Subnet, a); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:01:00:00"})
+	if !errors.Is(err, pool.ErrNoFree) || !strings.Contains(err.Error(), "--reuse-delay") {
+		t.Fatalf("all 1022 addresses delayed: %v", err)
+	}
+}

@@ -31,9 +31,10 @@ const (
 	// maxAttempts bounds retries after lost races. Every lost race means
 	// another request won, so the pool as a whole always makes progress.
 	maxAttempts = 32
-	// candidates is how many free neighbours a failed claim returns; the
-	// retry picks one at random so contenders spread out.
-	candidates = 8
+	// candidates is how many free neighbours a failed claim reads; the
+	// retry picks one at random so contenders spread out, and a page of
+	// addresses still in their reuse delay is skipped in one round trip.
+	candidates = 16
 )
 
 // Config holds the per-host settings of Pools.
@@ -233,7 +234,9 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 	}
 	addr := AddrInSet(span, p.randN(SetSize(span)))
 	start, wrapped := addr, false // where a scan past delayed addresses began, and whether it wrapped
-	for attempt := 0; attempt < maxAttempts; attempt++ {
+	// Only lost races count against maxAttempts: a scan past delayed
+	// addresses always moves on and ends where it began (and ctx bounds it).
+	for attempt := 0; attempt < maxAttempts; {
 		c, err := p.store.Claim(ctx, n.Subnet, addr, r, a, candidates)
 		if err != nil {
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming an address in pool %s: %w", n, err))
@@ -246,6 +249,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case len(c.Candidates) > 0:
+			attempt++
 			addr = c.Candidates[p.randN(uint64(len(c.Candidates)))]
 		case c.Resume.IsValid() && !(wrapped && (c.Resume.Less(addr) || !c.Resume.Less(start))):
 			// A page of addresses in their reuse delay: look further,

@@ -70,7 +70,8 @@ func ParseRange(s string) (netipx.IPRange, error) {
 	return r, nil
 }
 
-// ParseAddr parses one plain address (no zone, no IPv4-in-IPv6 form).
+// ParseAddr parses one address without a zone. An IPv4-mapped IPv6
+// address stays IPv6: it belongs to IPv6 pools only.
 func ParseAddr(s string) (netip.Addr, error) {
 	a, err := parseAddr(s)
 	if err != nil {
@@ -84,8 +85,8 @@ func parseAddr(s string) (netip.Addr, error) {
 	if err != nil {
 		return a, err
 	}
-	if a.Zone() != "" || a.Is4In6() {
-		return netip.Addr{}, fmt.Errorf("not a plain address")
+	if a.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("zones are not allowed")
 	}
 	return a, nil
 }

@@ -43,6 +43,7 @@ func TestParseRange(t *testing.T) {
 		{in: "198.18.0.7/30", err: "host bits set, did you mean 198.18.0.4/30?"},
 		{in: "198.18.0.9", want: "198.18.0.9"},
 		{in: "2001:db8::1-2001:db8::ff", want: "2001:db8::1-2001:db8::ff"},
+		{in: "::/80", want: "::-::ffff:255.255.255.255"}, // found by FuzzParseRange: must round-trip
 		{in: "198.18.0.9-198.18.0.1", err: `invalid range "198.18.0.9-198.18.0.1": start after end`},
 		{in: "198.18.0.1-2001:db8::1", err: "different address families"},
 		{in: "198.18.0.1-", err: "want A-B, CIDR or a single address"},
