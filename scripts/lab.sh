@@ -9,6 +9,14 @@
 #   scripts/lab.sh down [ID…]                tear labs down (every tdlab-* lab found without an id)
 #   scripts/lab.sh list                      ids of the labs found
 #   scripts/lab.sh prune                     tear down labs whose owner ($TDLAB_OWNER_PID at up) is gone
+#   scripts/lab.sh [-i ID] etcd-kill K       SIGKILL etcd member K (1-3)
+#   scripts/lab.sh [-i ID] etcd-start K [--no-wait]
+#                                            restart member K on its data dir; waits until it answers
+#   scripts/lab.sh [-i ID] plugin-kill H     SIGKILL host H's plugin (kill -9: its socket file stays)
+#   scripts/lab.sh [-i ID] plugin-start H [--no-wait]
+#                                            restart host H's plugin with the flags of up, on the same
+#                                            socket (the daemon replaces the stale one); waits until
+#                                            it has bound the socket
 #
 # NODE is h1…hN (or just 1…N), sw (the switch, which also holds the router 198.18.0.1) or etcd1…3;
 # HOST is h1…hN or 1…N. exec, docker and env need no id when exactly one lab exists. exec runs in
@@ -230,6 +238,145 @@ resolve_id() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# daemons: how up starts etcd members and plugins, and how the fault commands restart them
+
+# start_etcd K: spawn member K. On a restart its data dir exists and etcd ignores the
+# --initial-cluster* flags, rejoining the cluster as the member it was. Needs ETCD and DPATH.
+start_etcd() {
+	local k=$1 a="$NET.2$1" d="$S/etcd$1" cluster="" j
+	for ((j = 1; j <= NETCD; j++)); do cluster+="${cluster:+,}etcd$j=http://$NET.2$j:2380"; done
+	mkdir -p "$d"
+	spawn "$d/etcd.log" "$d/etcd.pid" nsenter --net="$(ns_path "etcd$k")" -- "$ETCD" \
+		--name "etcd$k" --data-dir "$d/data" \
+		--listen-client-urls "http://$a:2379" --advertise-client-urls "http://$a:2379" \
+		--listen-peer-urls "http://$a:2380" --initial-advertise-peer-urls "http://$a:2380" \
+		--initial-cluster "$cluster" --initial-cluster-token "tdlab-$ID" --initial-cluster-state new \
+		--max-txn-ops 128 --logger zap --log-outputs stderr
+}
+
+# start_plugin K: spawn host K's plugin. Needs BIN, DPATH and PLUGIN_ARGS (extra flags, split on
+# spaces).
+start_plugin() {
+	local k=$1 d="$S/h$1"
+	local -a pargs=()
+	read -r -a pargs <<<"${PLUGIN_ARGS:-}"
+	mkdir -p "$d/plugins" "$d/data" "$d/exec"
+	spawn "$d/plugin.log" "$d/plugin.pid" nsenter --net="$(ns_path "h$k")" -- "$BIN/talkingdata-ipam" \
+		--host-id "h$k" --etcd-endpoints "$EPS" --socket "$d/plugins/talkingdata.sock" \
+		--log-level debug "${pargs[@]}"
+}
+
+# restart_env: what start_etcd and start_plugin need, from a running lab's env file.
+restart_env() {
+	[[ -e $S/ready ]] || die "lab $ID is not (fully) up"
+	envval() { sed -n "s/^$1=//p" "$S/env"; }
+	ETCD=$(envval TDLAB_ETCD_BIN)
+	DPATH=$(envval TDLAB_DPATH)
+	PLUGIN_ARGS=$(envval TDLAB_PLUGIN_ARGS)
+	[[ -n $ETCD ]] || find_tool ETCD etcd etcd-server "${TDLAB_ETCD:-}" # a lab from an older lab.sh
+	if [[ -z $DPATH ]]; then
+		local dockerd
+		find_tool dockerd dockerd docker.io "${TDLAB_DOCKERD:-}"
+		DPATH="$(dirname "$dockerd"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	fi
+}
+
+# member_arg K / host_arg H: validated numbers.
+member_arg() {
+	[[ ${1:-} =~ ^[1-9]$ ]] && (($1 <= NETCD)) || die "no etcd member '${1:-}': want 1…$NETCD"
+}
+host_arg() {
+	local h=${1:-}
+	h=${h#h}
+	[[ $h =~ ^[1-9]$ ]] && ((h <= NHOSTS)) || die "no host '${1:-}': lab $ID has h1…h$NHOSTS"
+	echo "$h"
+}
+
+# fail_logs MSG LOG…: a restart failed; show the logs that tell why.
+fail_logs() {
+	local msg=$1 l
+	shift
+	{
+		echo "lab.sh: lab $ID: $msg"
+		for l in "$@"; do tail_log "$l"; done
+	} >&2
+	exit 1
+}
+
+# kill_daemon NAME PIDFILE: SIGKILL the process and wait until it is gone (its pid is no zombie
+# for long: it is reparented to init, which reaps it).
+kill_daemon() {
+	local name=$1 pidf=$2 pid i
+	alive "$pidf" || die "$name is not running"
+	pid=$(<"$pidf")
+	kill -KILL "$pid" 2>/dev/null || true
+	for ((i = 0; i < 100; i++)); do
+		alive "$pidf" || {
+			echo "$name killed (pid $pid)"
+			return 0
+		}
+		sleep 0.05
+	done
+	die "$name (pid $pid) still alive 5s after SIGKILL"
+}
+
+cmd_etcd_kill() {
+	resolve_id
+	member_arg "${1:-}"
+	kill_daemon "etcd$1" "$S/etcd$1/etcd.pid"
+}
+
+cmd_etcd_start() {
+	resolve_id
+	member_arg "${1:-}"
+	local k=$1 wait=1
+	[[ ${2:-} != --no-wait ]] || wait=0
+	restart_env
+	alive "$S/etcd$k/etcd.pid" && die "etcd$k is already running (pid $(<"$S/etcd$k/etcd.pid"))"
+	start_etcd "$k"
+	if ((wait)); then
+		local deadline=$((SECONDS + 30))
+		until etcd_healthy "http://$NET.2$k:2379" 500ms; do
+			alive "$S/etcd$k/etcd.pid" || fail_logs "etcd$k exited after the restart" "$S/etcd$k/etcd.log"
+			((SECONDS < deadline)) || fail_logs "etcd$k not healthy 30s after the restart" "$S/etcd$k/etcd.log"
+			sleep 0.1
+		done
+	fi
+	echo "etcd$k started (pid $(<"$S/etcd$k/etcd.pid"))"
+}
+
+cmd_plugin_kill() {
+	resolve_id
+	local h
+	h=$(host_arg "${1:-}")
+	kill_daemon "plugin of h$h" "$S/h$h/plugin.pid"
+}
+
+# sock_id SOCKET: inode and change time, to tell a freshly bound socket from a stale one.
+sock_id() { stat -c '%i %z' "$1" 2>/dev/null || true; }
+
+cmd_plugin_start() {
+	resolve_id
+	local h wait=1 sock before
+	h=$(host_arg "${1:-}")
+	[[ ${2:-} != --no-wait ]] || wait=0
+	restart_env
+	alive "$S/h$h/plugin.pid" && die "the plugin of h$h is already running (pid $(<"$S/h$h/plugin.pid"))"
+	sock="$S/h$h/plugins/talkingdata.sock"
+	before=$(sock_id "$sock")
+	start_plugin "$h"
+	if ((wait)); then
+		local deadline=$((SECONDS + 20))
+		until [[ -S $sock && $(sock_id "$sock") != "$before" ]]; do
+			alive "$S/h$h/plugin.pid" || fail_logs "the plugin of h$h exited after the restart" "$S/h$h/plugin.log"
+			((SECONDS < deadline)) || fail_logs "the plugin of h$h has not bound $sock 20s after the restart" "$S/h$h/plugin.log"
+			sleep 0.02
+		done
+	fi
+	echo "plugin of h$h started (pid $(<"$S/h$h/plugin.pid"))"
+}
+
+# ---------------------------------------------------------------------------------------------
 # up
 
 find_tool() { # VAR NAME PACKAGE [OVERRIDE]
@@ -417,6 +564,9 @@ cmd_up() {
 		echo "TDLAB_IMAGE=$IMAGE"
 		echo "TDLAB_BIN=$BIN"
 		echo "TDLAB_DOCKER_CLI=$DOCKER"
+		echo "TDLAB_ETCD_BIN=$ETCD"
+		echo "TDLAB_DPATH=$DPATH"
+		echo "TDLAB_PLUGIN_ARGS=${TDLAB_PLUGIN_ARGS:-}"
 		echo "TDLAB_SWITCH_NETNS=$SW"
 		for ((k = 1; k <= NETCD; k++)); do
 			echo "TDLAB_ETCD${k}_NETNS=tdlab-$ID-etcd$k"
@@ -453,18 +603,7 @@ cmd_up() {
 	say "lab $ID: network ready ($(elapsed)s)"
 
 	# etcd: one cluster of three members.
-	local cluster=""
-	for ((k = 1; k <= NETCD; k++)); do cluster+="${cluster:+,}etcd$k=http://$NET.2$k:2380"; done
-	for ((k = 1; k <= NETCD; k++)); do
-		local a="$NET.2$k" d="$S/etcd$k"
-		mkdir -p "$d"
-		spawn "$d/etcd.log" "$d/etcd.pid" nsenter --net="$(ns_path "etcd$k")" -- "$ETCD" \
-			--name "etcd$k" --data-dir "$d/data" \
-			--listen-client-urls "http://$a:2379" --advertise-client-urls "http://$a:2379" \
-			--listen-peer-urls "http://$a:2380" --initial-advertise-peer-urls "http://$a:2380" \
-			--initial-cluster "$cluster" --initial-cluster-token "tdlab-$ID" --initial-cluster-state new \
-			--max-txn-ops 128 --logger zap --log-outputs stderr
-	done
+	for ((k = 1; k <= NETCD; k++)); do start_etcd "$k"; done
 
 	# Meanwhile: the image root and the storage driver.
 	busybox_tar
@@ -495,15 +634,8 @@ cmd_up() {
 	ln -s "$DOCKER" "$S/path/docker"
 
 	# Plugins, started before dockerd (which finds a legacy plugin's socket on first use anyway).
-	local -a pargs=()
-	read -r -a pargs <<<"${TDLAB_PLUGIN_ARGS:-}"
-	for ((k = 1; k <= NHOSTS; k++)); do
-		local d="$S/h$k"
-		mkdir -p "$d/plugins" "$d/data" "$d/exec"
-		spawn "$d/plugin.log" "$d/plugin.pid" nsenter --net="$(ns_path "h$k")" -- "$BIN/talkingdata-ipam" \
-			--host-id "h$k" --etcd-endpoints "$EPS" --socket "$d/plugins/talkingdata.sock" \
-			--log-level debug "${pargs[@]}"
-	done
+	PLUGIN_ARGS=${TDLAB_PLUGIN_ARGS:-}
+	for ((k = 1; k <= NHOSTS; k++)); do start_plugin "$k"; done
 	deadline=$((SECONDS + 20))
 	while :; do
 		pending=0
@@ -824,6 +956,10 @@ main() {
 		;;
 	list) all_ids ;;
 	prune) cmd_prune ;;
+	etcd-kill) cmd_etcd_kill "$@" ;;
+	etcd-start) cmd_etcd_start "$@" ;;
+	plugin-kill) cmd_plugin_kill "$@" ;;
+	plugin-start) cmd_plugin_start "$@" ;;
 	*)
 		echo "lab.sh: unknown command '$cmd'" >&2
 		usage 2

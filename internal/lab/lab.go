@@ -15,6 +15,11 @@
 // Exec runs a command in a host's network namespace (the machine's mount namespace) with
 // DOCKER_HOST, IPAM_ETCD_ENDPOINTS, TDLAB_ETCD_ENDPOINTS and IPAM_HOST_ID set for that host and the
 // lab's ipamctl, talkingdata-ipam and docker first on PATH.
+//
+// Faults for chaos tests: KillEtcd/StartEtcd SIGKILL an etcd member and restart it on its data
+// dir, KillPlugin/StartPlugin do the same to a host's plugin (its stale socket is left for the
+// restarted daemon to replace). Programs that are not tests use Start (or Open for a lab made by
+// `scripts/lab.sh up`) and Close instead of Up.
 package lab
 
 import (
@@ -97,34 +102,14 @@ func UpWith(t testing.TB, o Options) *Lab {
 // registers the cleanup; it does not run up.
 func prepare(t testing.TB, o Options) *Lab {
 	t.Helper()
-	testproc.Require(t, os.Geteuid() == 0, "lab: needs root (namespaces, mounts, dockerd)")
-	for _, tool := range []struct{ name, pkg string }{
-		{"bash", "bash"}, {"ip", "iproute2"}, {"nsenter", "util-linux"}, {"unshare", "util-linux"},
-		{"setsid", "util-linux"}, {"dockerd", "docker.io"}, {"docker", "docker.io"},
-		{"etcd", "etcd-server"}, {"etcdctl", "etcd-client"}, {"ping", "iputils-ping"},
-	} {
-		testproc.Require(t, lookTool(tool.name) != "", "lab: no "+tool.name+" (Debian package "+tool.pkg+")")
-	}
-	_, err := os.Stat("/bin/busybox")
-	testproc.Require(t, err == nil, "lab: no /bin/busybox (Debian package busybox-static)")
-	if o.BinDir == "" {
-		testproc.Require(t, goTool() != "", "lab: no go toolchain to build the binaries (or set Options.BinDir)")
-	}
+	miss := missing(o)
+	testproc.Require(t, miss == "", miss)
 	if o.Hosts < 0 || o.Hosts > 9 {
 		t.Fatalf("lab: Options.Hosts = %d, want 1-9 (0: 3)", o.Hosts)
 	}
-	repo, err := repoRoot()
+	l, err := newLab(o)
 	if err != nil {
 		t.Fatalf("lab: %v", err)
-	}
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		t.Fatal(err)
-	}
-	id := hex.EncodeToString(b[:])
-	l := &Lab{ID: id, Dir: "/tmp/tdlab-" + id, script: filepath.Join(repo, "scripts", "lab.sh"), hosts: 3}
-	if o.Hosts != 0 {
-		l.hosts = o.Hosts
 	}
 	// Labs whose test binary died without cleaning up (a -timeout panic, a SIGKILL).
 	if out, err := l.run(downTimeout, nil, "prune"); err != nil {
@@ -139,6 +124,152 @@ func prepare(t testing.TB, o Options) *Lab {
 		l.Down(t)
 	})
 	return l
+}
+
+// missing names the first prerequisite of a lab that is missing, or returns "".
+func missing(o Options) string {
+	if os.Geteuid() != 0 {
+		return "lab: needs root (namespaces, mounts, dockerd)"
+	}
+	for _, tool := range []struct{ name, pkg string }{
+		{"bash", "bash"}, {"ip", "iproute2"}, {"nsenter", "util-linux"}, {"unshare", "util-linux"},
+		{"setsid", "util-linux"}, {"dockerd", "docker.io"}, {"docker", "docker.io"},
+		{"etcd", "etcd-server"}, {"etcdctl", "etcd-client"}, {"ping", "iputils-ping"},
+	} {
+		if lookTool(tool.name) == "" {
+			return "lab: no " + tool.name + " (Debian package " + tool.pkg + ")"
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		return "lab: no /bin/busybox (Debian package busybox-static)"
+	}
+	if o.BinDir == "" && goTool() == "" {
+		return "lab: no go toolchain to build the binaries (or set Options.BinDir)"
+	}
+	return ""
+}
+
+// newLab picks a fresh id; nothing is created yet.
+func newLab(o Options) (*Lab, error) {
+	repo, err := repoRoot()
+	if err != nil {
+		return nil, err
+	}
+	var b [4]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, err
+	}
+	id := hex.EncodeToString(b[:])
+	l := &Lab{ID: id, Dir: "/tmp/tdlab-" + id, script: filepath.Join(repo, "scripts", "lab.sh"), hosts: 3}
+	if o.Hosts != 0 {
+		l.hosts = o.Hosts
+	}
+	return l, nil
+}
+
+// Start is Up for programs that are not tests (tools/chaos): it returns errors instead of
+// failing a test and registers no cleanup; call Close. Labs of dead owners are pruned first, so
+// one left by a killed program is removed by the next Start or Up.
+func Start(o Options) (*Lab, error) {
+	if miss := missing(o); miss != "" {
+		return nil, errors.New(miss)
+	}
+	if o.Hosts < 0 || o.Hosts > 9 {
+		return nil, fmt.Errorf("lab: Options.Hosts = %d, want 1-9 (0: 3)", o.Hosts)
+	}
+	l, err := newLab(o)
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	if _, err := l.run(downTimeout, nil, "prune"); err != nil {
+		return nil, fmt.Errorf("lab: removing labs of dead owners: %w", err)
+	}
+	if out, err := l.run(upTimeout, l.upEnv(o), "up"); err != nil {
+		_, _ = l.run(downTimeout, nil, "down", l.ID)
+		return nil, fmt.Errorf("lab: up %s: %w\n%s", l.ID, err, out)
+	}
+	if err := l.loadEnv(); err != nil {
+		_, _ = l.run(downTimeout, nil, "down", l.ID)
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	return l, nil
+}
+
+// Open attaches to a running lab, e.g. one made with `scripts/lab.sh up`. Close does not tear
+// it down.
+func Open(id string) (*Lab, error) {
+	repo, err := repoRoot()
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	l := &Lab{ID: id, Dir: "/tmp/tdlab-" + id, script: filepath.Join(repo, "scripts", "lab.sh"), down: true}
+	if err := l.loadEnv(); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	if _, err := os.Stat(filepath.Join(l.Dir, "ready")); err != nil {
+		return nil, fmt.Errorf("lab %s is not (fully) up: %w", id, err)
+	}
+	return l, nil
+}
+
+// Close tears down a lab made by Start (like Down, returning what is left as an error); for
+// a lab attached with Open it does nothing.
+func (l *Lab) Close() error {
+	if l.down {
+		return nil
+	}
+	l.down = true
+	if out, err := l.run(downTimeout, nil, "down", l.ID); err != nil {
+		return fmt.Errorf("lab: down %s: %w\n%s", l.ID, err, out)
+	}
+	if left := l.Leftovers(); len(left) > 0 {
+		return fmt.Errorf("lab %s: left after down: %s", l.ID, strings.Join(left, "; "))
+	}
+	return nil
+}
+
+// KillEtcd SIGKILLs etcd member k (1-3), as a crash would; an error if it is not running.
+func (l *Lab) KillEtcd(k int) error { return l.fault("etcd-kill", strconv.Itoa(k)) }
+
+// StartEtcd restarts etcd member k on its data dir, so it rejoins as the member it was, and
+// waits (up to 30s) until it answers a quorum read; an error if it is running.
+func (l *Lab) StartEtcd(k int) error { return l.fault("etcd-start", strconv.Itoa(k)) }
+
+// KillPlugin SIGKILLs host h's plugin (kill -9: it leaves its socket file behind).
+func (l *Lab) KillPlugin(h int) error { return l.fault("plugin-kill", l.hostNode(h)) }
+
+// StartPlugin restarts host h's plugin with the flags it had, on the same socket, and waits
+// (up to 20s) until it has bound it.
+func (l *Lab) StartPlugin(h int) error { return l.fault("plugin-start", l.hostNode(h)) }
+
+// EtcdAlive reports whether member k's process is running (not whether it is healthy).
+func (l *Lab) EtcdAlive(k int) bool {
+	return pidAlive(filepath.Join(l.Dir, "etcd"+strconv.Itoa(k), "etcd.pid"))
+}
+
+// PluginAlive reports whether host h's plugin process is running.
+func (l *Lab) PluginAlive(h int) bool {
+	return pidAlive(filepath.Join(l.Dir, l.hostNode(h), "plugin.pid"))
+}
+
+func pidAlive(pidfile string) bool {
+	b, err := os.ReadFile(pidfile)
+	if err != nil {
+		return false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return false
+	}
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	return err == nil && !bytes.Contains(stat, []byte(") Z ")) && !bytes.Contains(stat, []byte(") X "))
+}
+
+func (l *Lab) fault(cmd, arg string) error {
+	if _, err := l.run(cmdTimeout, nil, cmd, arg); err != nil {
+		return fmt.Errorf("lab %s: %s %s: %w", l.ID, cmd, arg, err)
+	}
+	return nil
 }
 
 func (l *Lab) upEnv(o Options) []string {
