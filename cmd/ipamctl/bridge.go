@@ -109,20 +109,10 @@ func bridgeSetup(c *cli.Context) error {
 	}
 	defer h.Close()
 
-	out := bridgeJSON{NIC: cfg.NIC, Bridge: cfg.Bridge, DryRun: c.Bool("dry-run")}
-	var steps []bridgesetup.Step
-	if out.DryRun {
-		steps, err = h.Plan(cfg)
-	} else {
-		stopHangup := ignoreHangup()
-		steps, err = h.Setup(cfg)
-		stopHangup()
-	}
+	out, err := bridgeSteps(c, cfg, "setup", h.Plan, h.Setup)
 	if err != nil {
-		return fmt.Errorf("bridge setup: %w", err)
+		return err
 	}
-	out.Steps = bridgeStepsJSON(steps)
-
 	var persistErr error
 	if kind != "" {
 		out.Files, persistErr = bridgePersist(h, cfg, kind, c.String("persist-dir"), out.DryRun)
@@ -147,20 +137,30 @@ func bridgeTeardown(c *cli.Context) error {
 	}
 	defer h.Close()
 
+	out, err := bridgeSteps(c, cfg, "teardown", h.PlanTeardown, h.Teardown)
+	if err != nil {
+		return err
+	}
+	return printBridge(c, out, "nothing to do: no bridge "+cfg.Bridge)
+}
+
+// bridgeSteps plans (--dry-run) or applies one direction, ignoring SIGHUP
+// while it changes the host, and returns what to print.
+func bridgeSteps(c *cli.Context, cfg bridgesetup.Config, what string, plan, apply func(bridgesetup.Config) ([]bridgesetup.Step, error)) (bridgeJSON, error) {
 	out := bridgeJSON{NIC: cfg.NIC, Bridge: cfg.Bridge, DryRun: c.Bool("dry-run")}
-	var steps []bridgesetup.Step
+	run := apply
 	if out.DryRun {
-		steps, err = h.PlanTeardown(cfg)
+		run = plan
 	} else {
 		stopHangup := ignoreHangup()
-		steps, err = h.Teardown(cfg)
-		stopHangup()
+		defer stopHangup()
 	}
+	steps, err := run(cfg)
 	if err != nil {
-		return fmt.Errorf("bridge teardown: %w", err)
+		return out, fmt.Errorf("bridge %s: %w", what, err)
 	}
 	out.Steps = bridgeStepsJSON(steps)
-	return printBridge(c, out, "nothing to do: no bridge "+cfg.Bridge)
+	return out, nil
 }
 
 // ignoreHangup keeps a dropped SSH session from killing ipamctl between
