@@ -26,8 +26,6 @@ type Step struct {
 	do, undo func() error
 }
 
-func (s Step) String() string { return s.Detail }
-
 // run does the steps in order. When one fails, it undoes that step and
 // every one before it, in reverse, and carries on undoing past an undo
 // that fails, so as much as possible of the original state comes back;

@@ -420,9 +420,6 @@ func (l *Lab) Prefix() netip.Prefix {
 // as PID 1 ignores SIGTERM: run long-lived containers with --init or --stop-timeout 1.
 func (l *Lab) Image() string { return l.env["TDLAB_IMAGE"] }
 
-// NetNS is host i's network namespace name (see `ip netns`).
-func (l *Lab) NetNS(i int) string { return l.hostVar(i, "NETNS") }
-
 // DockerHost is host i's -H / DOCKER_HOST value.
 func (l *Lab) DockerHost(i int) string { return l.hostVar(i, "DOCKER_HOST") }
 
@@ -437,9 +434,6 @@ func (l *Lab) PluginLog(i int) string {
 	}
 	return string(b)
 }
-
-// Bin is the path of one of the lab's binaries: "talkingdata-ipam" or "ipamctl".
-func (l *Lab) Bin(name string) string { return filepath.Join(l.env["TDLAB_BIN"], name) }
 
 // LogTails returns the last n lines of every log of the lab.
 func (l *Lab) LogTails(n int) string {
