@@ -14,7 +14,6 @@ import (
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go4.org/netipx"
 
 	"github.com/talkingdata/ipam/pool"
 )
@@ -30,13 +29,15 @@ const maxAttempts = 32
 
 // Store implements pool.Store on etcd.
 type Store struct {
-	cli *clientv3.Client
-	k   keys
+	cli   *clientv3.Client
+	k     keys
+	batch *batcher
+	views views
 }
 
 // New uses cli with keys under prefix.
 func New(cli *clientv3.Client, prefix string) *Store {
-	return &Store{cli: cli, k: keys{prefix: strings.TrimSuffix(prefix, "/") + "/"}}
+	return &Store{cli: cli, k: keys{prefix: strings.TrimSuffix(prefix, "/") + "/"}, batch: &batcher{kv: cli}}
 }
 
 // metaValue is the stored form of pool.Meta.
@@ -147,7 +148,7 @@ func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta,
 	return cur, false, err
 }
 
-func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a pool.Allocation, n int) (pool.Claim, error) {
+func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a pool.Allocation) (pool.Claim, error) {
 	free, used, meta, owner := s.k.free(subnet, addr), s.k.used(subnet, addr), s.k.meta(subnet), s.k.owner(subnet, &a)
 	value, err := json.Marshal(a)
 	if err != nil {
@@ -162,30 +163,26 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		since = time.Now()
 	}
 	now := reuseStamp(since)
-	cmps := []clientv3.Cmp{
-		// Exists, and past its reuse delay: a free key's value is the
-		// time it may be claimed again ("" at once); a missing key fails
-		// any value compare.
-		clientv3.Compare(clientv3.Value(free), "<", now),
-		clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
-		clientv3.Compare(clientv3.CreateRevision(meta), ">", 0),
+	t := subTxn{
+		cmps: []clientv3.Cmp{
+			// Exists, and past its reuse delay: a free key's value is the
+			// time it may be claimed again ("" at once); a missing key
+			// fails any value compare.
+			clientv3.Compare(clientv3.Value(free), "<", now),
+			clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
+			clientv3.Compare(clientv3.CreateRevision(meta), ">", 0),
+		},
+		then:   []clientv3.Op{clientv3.OpDelete(free), clientv3.OpPut(used, string(value))},
+		orElse: []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(meta, clientv3.WithCountOnly()), clientv3.OpGet(free)},
+		writes: []string{free, used},
 	}
-	then := []clientv3.Op{clientv3.OpDelete(free), clientv3.OpPut(used, string(value))}
-	orElse := []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(meta, clientv3.WithCountOnly()), clientv3.OpGet(free)}
 	if owner != "" {
-		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(owner), "=", 0))
-		then = append(then, clientv3.OpPut(owner, addr.String()))
-		orElse = append(orElse, clientv3.OpGet(owner))
+		t.cmps = append(t.cmps, clientv3.Compare(clientv3.CreateRevision(owner), "=", 0))
+		t.then = append(t.then, clientv3.OpPut(owner, addr.String()))
+		t.orElse = append(t.orElse, clientv3.OpGet(owner))
+		t.writes = append(t.writes, owner)
 	}
-	firstCandidates := len(orElse)
-	if n > 0 {
-		// Free neighbours at or after addr, then from the range's start:
-		// a retry from here needs no further read.
-		orElse = append(orElse,
-			clientv3.OpGet(free, clientv3.WithRange(s.k.free(subnet, within.To())+"\x00"), clientv3.WithLimit(int64(n))),
-			clientv3.OpGet(s.k.free(subnet, within.From()), clientv3.WithRange(free), clientv3.WithLimit(int64(n))))
-	}
-	r, err := s.cli.Txn(ctx).If(cmps...).Then(then...).Else(orElse...).Commit()
+	r, err := s.batch.do(ctx, t)
 	if err != nil {
 		return pool.Claim{}, err
 	}
@@ -200,37 +197,14 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	}
 	c.NoPool = r.Responses[1].GetResponseRange().Count == 0
 	if kvs := r.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) >= now {
-		c.Delayed = true
+		if c.DelayedUntil, err = parseReuseStamp(kvs[0].Value); err != nil {
+			return c, fmt.Errorf("free key %s: %w", free, err)
+		}
 	}
 	if owner != "" {
 		if kvs := r.Responses[3].GetResponseRange().Kvs; len(kvs) > 0 {
 			if c.Existing, err = netip.ParseAddr(string(kvs[0].Value)); err != nil {
 				return c, fmt.Errorf("malformed owner index %s: %w", owner, err)
-			}
-		}
-	}
-	for i, resp := range r.Responses[firstCandidates:] {
-		if len(c.Candidates) > 0 || c.Resume.IsValid() {
-			break // wrap to the range's start only when nothing follows
-		}
-		kvs := resp.GetResponseRange().Kvs
-		for _, kv := range kvs {
-			a, err := parseAddrKey(string(kv.Key))
-			if err != nil {
-				return c, err
-			}
-			if string(kv.Value) >= now {
-				c.Waiting++
-				continue
-			}
-			c.Candidates = append(c.Candidates, a)
-		}
-		if len(c.Candidates) == 0 && len(kvs) == n {
-			// A full page in its reuse delay: there may be more beyond,
-			// up to the range's end (first page) or to addr (the wrap).
-			last, _ := parseAddrKey(string(kvs[len(kvs)-1].Key))
-			if i == 1 || last.Less(within.To()) {
-				c.Resume = last.Next()
 			}
 		}
 	}
@@ -245,6 +219,18 @@ func reuseStamp(t time.Time) string {
 		return ""
 	}
 	return fmt.Sprintf("%016d", t.UnixMilli())
+}
+
+// parseReuseStamp reverses reuseStamp.
+func parseReuseStamp(v []byte) (time.Time, error) {
+	if len(v) == 0 {
+		return time.Time{}, nil
+	}
+	ms, err := strconv.ParseInt(string(v), 10, 64)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("malformed reuse time %q", v)
+	}
+	return time.UnixMilli(ms), nil
 }
 
 // Owned returns the address host's endpoint with this MAC holds in the
@@ -317,21 +303,26 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 	case cur.Used != nil:
 		ops = append(ops, clientv3.OpDelete(used))
 	}
+	writes := []string{free, used}
 	// The owner index follows the used record in the same transaction.
 	if was, now := s.k.owner(subnet, cur.Used), s.k.owner(subnet, next.Used); was != now {
 		if was != "" {
 			ops = append(ops, clientv3.OpDelete(was))
+			writes = append(writes, was)
 		}
 		if now != "" {
 			ops = append(ops, clientv3.OpPut(now, cur.Addr.String()))
+			writes = append(writes, now)
 		}
 	}
-	r, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(free), "=", cur.Version.Free),
+	r, err := s.batch.do(ctx, subTxn{
+		cmps: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(free), "=", cur.Version.Free),
 			clientv3.Compare(clientv3.ModRevision(used), "=", cur.Version.Used),
-			clientv3.Compare(clientv3.ModRevision(meta), "=", cur.Version.Meta)).
-		Then(ops...).
-		Else(s.entryOps(subnet, cur.Addr)...).Commit()
+			clientv3.Compare(clientv3.ModRevision(meta), "=", cur.Version.Meta)},
+		then:   ops,
+		orElse: s.entryOps(subnet, cur.Addr),
+		writes: writes,
+	})
 	if err != nil {
 		return pool.Entry{}, false, err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"maps"
 	"net/netip"
-	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +26,7 @@ type memPool struct {
 	refs   map[string]int
 	owners map[string]netip.Addr    // host/mac of container entries
 	after  map[netip.Addr]time.Time // free addresses in their reuse delay
+	view   *FreeSet                 // FreeSet's copy, once asked for
 }
 
 // ownerKey mirrors etcdstore's owner index: containers with a MAC.
@@ -103,14 +103,14 @@ func (s *memStore) Seed(_ context.Context, subnet netip.Prefix, set *netipx.IPSe
 				continue
 			}
 			s.rev++
-			p.free[a] = s.rev
+			p.addFree(a, s.rev, time.Time{})
 			added++
 		}
 	}
 	return added, nil
 }
 
-func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error) {
+func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) (Claim, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.pools[subnet]
@@ -119,15 +119,12 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	}
 	owner := ownerKey(&a)
 	existing, holds := p.owners[owner]
-	claimable := func(f netip.Addr) bool {
-		_, free := p.free[f]
-		return free && p.after[f].Before(a.Since)
-	}
-	if claimable(addr) && !holds {
+	_, free := p.free[addr]
+	claimable := free && p.after[addr].Before(a.Since)
+	if claimable && !holds {
 		if _, used := p.used[addr]; !used {
 			s.rev++
-			delete(p.free, addr)
-			delete(p.after, addr)
+			p.dropFree(addr)
 			p.used[addr] = memUsed{a: cloneAlloc(a), rev: s.rev}
 			if owner != "" {
 				p.owners[owner] = addr
@@ -139,34 +136,53 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	if holds {
 		c.Existing = existing
 	}
-	if _, free := p.free[addr]; free && !claimable(addr) {
-		c.Delayed = true
+	if free && !claimable {
+		c.DelayedUntil = p.after[addr]
 	}
 	if u, used := p.used[addr]; used {
 		h := cloneAlloc(u.a)
 		c.Holder = &h
 	}
-	if n > 0 {
-		sorted := slices.SortedFunc(maps.Keys(p.free), netip.Addr.Compare)
-		var after, before []netip.Addr
-		for _, f := range sorted {
-			if within.Contains(f) && !claimable(f) {
-				c.Waiting++
-				continue
-			}
-			switch {
-			case within.Contains(f) && !f.Less(addr) && len(after) < n:
-				after = append(after, f)
-			case within.Contains(f) && f.Less(addr) && len(before) < n:
-				before = append(before, f)
-			}
-		}
-		c.Candidates = after
-		if len(after) == 0 {
-			c.Candidates = before
-		}
-	}
 	return c, nil
+}
+
+// FreeSet keeps one copy per pool, updated with every change: a watch
+// with no lag.
+func (s *memStore) FreeSet(_ context.Context, subnet netip.Prefix) (*FreeSet, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[subnet]
+	if !ok {
+		return nil, ErrUnknownPool
+	}
+	if p.view == nil {
+		p.view = p.loadView()
+	}
+	return p.view, nil
+}
+
+func (p *memPool) loadView() *FreeSet {
+	f := NewFreeSet(p.meta.Ranges)
+	for a := range p.free {
+		f.Add(a, p.after[a])
+	}
+	return f
+}
+
+// addFree and dropFree change the free set and its copy together.
+func (p *memPool) addFree(addr netip.Addr, rev int64, after time.Time) {
+	p.free[addr], p.after[addr] = rev, after
+	if p.view != nil && !p.view.Add(addr, after) {
+		p.view.Replace(p.loadView()) // the ranges grew
+	}
+}
+
+func (p *memPool) dropFree(addr netip.Addr) {
+	delete(p.free, addr)
+	delete(p.after, addr)
+	if p.view != nil {
+		p.view.Remove(addr)
+	}
 }
 
 func (s *memStore) Entry(_ context.Context, subnet netip.Prefix, addr netip.Addr) (Entry, error) {
@@ -202,12 +218,10 @@ func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next 
 	s.rev++
 	if next.Free {
 		if _, free := p.free[cur.Addr]; !free {
-			p.free[cur.Addr] = s.rev
-			p.after[cur.Addr] = next.ReusableAfter
+			p.addFree(cur.Addr, s.rev, next.ReusableAfter)
 		}
 	} else {
-		delete(p.free, cur.Addr)
-		delete(p.after, cur.Addr)
+		p.dropFree(cur.Addr)
 	}
 	if next.Used != nil {
 		p.used[cur.Addr] = memUsed{a: cloneAlloc(*next.Used), rev: s.rev}

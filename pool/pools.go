@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
-	"sync"
 	"time"
 
 	"go4.org/netipx"
@@ -31,10 +30,6 @@ const (
 	// maxAttempts bounds retries after lost races. Every lost race means
 	// another request won, so the pool as a whole always makes progress.
 	maxAttempts = 32
-	// candidates is how many free neighbours a failed claim reads; the
-	// retry picks one at random so contenders spread out, and a page of
-	// addresses still in their reuse delay is skipped in one round trip.
-	candidates = 16
 )
 
 // Config holds the per-host settings of Pools.
@@ -53,10 +48,6 @@ type Pools struct {
 	cfg   Config
 	now   func() time.Time
 	randN func(n uint64) uint64
-	// seeded caches each pool's seeded ranges (netip.Prefix →
-	// *netipx.IPSet), refreshed by Attach. Ranges only grow, so a stale
-	// copy only makes random starts less spread, never wrong.
-	seeded sync.Map
 }
 
 // New returns the rules engine for cfg.Host.
@@ -100,7 +91,6 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 			return err
 		}
 	}
-	p.seeded.Store(n.Subnet, m.Ranges)
 	if n.IPRange.IsValid() && !m.Ranges.ContainsRange(n.Range()) {
 		return fmt.Errorf("pool %s: ip-range %s is not seeded (seeded: %s); run `ipamctl init-range --subnet %s --range %s`",
 			n.Subnet, n.IPRange, FormatRanges(m.Ranges), n.Subnet, n.IPRange)
@@ -196,20 +186,18 @@ func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, t
 
 // Allocate takes an address for a, from n's range, or want if it is valid.
 //
-// Automatic allocation starts at a random seeded address of the range
-// rather than the lowest free one: hosts sharing a pool would otherwise all
-// race for the same key. (Random over the seeded part only: over a range
-// mostly unseeded, most starts would fall past the last seeded key and all
-// wrap to the same first free ones.) A start that is not free costs
-// nothing extra: the failed claim returns free neighbours, and the retry
-// picks one at random.
+// The address to claim comes from the pool's local free-set copy, at a
+// random point of the range rather than the lowest free one: hosts sharing
+// a pool would otherwise all race for the same key. So the claim's
+// transaction is the only round trip; a copy that lagged behind another
+// host's claim costs one more.
 func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
 	a.Host, a.Since = p.cfg.Host, p.now().UTC()
 	if want.IsValid() {
 		if err := CheckHostAddr(n.Subnet, want); err != nil {
 			return netip.Addr{}, err
 		}
-		c, err := p.store.Claim(ctx, n.Subnet, want, n.Range(), a, 0)
+		c, err := p.store.Claim(ctx, n.Subnet, want, a)
 		if err != nil {
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err))
 		}
@@ -222,23 +210,26 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case c.Existing.IsValid():
 			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
-		case c.Delayed:
+		case !c.DelayedUntil.IsZero():
 			return netip.Addr{}, fmt.Errorf("%w: %s was released less than %s ago (--reuse-delay); neighbours may still send its traffic to the old container's MAC", ErrUnavailable, want, p.cfg.ReuseDelay)
 		}
 		return netip.Addr{}, unavailable(n.Subnet, want, c.Holder)
 	}
-	r := n.Range()
-	span, err := p.span(ctx, n)
+	free, err := p.store.FreeSet(ctx, n.Subnet)
 	if err != nil {
-		return netip.Addr{}, err
+		return netip.Addr{}, fmt.Errorf("reading the free set of pool %s: %w", n.Subnet, err)
 	}
-	addr := AddrInSet(span, p.randN(SetSize(span)))
-	start, wrapped := addr, false // where a scan past delayed addresses began, and whether it wrapped
-	// Only lost races count against maxAttempts: a scan past delayed
-	// addresses always moves on and ends where it began (and ctx bounds it).
-	for attempt := 0; attempt < maxAttempts; {
-		c, err := p.store.Claim(ctx, n.Subnet, addr, r, a, candidates)
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		addr, waiting, ok := free.Take(n.Range(), a.Since, p.randN)
+		switch {
+		case !ok && waiting > 0:
+			return netip.Addr{}, fmt.Errorf("%w in pool %s: the only free ones were released less than %s ago (--reuse-delay)", ErrNoFree, n, p.cfg.ReuseDelay)
+		case !ok:
+			return netip.Addr{}, fmt.Errorf("%w in pool %s", ErrNoFree, n)
+		}
+		c, err := p.store.Claim(ctx, n.Subnet, addr, a)
 		if err != nil {
+			free.Add(addr, time.Time{}) // the claim may not have reached the store; if it did, the store's update follows
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming an address in pool %s: %w", n, err))
 		}
 		switch {
@@ -248,19 +239,10 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return c.Existing, p.adopt(ctx, n.Subnet, c.Existing, a) // a retry: the first answer was lost
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
-		case len(c.Candidates) > 0:
-			attempt++
-			addr = c.Candidates[p.randN(uint64(len(c.Candidates)))]
-		case c.Resume.IsValid() && !(wrapped && (c.Resume.Less(addr) || !c.Resume.Less(start))):
-			// A page of addresses in their reuse delay: look further,
-			// until the scan comes round to where it began.
-			wrapped = wrapped || c.Resume.Less(addr)
-			addr = c.Resume
-		case c.Waiting > 0:
-			return netip.Addr{}, fmt.Errorf("%w in pool %s: the only free ones were released less than %s ago (--reuse-delay)", ErrNoFree, n, p.cfg.ReuseDelay)
-		default:
-			return netip.Addr{}, fmt.Errorf("%w in pool %s", ErrNoFree, n)
+		case !c.DelayedUntil.IsZero():
+			free.Add(addr, c.DelayedUntil) // released just now; no later change will bring it back
 		}
+		// Lost a race the copy did not know of yet: take another.
 	}
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
 }
@@ -318,34 +300,6 @@ func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
 		}
 	}()
 	return err
-}
-
-// span is where random starts go: the pool's seeded ranges within n's
-// range, or n's range when they do not meet it.
-func (p *Pools) span(ctx context.Context, n Network) (*netipx.IPSet, error) {
-	seeded, ok := p.seeded.Load(n.Subnet)
-	if !ok {
-		// dockerd does not repeat RequestPool after a restart of either
-		// side, so the first allocation may come before any Attach.
-		m, found, err := p.store.Meta(ctx, n.Subnet)
-		if err != nil {
-			return nil, fmt.Errorf("reading pool %s: %w", n.Subnet, err)
-		}
-		if !found {
-			return nil, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
-		}
-		p.seeded.Store(n.Subnet, m.Ranges)
-		seeded = m.Ranges
-	}
-	var b netipx.IPSetBuilder
-	b.AddRange(n.Range())
-	b.Intersect(seeded.(*netipx.IPSet))
-	s, _ := b.IPSet()
-	if len(s.Ranges()) == 0 {
-		b.AddRange(n.Range())
-		s, _ = b.IPSet()
-	}
-	return s, nil
 }
 
 func unavailable(subnet netip.Prefix, a netip.Addr, holder *Allocation) error {

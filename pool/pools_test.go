@@ -420,8 +420,8 @@ type commitThenFail struct {
 	gate chan struct{}
 }
 
-func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error) {
-	c, err := s.memStore.Claim(ctx, subnet, addr, within, a, n)
+func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) (Claim, error) {
+	c, err := s.memStore.Claim(ctx, subnet, addr, a)
 	if err == nil && c.Taken {
 		return Claim{}, context.DeadlineExceeded
 	}

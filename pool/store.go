@@ -133,20 +133,9 @@ type Claim struct {
 	Existing netip.Addr
 	// Holder is the address's record when it was used by someone.
 	Holder *Allocation
-	// Resume, when valid, is where to continue looking: the candidates
-	// read were all still in their reuse delay.
-	Resume netip.Addr
-	// Waiting counts the free addresses seen that were in their reuse delay.
-	Waiting int
-	// Delayed is true when the address asked for is free but still in its
-	// reuse delay.
-	Delayed bool
-	// Candidates are the claimable free addresses of the requested range that follow
-	// the one asked for or, when none do, those at the range's start, so a
-	// retry needs no extra round trip. Following ones come first because
-	// contenders started at different random points, so they spread out;
-	// the range's start is the same for all of them.
-	Candidates []netip.Addr
+	// DelayedUntil is set when the address is free but still in its
+	// reuse delay: the time it may be claimed again.
+	DelayedUntil time.Time
 }
 
 // Store is what the allocation rules need from storage. Every method that
@@ -170,9 +159,12 @@ type Store interface {
 	// Claim moves addr from free to used, recorded as a, unless a's
 	// endpoint (host and MAC) already holds an address in the pool or addr
 	// is still in its reuse delay at a.Since. When it does not take addr it
-	// returns who holds it, the endpoint's existing address, and free
-	// candidates in within (reading up to n keys each way).
-	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, within netipx.IPRange, a Allocation, n int) (Claim, error)
+	// returns who holds it and the endpoint's existing address.
+	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) (Claim, error)
+	// FreeSet returns the pool's free set as a copy the store keeps
+	// current, loading it on first use. It may lag behind other hosts by
+	// moments; Claim decides.
+	FreeSet(ctx context.Context, subnet netip.Prefix) (*FreeSet, error)
 	// Owned returns the address host's endpoint with mac holds, if any.
 	Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error)
 	// Entry reads one address.

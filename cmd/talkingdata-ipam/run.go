@@ -32,6 +32,7 @@ func run(c *cli.Context) error {
 		return fmt.Errorf("invalid --log-level %q: want debug, info, warn or error", c.String("log-level"))
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	slog.SetDefault(log) // etcdstore's background watchers log through it
 	if c.Duration("request-timeout") <= 0 {
 		return fmt.Errorf("invalid --request-timeout %s: must be positive", c.Duration("request-timeout"))
 	}

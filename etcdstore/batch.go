@@ -1,0 +1,166 @@
+package etcdstore
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Every allocation must be a durable etcd write, but not an etcd
+// transaction of its own: the claims and swaps this process has in flight
+// at the same moment ride in one transaction of nested transactions. Each
+// keeps its own compares, so each still succeeds or fails alone, while
+// etcd pays one raft entry, one fsync and one apply for the lot.
+const (
+	// maxBatch nested transactions per transaction. etcd allows 128 ops
+	// per level, and a nested transaction gets what its parent leaves:
+	// 64 each, far more than a claim's four compares and four reads.
+	maxBatch = 64
+	// maxInFlight batches are committed at once, so a batch forms while
+	// the previous one is on the wire. A lone request goes at once.
+	maxInFlight = 2
+	// batchTimeout bounds a batch none of whose requests has a deadline.
+	batchTimeout = 30 * time.Second
+)
+
+// subTxn is one request's transaction.
+type subTxn struct {
+	cmps         []clientv3.Cmp
+	then, orElse []clientv3.Op
+	// writes are the keys then puts or deletes. etcd refuses a
+	// transaction whose nested transactions write the same key, so
+	// requests sharing one go in different batches.
+	writes []string
+}
+
+type pendingTxn struct {
+	ctx  context.Context
+	txn  subTxn
+	done chan batchResult // buffered: the flusher never waits for a caller that gave up
+}
+
+type batchResult struct {
+	resp *pb.TxnResponse
+	err  error
+}
+
+// batcher coalesces concurrent subTxns into shared transactions.
+type batcher struct {
+	kv       clientv3.KV
+	mu       sync.Mutex
+	queue    []*pendingTxn
+	inFlight int
+}
+
+// do commits t, alone or with others, and returns its own response: its
+// Succeeded and the responses of its then or else ops. An error means the
+// outcome is unknown, as for any failed etcd call.
+func (b *batcher) do(ctx context.Context, t subTxn) (*pb.TxnResponse, error) {
+	p := &pendingTxn{ctx: ctx, txn: t, done: make(chan batchResult, 1)}
+	b.mu.Lock()
+	b.queue = append(b.queue, p)
+	start := b.inFlight < maxInFlight
+	if start {
+		b.inFlight++
+	}
+	b.mu.Unlock()
+	if start {
+		go b.flush()
+	}
+	select {
+	case r := <-p.done:
+		return r.resp, r.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// flush commits batches until the queue is empty.
+func (b *batcher) flush() {
+	for {
+		batch := b.next()
+		if batch == nil {
+			return
+		}
+		b.commit(batch)
+	}
+}
+
+// next takes up to maxBatch queued requests whose writes do not overlap,
+// dropping those whose callers gave up; nil when there are none.
+func (b *batcher) next() []*pendingTxn {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var batch, rest []*pendingTxn
+	written := map[string]bool{}
+	for _, p := range b.queue {
+		if p.ctx.Err() != nil {
+			continue // never sent: the caller's error stands
+		}
+		if len(batch) == maxBatch || overlaps(written, p.txn.writes) {
+			rest = append(rest, p)
+			continue
+		}
+		for _, k := range p.txn.writes {
+			written[k] = true
+		}
+		batch = append(batch, p)
+	}
+	b.queue = rest
+	if len(batch) == 0 {
+		b.inFlight--
+		return nil
+	}
+	return batch
+}
+
+func overlaps(written map[string]bool, keys []string) bool {
+	for _, k := range keys {
+		if written[k] {
+			return true
+		}
+	}
+	return false
+}
+
+func (b *batcher) commit(batch []*pendingTxn) {
+	ctx, cancel := batchContext(batch)
+	defer cancel()
+	if len(batch) == 1 {
+		t := batch[0].txn
+		r, err := b.kv.Txn(ctx).If(t.cmps...).Then(t.then...).Else(t.orElse...).Commit()
+		batch[0].done <- batchResult{resp: (*pb.TxnResponse)(r), err: err}
+		return
+	}
+	ops := make([]clientv3.Op, len(batch))
+	for i, p := range batch {
+		ops[i] = clientv3.OpTxn(p.txn.cmps, p.txn.then, p.txn.orElse)
+	}
+	r, err := b.kv.Txn(ctx).Then(ops...).Commit()
+	for i, p := range batch {
+		if err != nil {
+			p.done <- batchResult{err: err}
+			continue
+		}
+		p.done <- batchResult{resp: r.Responses[i].GetResponseTxn()}
+	}
+}
+
+// batchContext lasts as long as the latest deadline among the requests:
+// one caller giving up must not cancel the others' writes.
+func batchContext(batch []*pendingTxn) (context.Context, context.CancelFunc) {
+	var latest time.Time
+	for _, p := range batch {
+		d, ok := p.ctx.Deadline()
+		if !ok {
+			return context.WithTimeout(context.Background(), batchTimeout)
+		}
+		if d.After(latest) {
+			latest = d
+		}
+	}
+	return context.WithDeadline(context.Background(), latest)
+}

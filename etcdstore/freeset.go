@@ -1,0 +1,181 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go4.org/netipx"
+
+	"github.com/talkingdata/ipam/pool"
+)
+
+const (
+	// loadPage keys are read per request when loading a free set: a
+	// million-address pool loads in pages, never in one huge response.
+	loadPage = 10000
+	// loadTimeout bounds one reload of a free set by the watcher.
+	loadTimeout = 30 * time.Second
+	// reloadPause spaces reloads after failures (etcd down, no leader).
+	reloadPause = time.Second
+)
+
+// views holds the free-set copies of the pools this process allocates
+// from, each kept current by a watch on the pool's free keys.
+type views struct {
+	mu sync.Mutex
+	m  map[netip.Prefix]*view
+}
+
+type view struct {
+	loaded chan struct{} // closed when the first load ended; then set or err is final
+	set    *pool.FreeSet
+	err    error
+}
+
+// FreeSet returns the pool's free set, loading it and starting its watch
+// on first use.
+func (s *Store) FreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet, error) {
+	s.views.mu.Lock()
+	if s.views.m == nil {
+		s.views.m = map[netip.Prefix]*view{}
+	}
+	v, found := s.views.m[subnet]
+	if !found {
+		v = &view{loaded: make(chan struct{})}
+		s.views.m[subnet] = v
+	}
+	s.views.mu.Unlock()
+	if !found {
+		set, rev, err := s.loadFreeSet(ctx, subnet)
+		v.set, v.err = set, err
+		if err != nil {
+			s.views.mu.Lock()
+			delete(s.views.m, subnet) // the next request tries again
+			s.views.mu.Unlock()
+		} else {
+			go s.follow(subnet, set, rev)
+		}
+		close(v.loaded)
+	}
+	select {
+	case <-v.loaded:
+		return v.set, v.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// loadFreeSet reads the pool's ranges and free keys at one revision.
+func (s *Store) loadFreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet, int64, error) {
+	r, err := s.cli.Get(ctx, s.k.meta(subnet))
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading pool %s: %w", subnet, err)
+	}
+	rev := r.Header.Revision
+	m, ok, err := metaFrom(r.Kvs)
+	if err != nil {
+		return nil, 0, err
+	}
+	if !ok {
+		return nil, rev, fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
+	}
+	set := pool.NewFreeSet(m.Ranges)
+	key, end := s.k.freeDir(subnet), clientv3.GetPrefixRangeEnd(s.k.freeDir(subnet))
+	for {
+		page, err := s.cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(loadPage))
+		if err != nil {
+			return nil, 0, fmt.Errorf("reading the free set of pool %s: %w", subnet, err)
+		}
+		for _, kv := range page.Kvs {
+			if err := addFree(set, kv); err != nil {
+				// Such a key can still be claimed with --ip; automatic
+				// allocation just does not see it.
+				slog.Warn("leaving a free key out of the free set", "key", string(kv.Key), "err", err)
+			}
+		}
+		if !page.More || len(page.Kvs) == 0 {
+			return set, rev, nil
+		}
+		key = string(page.Kvs[len(page.Kvs)-1].Key) + "\x00"
+	}
+}
+
+// addFree records a free key in set; it reports errOutside when the
+// address lies outside the ranges set was built for.
+func addFree(set *pool.FreeSet, kv *mvccpb.KeyValue) error {
+	a, err := parseAddrKey(string(kv.Key))
+	if err != nil {
+		return err
+	}
+	after, err := parseReuseStamp(kv.Value)
+	if err != nil {
+		return fmt.Errorf("free key %s: %w", kv.Key, err)
+	}
+	if !set.Add(a, after) {
+		return errOutside
+	}
+	return nil
+}
+
+var errOutside = errors.New("free address outside the pool's ranges")
+
+// follow applies the pool's free-key changes after rev to set until the
+// client closes. A broken watch (compaction, no leader, a free key outside
+// the set's ranges because they grew) ends in a reload.
+func (s *Store) follow(subnet netip.Prefix, set *pool.FreeSet, rev int64) {
+	dir := s.k.freeDir(subnet)
+	for s.cli.Ctx().Err() == nil {
+		rev = s.watchFree(dir, set, rev)
+		for s.cli.Ctx().Err() == nil {
+			ctx, cancel := context.WithTimeout(s.cli.Ctx(), loadTimeout)
+			next, r, err := s.loadFreeSet(ctx, subnet)
+			cancel()
+			if errors.Is(err, pool.ErrUnknownPool) {
+				next, err = pool.NewFreeSet(&netipx.IPSet{}), nil // removed: empty until it is created again
+			}
+			if err == nil {
+				set.Replace(next)
+				rev = r
+				break
+			}
+			slog.Warn("reloading a free set", "pool", subnet, "err", err)
+			time.Sleep(reloadPause)
+		}
+	}
+}
+
+// watchFree applies changes until the watch breaks and returns the last
+// revision applied.
+func (s *Store) watchFree(dir string, set *pool.FreeSet, rev int64) int64 {
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.cli.Ctx()))
+	defer cancel()
+	for wr := range s.cli.Watch(ctx, dir, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+		if wr.Err() != nil {
+			return rev
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == clientv3.EventTypeDelete {
+				if a, err := parseAddrKey(string(ev.Kv.Key)); err == nil {
+					set.Remove(a)
+				}
+				continue
+			}
+			if err := addFree(set, ev.Kv); err != nil {
+				if !errors.Is(err, errOutside) {
+					slog.Warn("ignoring a malformed free key", "key", string(ev.Kv.Key), "err", err)
+					continue
+				}
+				return rev
+			}
+		}
+		rev = wr.Header.Revision
+	}
+	return rev
+}
