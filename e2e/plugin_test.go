@@ -40,7 +40,7 @@ type plugin struct {
 }
 
 // startPlugin runs the daemon with its socket in dir and waits for it.
-func startPlugin(t *testing.T, dir string, args ...string) *plugin {
+func startPlugin(t testing.TB, dir string, args ...string) *plugin {
 	t.Helper()
 	sock := filepath.Join(dir, "talkingdata.sock")
 	p := &plugin{log: filepath.Join(t.TempDir(), "plugin.log")}
