@@ -44,6 +44,7 @@ type pendingTxn struct {
 
 type batchResult struct {
 	resp *pb.TxnResponse
+	rev  int64 // the revision the transaction committed at, or read
 	err  error
 }
 
@@ -55,10 +56,11 @@ type batcher struct {
 	inFlight int
 }
 
-// do commits t, alone or with others, and returns its own response: its
-// Succeeded and the responses of its then or else ops. An error means the
-// outcome is unknown, as for any failed etcd call.
-func (b *batcher) do(ctx context.Context, t subTxn) (*pb.TxnResponse, error) {
+// do commits t, alone or with others, and returns its own response (its
+// Succeeded and the responses of its then or else ops) and the revision
+// of the shared transaction. An error means the outcome is unknown, as for
+// any failed etcd call.
+func (b *batcher) do(ctx context.Context, t subTxn) (*pb.TxnResponse, int64, error) {
 	p := &pendingTxn{ctx: ctx, txn: t, done: make(chan batchResult, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, p)
@@ -72,9 +74,9 @@ func (b *batcher) do(ctx context.Context, t subTxn) (*pb.TxnResponse, error) {
 	}
 	select {
 	case r := <-p.done:
-		return r.resp, r.err
+		return r.resp, r.rev, r.err
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, 0, ctx.Err()
 	}
 }
 
@@ -132,7 +134,11 @@ func (b *batcher) commit(batch []*pendingTxn) {
 	if len(batch) == 1 {
 		t := batch[0].txn
 		r, err := b.kv.Txn(ctx).If(t.cmps...).Then(t.then...).Else(t.orElse...).Commit()
-		batch[0].done <- batchResult{resp: (*pb.TxnResponse)(r), err: err}
+		if err != nil {
+			batch[0].done <- batchResult{err: err}
+			return
+		}
+		batch[0].done <- batchResult{resp: (*pb.TxnResponse)(r), rev: r.Header.Revision}
 		return
 	}
 	ops := make([]clientv3.Op, len(batch))
@@ -145,7 +151,7 @@ func (b *batcher) commit(batch []*pendingTxn) {
 			p.done <- batchResult{err: err}
 			continue
 		}
-		p.done <- batchResult{resp: r.Responses[i].GetResponseTxn()}
+		p.done <- batchResult{resp: r.Responses[i].GetResponseTxn(), rev: r.Header.Revision}
 	}
 }
 

@@ -172,7 +172,9 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 			clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(meta), ">", 0),
 		},
-		then:   []clientv3.Op{clientv3.OpDelete(free), clientv3.OpPut(used, string(value))},
+		// The meta read tells the caller which pool version the claim
+		// saw, so that the release can compare-and-swap without a read.
+		then:   []clientv3.Op{clientv3.OpDelete(free), clientv3.OpPut(used, string(value)), clientv3.OpGet(meta, clientv3.WithKeysOnly())},
 		orElse: []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(meta, clientv3.WithCountOnly()), clientv3.OpGet(free)},
 		writes: []string{free, used},
 	}
@@ -182,12 +184,12 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		t.orElse = append(t.orElse, clientv3.OpGet(owner))
 		t.writes = append(t.writes, owner)
 	}
-	r, err := s.batch.do(ctx, t)
+	r, rev, err := s.batch.do(ctx, t)
 	if err != nil {
 		return pool.Claim{}, err
 	}
 	if r.Succeeded {
-		return pool.Claim{Taken: true}, nil
+		return pool.Claim{Taken: true, Version: pool.Version{Used: rev, Meta: r.Responses[2].GetResponseRange().Kvs[0].ModRevision}}, nil
 	}
 	var c pool.Claim
 	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
@@ -315,7 +317,7 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 			writes = append(writes, now)
 		}
 	}
-	r, err := s.batch.do(ctx, subTxn{
+	r, _, err := s.batch.do(ctx, subTxn{
 		cmps: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(free), "=", cur.Version.Free),
 			clientv3.Compare(clientv3.ModRevision(used), "=", cur.Version.Used),
 			clientv3.Compare(clientv3.ModRevision(meta), "=", cur.Version.Meta)},

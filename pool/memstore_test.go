@@ -129,7 +129,7 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 			if owner != "" {
 				p.owners[owner] = addr
 			}
-			return Claim{Taken: true}, nil
+			return Claim{Taken: true, Version: Version{Used: s.rev, Meta: p.meta.Rev}}, nil
 		}
 	}
 	var c Claim

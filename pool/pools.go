@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"sync"
 	"time"
 
 	"go4.org/netipx"
@@ -48,6 +49,16 @@ type Pools struct {
 	cfg   Config
 	now   func() time.Time
 	randN func(n uint64) uint64
+	// claimed holds the entries of addresses this process claimed, as the
+	// claim left them (claimKey → Entry), so that their release needs no
+	// read: a stale one fails its compare, which returns the fresh entry.
+	claimed sync.Map
+	metas   sync.Map // netip.Prefix → the Meta claimed entries refer to
+}
+
+type claimKey struct {
+	subnet netip.Prefix
+	addr   netip.Addr
 }
 
 // New returns the rules engine for cfg.Host.
@@ -203,6 +214,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		}
 		switch {
 		case c.Taken:
+			p.remember(ctx, n.Subnet, want, a, c.Version)
 			return want, nil
 		case c.Existing == want:
 			return want, p.adopt(ctx, n.Subnet, want, a)
@@ -234,6 +246,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		}
 		switch {
 		case c.Taken:
+			p.remember(ctx, n.Subnet, addr, a, c.Version)
 			return addr, nil
 		case c.Existing.IsValid():
 			return c.Existing, p.adopt(ctx, n.Subnet, c.Existing, a) // a retry: the first answer was lost
@@ -245,6 +258,23 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		// Lost a race the copy did not know of yet: take another.
 	}
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
+}
+
+// remember keeps what a claim wrote for the address's release. The pool's
+// ranges at the claim's meta version come from a cache, read again only
+// when the pool changed.
+func (p *Pools) remember(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, v Version) {
+	cached, ok := p.metas.Load(subnet)
+	m, _ := cached.(Meta)
+	if !ok || m.Rev != v.Meta {
+		fresh, found, err := p.store.Meta(ctx, subnet)
+		if err != nil || !found || fresh.Rev != v.Meta {
+			return // the release reads instead
+		}
+		p.metas.Store(subnet, fresh)
+		m = fresh
+	}
+	p.claimed.Store(claimKey{subnet, addr}, Entry{Addr: addr, Used: &a, Ranges: m.Ranges, Version: v})
 }
 
 // adopt makes a retried request the owner of what its endpoint already
@@ -408,9 +438,14 @@ func (p *Pools) reusableAfter() time.Time {
 // change applies rule to addr's current entry as one compare-and-swap,
 // re-reading and re-applying after a lost race.
 func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rule func(Entry) (State, bool, error)) error {
-	e, err := p.store.Entry(ctx, subnet, addr)
-	if err != nil {
-		return fmt.Errorf("reading %s in pool %s: %w", addr, subnet, err)
+	var e Entry
+	if claimed, ok := p.claimed.LoadAndDelete(claimKey{subnet, addr}); ok {
+		e = claimed.(Entry)
+	} else {
+		var err error
+		if e, err = p.store.Entry(ctx, subnet, addr); err != nil {
+			return fmt.Errorf("reading %s in pool %s: %w", addr, subnet, err)
+		}
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if e.Ranges == nil {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -516,5 +517,57 @@ func TestReuseDelay(t *testing.T) {
 	clock = clock.Add(time.Minute + time.Second)
 	if got, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"}); err != nil || got != x {
 		t.Fatalf("after the delay: %s, %v; want %s", got, err, x)
+	}
+}
+
+// countingStore counts Entry reads.
+type countingStore struct {
+	*memStore
+	reads atomic.Int64
+}
+
+func (s *countingStore) Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (Entry, error) {
+	s.reads.Add(1)
+	return s.memStore.Entry(ctx, subnet, addr)
+}
+
+// TestReleaseOfOwnClaimNeedsNoRead: an address this process claimed is
+// released with one compare-and-swap from what the claim wrote; when it
+// changed hands meanwhile, the compare catches it and the release leaves
+// the new holder alone.
+func TestReleaseOfOwnClaimNeedsNoRead(t *testing.T) {
+	ctx := context.Background()
+	s := &countingStore{memStore: newMemStore()}
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	ps := hosts(t, s, n, "a", "b")
+	a, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := s.reads.Load()
+	if released, err := ps[0].Release(ctx, n.Subnet, a); err != nil || !released {
+		t.Fatalf("release: %v %v", released, err)
+	}
+	if reads := s.reads.Load() - before; reads != 0 {
+		t.Errorf("releasing its own claim read %d entries", reads)
+	}
+
+	// Claimed by a, evicted by the operator, claimed by b: a's late
+	// release must not free b's address.
+	a, err = ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New(s, Config{Host: "operator"}).Evict(ctx, n.Subnet, a, false, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps[1].Allocate(ctx, n, a, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"}); err != nil {
+		t.Fatal(err)
+	}
+	if released, err := ps[0].Release(ctx, n.Subnet, a); !errors.Is(err, ErrUnavailable) || released {
+		t.Fatalf("stale release by a: released %v, %v; want refused", released, err)
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, a); e.Used == nil || e.Used.Host != "b" {
+		t.Fatalf("b's address after a's stale release: %+v", e)
 	}
 }

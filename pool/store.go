@@ -126,6 +126,8 @@ type State struct {
 // Claim is the answer to Store.Claim.
 type Claim struct {
 	Taken bool
+	// Version is the taken address's entry version as the claim left it.
+	Version Version
 	// NoPool is true when the pool does not exist.
 	NoPool bool
 	// Existing is the address the requesting endpoint (same host and MAC)
