@@ -26,6 +26,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/talkingdata/ipam/internal/lab"
+	"github.com/talkingdata/ipam/internal/pluginclient"
 )
 
 // Config is one run. Zero values take the defaults in Defaults.
@@ -475,9 +476,8 @@ func isBroadcast(p netip.Prefix, a netip.Addr) bool {
 func (r *runner) setup(ctx context.Context) error {
 	r.logf("setup: RequestPool %s %s on %d hosts", r.cfg.Subnet, r.cfg.IPRange, len(r.plugins))
 	for _, p := range r.plugins {
-		var res requestPoolResponse
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
-		err := p.call(cctx, "RequestPool", requestPoolRequest{Pool: r.cfg.Subnet, SubPool: r.cfg.IPRange, Options: map[string]string{}}, &res)
+		res, err := p.RequestPool(cctx, pluginclient.RequestPoolRequest{Pool: r.cfg.Subnet, SubPool: r.cfg.IPRange, Options: map[string]string{}})
 		cancel()
 		if err != nil {
 			return fmt.Errorf("RequestPool on %s: %w", p.name, err)
@@ -722,10 +722,9 @@ func (r *runner) allocate(ctx context.Context, e *endpoint) (netip.Addr, bool) {
 			r.retries.Add(1)
 			time.Sleep(backoff(attempt - 1))
 		}
-		var res requestAddressResponse
 		t0 := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
-		err := e.p.call(cctx, "RequestAddress", requestAddressRequest{PoolID: r.poolID, Options: map[string]string{optMAC: e.mac}}, &res)
+		res, err := e.p.RequestAddress(cctx, pluginclient.RequestAddressRequest{PoolID: r.poolID, Options: map[string]string{pluginclient.OptMAC: e.mac}})
 		cancel()
 		r.calls.Add(1)
 		r.took("RequestAddress", time.Since(t0))
@@ -735,7 +734,7 @@ func (r *runner) allocate(ctx context.Context, e *endpoint) (netip.Addr, bool) {
 			if perr != nil || a.Bits() != r.subnet.Bits() || !r.seeded[a.Addr()] {
 				// Not a usable answer: dockerd would fail the endpoint. Count it as an
 				// error answer and retry, and make it an anomaly.
-				err = &callError{Msg: fmt.Sprintf("answer %q is not an address of %s in %s", res.Address, r.subnet, r.cfg.IPRange)}
+				err = &pluginclient.CallError{Msg: fmt.Sprintf("answer %q is not an address of %s in %s", res.Address, r.subnet, r.cfg.IPRange)}
 				r.anomaly("bad RequestAddress answer on %s for mac %s: %q", e.p.name, e.mac, res.Address)
 				r.fail("RequestAddress answered %q", res.Address)
 			} else {
@@ -745,7 +744,7 @@ func (r *runner) allocate(ctx context.Context, e *endpoint) (netip.Addr, bool) {
 				return a.Addr(), true
 			}
 		}
-		if isTransport(err) {
+		if pluginclient.IsTransport(err) {
 			r.terrs.Add(1)
 		} else {
 			r.errs.Add(1)
@@ -753,7 +752,7 @@ func (r *runner) allocate(ctx context.Context, e *endpoint) (netip.Addr, bool) {
 		e.logf("RequestAddress #%d sent %s → %v (%s)", attempt, stamp(t0), err, took)
 		r.failedCall("RequestAddress", err)
 		e.set(func(e *endpoint) { e.uncertain = true })
-		if r.cfg.FailOnErrorAnswer && !isTransport(err) {
+		if r.cfg.FailOnErrorAnswer && !pluginclient.IsTransport(err) {
 			r.failed.Add(1)
 			e.set(func(e *endpoint) { e.state = "failed" })
 			e.logf("RequestAddress failed: the endpoint is given up, as dockerd would")
@@ -797,7 +796,7 @@ func (r *runner) release(ctx context.Context, e *endpoint, a netip.Addr) bool {
 		}
 		t0 := time.Now()
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
-		err := e.p.call(cctx, "ReleaseAddress", releaseAddressRequest{PoolID: r.poolID, Address: a.String()}, &struct{}{})
+		err := e.p.ReleaseAddress(cctx, r.poolID, a.String())
 		cancel()
 		r.calls.Add(1)
 		r.took("ReleaseAddress", time.Since(t0))
@@ -810,7 +809,7 @@ func (r *runner) release(ctx context.Context, e *endpoint, a netip.Addr) bool {
 		}
 		e.logf("ReleaseAddress %s #%d sent %s → %v (%s)", a, attempt, stamp(t0), err, took)
 		r.failedCall("ReleaseAddress", err)
-		if isTransport(err) {
+		if pluginclient.IsTransport(err) {
 			r.terrs.Add(1)
 		} else {
 			r.errs.Add(1)

@@ -485,7 +485,7 @@ func (r *runner) verify(ctx context.Context) error {
 	}
 	for _, p := range r.plugins {
 		cctx, cancel := context.WithTimeout(ctx, r.cfg.CallTimeout)
-		if err := p.call(cctx, "ReleasePool", releasePoolRequest{PoolID: r.poolID}, &struct{}{}); err != nil {
+		if err := p.ReleasePool(cctx, r.poolID); err != nil {
 			r.fail("ReleasePool on %s: %v", p.name, err)
 		}
 		cancel()
