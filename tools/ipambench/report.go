@@ -1,0 +1,232 @@
+package main
+
+import (
+	"bytes"
+	"encoding/csv"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"text/tabwriter"
+	"time"
+)
+
+// results is everything a run measured.
+type results struct {
+	Name, Setup string
+	Start       time.Time
+	Duration    time.Duration
+
+	Rounds     []roundRow // every round, as measured
+	Throughput []pointRow // medians per point and side
+	Latency    []pointRow
+	Exhausted  *pointRow
+	InitRange  []initRow
+	Mem        []memRow
+	Targets    []target
+
+	Errors, Duplicates int64 // over every round
+}
+
+type pointRow struct {
+	Phase, Side            string // "baseline" or "ours"
+	Instances, Concurrency int    // Instances 0: the baseline
+	Pool                   string
+	Addrs, Util, Used      int
+	stats
+}
+
+type roundRow struct {
+	pointRow
+	Round   int
+	Elapsed time.Duration
+}
+
+type initRow struct {
+	Pool           string
+	Addrs, Round   int
+	Ours, Baseline time.Duration
+	MaxRSSKiB      int64 // ipamctl's peak
+}
+
+type memRow struct {
+	When, Daemon string
+	Mem          memStatus
+}
+
+func (res *results) addRound(phase, side string, instances, c int, p *benchPool, util, round int, rr roundResult) {
+	st := summarize([]roundResult{rr})
+	res.Errors += rr.Errors
+	res.Duplicates += rr.Dups
+	res.Rounds = append(res.Rounds, roundRow{pointRow: pointRow{Phase: phase, Side: side, Instances: instances, Concurrency: c,
+		Pool: p.spec.name, Addrs: p.size, Util: util, Used: p.used, stats: st}, Round: round, Elapsed: rr.Elapsed})
+}
+
+// report computes the targets and writes the table to stdout and the files to Out.
+func (r *runner) report() error {
+	res := r.res
+	res.Targets = targets(res, len(r.daemons))
+	var b bytes.Buffer
+	printSummary(&b, res)
+	if _, err := r.out.Write(b.Bytes()); err != nil {
+		return err
+	}
+	files := map[string][]byte{"summary.txt": b.Bytes()}
+	for name, table := range csvTables(res) {
+		var c bytes.Buffer
+		w := csv.NewWriter(&c)
+		if err := w.WriteAll(table); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+		files[name] = c.Bytes()
+	}
+	if len(res.Throughput) > 0 {
+		files["throughput.svg"] = throughputChart(res, len(r.daemons)).svg()
+	}
+	if len(res.Latency) > 0 {
+		files["latency.svg"] = latencyChart(res).svg()
+	}
+	for name, data := range files {
+		path := filepath.Join(r.cfg.Out, res.Name+"-"+name)
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			return fmt.Errorf("writing results: %w", err)
+		}
+	}
+	r.logf("wrote %d files to %s/%s-*; the run took %s", len(files), r.cfg.Out, res.Name, res.Duration.Round(time.Second))
+	return nil
+}
+
+func printSummary(w io.Writer, res *results) {
+	fmt.Fprintf(w, "ipambench %s: %s\n", res.Name, res.Setup)
+	fmt.Fprintf(w, "run took %s; errors %d, duplicates %d\n", res.Duration.Round(time.Second), res.Errors, res.Duplicates)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if len(res.Throughput) > 0 {
+		fmt.Fprintf(tw, "\nTHROUGHPUT\tPOOL\tCONCURRENCY\tCYCLES/S\tP50\tP99\tMAX\tRATE/BASELINE\tERRORS\tDUPLICATES\n")
+		for _, p := range res.Throughput {
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%d\t%d\n", sideName(p), p.Pool, p.Concurrency, p.Rate,
+				fmtDur(p.P50), fmtDur(p.P99), fmtDur(p.Max), ratioOf(p.Rate, baselineOf(res.Throughput, p).Rate), p.Errors, p.Dups)
+		}
+	}
+	if len(res.Latency) > 0 {
+		fmt.Fprintf(tw, "\nSERIAL LATENCY\tPOOL\tUTILISATION\tP50\tP99\tMAX\tP50/BASELINE\tERRORS\tDUPLICATES\n")
+		for _, p := range res.Latency {
+			fmt.Fprintf(tw, "%s\t%s (%d)\t%d%%\t%s\t%s\t%s\t%s\t%d\t%d\n", sideName(p), p.Pool, p.Addrs, p.Util,
+				fmtDur(p.P50), fmtDur(p.P99), fmtDur(p.Max), ratioOf(p.P50.Seconds(), baselineOf(res.Latency, p).P50.Seconds()), p.Errors, p.Dups)
+		}
+	}
+	if len(res.InitRange) > 0 {
+		fmt.Fprintf(tw, "\nINIT-RANGE\tADDRESSES\tROUND\tIPAMCTL\tIPAMCTL PEAK RSS\tBASELINE PUTS\tRATIO\n")
+		for _, i := range res.InitRange {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\t%s\n", i.Pool, i.Addrs, i.Round, fmtDur(i.Ours), fmtMB(i.MaxRSSKiB),
+				fmtDur(i.Baseline), ratioOf(i.Ours.Seconds(), i.Baseline.Seconds()))
+		}
+	}
+	if len(res.Mem) > 0 {
+		fmt.Fprintf(tw, "\nDAEMON MEMORY\tDAEMON\tVMRSS\tVMHWM\n")
+		for _, m := range res.Mem {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.When, m.Daemon, fmtMB(m.Mem.RSS), fmtMB(m.Mem.HWM))
+		}
+	}
+	fmt.Fprintf(tw, "\nTARGET\tOURS\tREFERENCE\tRATIO\tLIMIT\tRESULT\n")
+	for _, t := range res.Targets {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.Name, t.Ours, t.Reference, t.Ratio, t.Limit, t.Result)
+	}
+	tw.Flush()
+}
+
+func sideName(p pointRow) string {
+	if p.Side == "baseline" {
+		return "baseline"
+	}
+	return "ours, " + instancesName(p.Instances)
+}
+
+// baselineOf is the baseline point measured alongside p.
+func baselineOf(rows []pointRow, p pointRow) pointRow {
+	for _, b := range rows {
+		if b.Side == "baseline" && b.Pool == p.Pool && b.Util == p.Util && b.Concurrency == p.Concurrency {
+			return b
+		}
+	}
+	return pointRow{}
+}
+
+func ratioOf(a, b float64) string {
+	if b == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", a/b)
+}
+
+func fmtDur(d time.Duration) string {
+	switch {
+	case d == 0:
+		return "-"
+	case d < time.Millisecond:
+		return fmt.Sprintf("%dµs", d.Microseconds())
+	case d < time.Second:
+		return fmt.Sprintf("%.2fms", float64(d)/float64(time.Millisecond))
+	}
+	return fmt.Sprintf("%.2fs", d.Seconds())
+}
+
+// fmtMB shows KiB as MB (10^6 bytes), the unit the targets are given in.
+func fmtMB(kib int64) string { return fmt.Sprintf("%.1f MB", mb(kib)) }
+
+func mb(kib int64) float64 { return float64(kib) * 1024 / 1e6 }
+
+func us(d time.Duration) string { return strconv.FormatInt(d.Microseconds(), 10) }
+
+// csvTables are the files' contents, one row per point (the rounds file: per round).
+func csvTables(res *results) map[string][][]string {
+	point := func(p pointRow, base pointRow) []string {
+		return []string{p.Phase, p.Side, strconv.Itoa(p.Instances), strconv.Itoa(p.Concurrency), p.Pool, strconv.Itoa(p.Addrs),
+			strconv.Itoa(p.Util), strconv.Itoa(p.Used), strconv.FormatInt(p.Ops, 10), fmt.Sprintf("%.1f", p.Rate), us(p.P50), us(p.P99), us(p.Max),
+			strconv.FormatInt(p.Errors, 10), strconv.FormatInt(p.Dups, 10),
+			ratioOf(p.Rate, base.Rate), ratioOf(p.P50.Seconds(), base.P50.Seconds())}
+	}
+	head := []string{"phase", "side", "instances", "concurrency", "pool", "addresses", "util_pct", "used", "ops", "rate_per_s",
+		"p50_us", "p99_us", "max_us", "errors", "duplicates", "rate_vs_baseline", "p50_vs_baseline"}
+	t := map[string][][]string{}
+	add := func(file string, rows []pointRow) {
+		if len(rows) == 0 {
+			return
+		}
+		t[file] = [][]string{head}
+		for _, p := range rows {
+			t[file] = append(t[file], point(p, baselineOf(rows, p)))
+		}
+	}
+	add("throughput.csv", res.Throughput)
+	add("latency.csv", res.Latency)
+	if res.Exhausted != nil {
+		add("exhausted.csv", []pointRow{*res.Exhausted})
+	}
+	if len(res.Rounds) > 0 {
+		t["rounds.csv"] = [][]string{append([]string{"round", "seconds"}, head[:15]...)}
+		for _, r := range res.Rounds {
+			t["rounds.csv"] = append(t["rounds.csv"], append([]string{strconv.Itoa(r.Round), fmt.Sprintf("%.3f", r.Elapsed.Seconds())},
+				point(r.pointRow, pointRow{})[:15]...))
+		}
+	}
+	if len(res.InitRange) > 0 {
+		t["initrange.csv"] = [][]string{{"pool", "addresses", "round", "ipamctl_s", "ipamctl_peak_rss_kib", "baseline_s", "ratio"}}
+		for _, i := range res.InitRange {
+			t["initrange.csv"] = append(t["initrange.csv"], []string{i.Pool, strconv.Itoa(i.Addrs), strconv.Itoa(i.Round),
+				fmt.Sprintf("%.3f", i.Ours.Seconds()), strconv.FormatInt(i.MaxRSSKiB, 10), fmt.Sprintf("%.3f", i.Baseline.Seconds()),
+				ratioOf(i.Ours.Seconds(), i.Baseline.Seconds())})
+		}
+	}
+	if len(res.Mem) > 0 {
+		t["memory.csv"] = [][]string{{"when", "daemon", "vmrss_kib", "vmhwm_kib"}}
+		for _, m := range res.Mem {
+			t["memory.csv"] = append(t["memory.csv"], []string{m.When, m.Daemon, strconv.FormatInt(m.Mem.RSS, 10), strconv.FormatInt(m.Mem.HWM, 10)})
+		}
+	}
+	t["targets.csv"] = [][]string{{"target", "ours", "reference", "ratio", "limit", "result"}}
+	for _, x := range res.Targets {
+		t["targets.csv"] = append(t["targets.csv"], []string{x.Name, x.Ours, x.Reference, x.Ratio, x.Limit, x.Result})
+	}
+	return t
+}
