@@ -40,10 +40,17 @@ fuzz:
 	$(GO) test ./ipam -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME)
 
 # Benchmarks, each paired with its raw-etcd baseline (docs/PERFORMANCE.md).
-# Not part of `make test`.
-bench: test-deps
+# Not part of `make test` (its smoke run of ipambench is). ipambench runs the
+# full sweep on a single-member etcd, then on a 3-member cluster, and writes
+# CSV, SVG and a summary per run into BENCH_OUT. Extra flags: BENCH_ARGS="-v".
+BENCH_OUT  ?= docs/perf
+BENCH_ARGS ?=
+bench: test-deps build
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) $(BENCH_ARGS)
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -etcd-cluster 3 $(BENCH_ARGS)
 	$(GO) test ./etcdstore -run '^$$' -bench 'Allocate|BaselineTxn' -benchtime 3000x -count 3
 	$(GO) test ./etcdstore -run '^$$' -bench 'Seed16' -benchtime 5x -count 3
+	$(GO) test ./e2e -run '^$$' -bench '^BenchmarkDockerRun$$' -benchtime 1x
 
 # The long chaos test (issue 4) on a fresh lab: 10,000 allocations and 10,000 releases through
 # three hosts' plugins at concurrency 32 while the etcd leader is killed and restarted every 5s
