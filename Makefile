@@ -37,6 +37,7 @@ fuzz:
 	$(GO) test ./pool -run '^$$' -fuzz '^FuzzParseRange$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pool -run '^$$' -fuzz '^FuzzParseRanges$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./pool -run '^$$' -fuzz '^FuzzRules$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./pool -run '^$$' -fuzz '^FuzzFreeSet$$' -fuzztime $(FUZZTIME)
 	$(GO) test ./ipam -run '^$$' -fuzz '^FuzzHandler$$' -fuzztime $(FUZZTIME)
 
 # Benchmarks, each paired with its raw-etcd baseline (docs/PERFORMANCE.md).
