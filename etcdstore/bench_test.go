@@ -123,6 +123,27 @@ func BenchmarkSeed16(b *testing.B) {
 	}
 }
 
+// BenchmarkReseed16 re-runs the seeding of a seeded /16 (`init-range`
+// run twice): nothing is missing, so it should cost reads only.
+func BenchmarkReseed16(b *testing.B) {
+	srv := etcdtest.Start(b)
+	s := New(srv.Client(b), "/bench")
+	p := pool.New(s, pool.Config{Host: "bench"})
+	subnet := netip.MustParsePrefix(benchSubnet)
+	var sb netipx.IPSetBuilder
+	sb.AddRange(pool.HostRange(subnet))
+	set, _ := sb.IPSet()
+	if added, err := p.AddRanges(context.Background(), subnet, set, nil); err != nil || added != 65534 {
+		b.Fatalf("seeded %d: %v", added, err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if added, err := p.AddRanges(context.Background(), subnet, set, nil); err != nil || added != 0 {
+			b.Fatalf("re-seeded %d: %v", added, err)
+		}
+	}
+}
+
 // BenchmarkBaselineSeed16 puts the same 65,534 free keys with bare
 // transactions of 128 puts, 8 in flight, with no compares and no read-back.
 func BenchmarkBaselineSeed16(b *testing.B) {
