@@ -66,6 +66,9 @@ func Check(s Snapshot) []Anomaly {
 		for _, problem := range checkHolders(&u, s.Refs) {
 			add(a, fmt.Sprintf("release the stale references: ipamctl release %s %s --force, then re-create the hosts' networks", subnet, a), "%s", problem)
 		}
+		if problem := checkMarks(&u); problem != "" {
+			add(a, fmt.Sprintf("rewrite the used key with etcdctl, or ipamctl release %s %s --force and mark it again", subnet, a), "%s", problem)
+		}
 	}
 	for _, r := range s.Meta.Ranges.Ranges() {
 		for a := r.From(); a.IsValid() && !r.To().Less(a); a = a.Next() {
@@ -108,6 +111,8 @@ func checkHolders(u *Allocation, refs map[string]int) []string {
 	}
 	for h, n := range u.Holders {
 		switch {
+		case u.Kind == KindAnycast && n > 1:
+			problems = append(problems, fmt.Sprintf("host %q holds the anycast address %d times; each host may hold it once", h, n))
 		case n <= 0:
 			problems = append(problems, fmt.Sprintf("host %q holds it %d times", h, n))
 		case n > refs[h]:
@@ -115,6 +120,28 @@ func checkHolders(u *Allocation, refs map[string]int) []string {
 		}
 	}
 	return problems
+}
+
+// checkMarks reports reservation and anycast fields where they do not
+// belong. An idle reservation or an anycast address has no host of its
+// own: its holders are counted per host, or it is held by no one.
+func checkMarks(u *Allocation) string {
+	switch {
+	case u.Kind == KindReserved && (u.Reservation == "" || u.Host != "" || u.MAC != ""):
+		return fmt.Sprintf("idle reservation with name %q, host %q, mac %q: want a name and no holder", u.Reservation, u.Host, u.MAC)
+	case u.Reservation != "" && u.Kind != KindReserved && u.Kind != KindContainer:
+		return fmt.Sprintf("%s reserved as %q: only containers hold reservations", u.Kind, u.Reservation)
+	case u.Kind == KindAnycast && u.Host != "":
+		return fmt.Sprintf("anycast address owned by host %q: anycast holders are counted per host", u.Host)
+	case u.Kind != KindAnycast && len(u.MACs) > 0:
+		return fmt.Sprintf("%s with per-host endpoints: only anycast addresses have them", u.Kind)
+	}
+	for h := range u.MACs {
+		if u.Holders[h] == 0 {
+			return fmt.Sprintf("anycast endpoint of host %q that does not hold it", h)
+		}
+	}
+	return ""
 }
 
 func describe(u *Allocation) string {

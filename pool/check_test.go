@@ -60,6 +60,14 @@ func TestCheck(t *testing.T) {
 		{"kind", func(sn *Snapshot) { sn.Used[c1] = []byte(`{"kind":"nonsense"}`) }, c1.String(), `unknown kind "nonsense"`},
 		{"leaked ref", func(sn *Snapshot) { sn.Refs = map[string]int{"a": 1} }, "198.18.0.14", `host "b" references it 1 times but has 0 networks`},
 		{"owner", func(sn *Snapshot) { sn.Owners = map[string]netip.Addr{} }, c1.String(), "without its owner index"},
+		{"nameless reservation", func(sn *Snapshot) { sn.Used[c1] = []byte(`{"kind":"reserved","host":"a"}`) }, c1.String(), "idle reservation"},
+		{"reserved gateway", func(sn *Snapshot) {
+			sn.Used[c1] = []byte(`{"kind":"gateway","host":"a","holders":{"a":1},"reservation":"x"}`)
+		}, c1.String(), "only containers hold reservations"},
+		{"anycast twice", func(sn *Snapshot) {
+			sn.Used[c1] = []byte(`{"kind":"anycast","holders":{"a":2},"macs":{"a":"m"}}`)
+		}, c1.String(), "each host may hold it once"},
+		{"anycast endpoint", func(sn *Snapshot) { sn.Used[c1] = []byte(`{"kind":"anycast","macs":{"b":"m"}}`) }, c1.String(), "does not hold it"},
 		{"bad key", func(sn *Snapshot) { sn.BadKeys = []string{"/x/free/198.18.0.0-28/zz"} }, "/x/free/198.18.0.0-28/zz", "does not name an address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

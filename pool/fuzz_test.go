@@ -2,35 +2,43 @@ package pool
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"testing"
 )
 
-// FuzzRules runs random sequences of requests from three hosts against one
-// small pool and checks after each step that nothing is lost or doubled:
-// every seeded address is free or used (never both, never neither), free
-// addresses are all seeded, and the used containers are exactly those the
-// hosts were granted and have not released.
+// FuzzRules runs random sequences of requests from three hosts and an
+// operator against one small pool and checks after each step that nothing
+// is lost or doubled: every seeded address is free or used (never both,
+// never neither), free addresses are all seeded, the used containers are
+// exactly those the hosts were granted and have not released, reserved
+// and anycast addresses never become free by themselves, and each host
+// holds an anycast address at most once.
 func FuzzRules(f *testing.F) {
 	f.Add([]byte{0, 0, 0, 1, 1, 3, 2, 2, 9, 3, 0, 3, 4, 1, 9, 5, 0, 12, 3, 2, 9})
 	f.Add([]byte{2, 0, 1, 2, 1, 1, 3, 0, 1, 3, 1, 1, 3, 0, 1, 0, 2, 0, 0, 2, 0})
 	f.Add([]byte{6, 0, 2, 2, 0, 2, 2, 1, 2, 4, 0, 2, 2, 1, 2, 5, 0, 2})
+	f.Add([]byte{7, 0, 3, 1, 0, 3, 1, 1, 3, 4, 0, 3, 1, 1, 3, 8, 0, 3, 4, 1, 3, 0, 0, 0})
+	f.Add([]byte{9, 0, 4, 1, 0, 4, 1, 1, 4, 1, 2, 4, 1, 0, 5, 4, 1, 4, 10, 0, 4, 10, 128, 4})
 	f.Fuzz(func(t *testing.T, ops []byte) {
 		ctx := context.Background()
 		s := newMemStore()
 		n := mustNetwork(t, "198.18.0.0/28", "198.18.0.0/29") // seeds .1-.7; .8-.14 stay outside
 		ps := hosts(t, s, n, "a", "b", "c")
 		granted := map[netip.Addr]string{} // container address -> host
+		marked := map[netip.Addr]bool{}    // reserved or anycast: never freed but by the operator
+		op := New(s, Config{Host: "operator"})
 		for i := 0; i+2 < len(ops) && i < 300; i += 3 {
 			p := ps[int(ops[i+1])%len(ps)]
 			addr := AddrAt(HostRange(n.Subnet), uint64(ops[i+2])%14)
-			switch ops[i] % 7 {
+			switch ops[i] % 11 {
 			case 0:
 				if a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+2] % 4)}); err == nil {
 					granted[a] = p.Host()
 				}
 			case 1:
-				if a, err := p.Allocate(ctx, n, addr, Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+1] % 4)}); err == nil {
+				// An anycast hold is no container's own address.
+				if a, err := p.Allocate(ctx, n, addr, Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+1] % 4)}); err == nil && isContainer(s, n, a) {
 					granted[a] = p.Host()
 				}
 			case 2:
@@ -47,8 +55,29 @@ func FuzzRules(f *testing.F) {
 				}
 			case 6:
 				_, _ = p.AddHostAddr(ctx, n.Subnet, addr)
+			case 7:
+				if _, err := op.Reserve(ctx, n.Subnet, addr, fmt.Sprint("r", ops[i+1]%2)); err == nil {
+					marked[addr] = true
+				}
+			case 8:
+				if u, err := op.Unreserve(ctx, n.Subnet, addr); err == nil && (u == nil || u.Kind != KindAnycast) {
+					delete(marked, addr)
+				}
+			case 9:
+				if _, err := op.AddAnycast(ctx, n.Subnet, addr); err == nil {
+					marked[addr] = true
+				}
+			case 10:
+				if err := op.RemoveAnycast(ctx, n.Subnet, addr, ops[i+1]&0x80 != 0); err == nil {
+					delete(marked, addr)
+				}
 			}
 			checkInvariants(t, s, n, granted)
+			for a := range marked {
+				if e, _ := s.Entry(ctx, n.Subnet, a); e.Free || e.Used == nil {
+					t.Fatalf("reserved or anycast %s was freed: %+v", a, e)
+				}
+			}
 		}
 	})
 }
@@ -93,6 +122,16 @@ func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Add
 			if len(u.a.Holders) > 1 || (len(u.a.Holders) == 1 && u.a.Holders[u.a.Host] == 0) {
 				t.Fatalf("host address %s of %q is used as gateway by %v", a, u.a.Host, u.a.Holders)
 			}
+		case KindReserved:
+			if u.a.Reservation == "" || u.a.Host != "" || len(u.a.Holders) > 0 {
+				t.Fatalf("idle reservation %s: %+v", a, u.a)
+			}
+		case KindAnycast:
+			for h, n := range u.a.Holders {
+				if _, ok := u.a.MACs[h]; n != 1 || !ok || len(u.a.MACs) != len(u.a.Holders) {
+					t.Fatalf("anycast %s: holders %v, macs %v; want each host once, with its endpoint", a, u.a.Holders, u.a.MACs)
+				}
+			}
 		case KindGateway, KindAux:
 			if len(u.a.Holders) == 0 || u.a.Holders[u.a.Host] == 0 {
 				t.Fatalf("%s is a %s with holders %v and owner %q", a, u.a.Kind, u.a.Holders, u.a.Host)
@@ -119,4 +158,9 @@ func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Add
 	if containers != len(granted) {
 		t.Fatalf("%d container entries, %d granted", containers, len(granted))
 	}
+}
+
+func isContainer(s *memStore, n Network, a netip.Addr) bool {
+	e, _ := s.Entry(context.Background(), n.Subnet, a)
+	return e.Used != nil && e.Used.Kind == KindContainer
 }

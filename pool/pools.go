@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -222,6 +223,8 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case c.Existing.IsValid():
 			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
+		case c.Holder != nil && (c.Holder.Kind == KindReserved || c.Holder.Kind == KindAnycast):
+			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
 		case !c.DelayedUntil.IsZero():
 			return netip.Addr{}, fmt.Errorf("%w: %s was released less than %s ago (--reuse-delay); neighbours may still send its traffic to the old container's MAC", ErrUnavailable, want, p.cfg.ReuseDelay)
 		}
@@ -258,6 +261,18 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		// Lost a race the copy did not know of yet: take another.
 	}
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
+}
+
+// claimOutsideFreeSet gives a an idle reservation or a hold on an anycast
+// address: addresses never in the free set, so Claim cannot take them.
+// A failure that may have committed is undone like a claim's (through the
+// owner index, which a taken reservation is in).
+func (p *Pools) claimOutsideFreeSet(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) error {
+	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) { return claimRule(e, a) })
+	if err != nil && !errors.Is(err, ErrUnavailable) && !errors.Is(err, ErrUnknownPool) {
+		return p.undoClaim(subnet, a, err)
+	}
+	return err
 }
 
 // remember keeps what a claim wrote for the address's release. The pool's
@@ -320,7 +335,7 @@ func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
 					if !sameEndpoint(e.Used, a) || !e.Used.Since.Equal(a.Since) {
 						return State{}, false, nil
 					}
-					return freed(e, time.Time{}), true, nil // never used: no reuse delay
+					return freed(e, p.now().UTC(), time.Time{}), true, nil // never used: no reuse delay
 				})
 			}
 			if err == nil {
@@ -378,7 +393,7 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 		return false, err
 	}
 	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		next, change, err := releaseRule(e, p.cfg.Host, p.reusableAfter())
+		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.reusableAfter())
 		released = change
 		return next, change, err
 	})
@@ -402,7 +417,8 @@ func (p *Pools) AddHostAddr(ctx context.Context, subnet netip.Prefix, addr netip
 
 // Evict is the operator's release (`ipamctl release`, `ipamctl host
 // release`): it frees addr whoever holds it and returns the record it
-// removed. An address that hosts' networks still reference (gateway, aux,
+// removed. A reserved or anycast address returns to its idle form (ending
+// those is `ipamctl reserve rm` and `anycast rm`). An address that hosts' networks still reference (gateway, aux,
 // a host address in use as gateway) needs force. A non-empty only refuses
 // addresses of any other kind.
 func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool, only Kind) (*Allocation, error) {
@@ -415,16 +431,71 @@ func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		if e.Used == nil {
 			return State{}, false, nil
 		}
-		if only != "" && e.Used.Kind != only {
-			return State{}, false, fmt.Errorf("%s is not a %s address: it is the %s", e.Addr, only, e.Used.Describe())
-		}
-		if len(e.Used.Holders) > 0 && !force {
+		u := e.Used
+		switch {
+		case only != "" && u.Kind != only:
+			return State{}, false, fmt.Errorf("%s is not a %s address: it is the %s", e.Addr, only, u.Describe())
+		case u.Kind == KindReserved:
+			return State{}, false, fmt.Errorf("%s is reserved as %q and held by no container; to free it: ipamctl reserve rm %s %s", e.Addr, u.Reservation, subnet, e.Addr)
+		case u.Kind == KindAnycast && len(u.Holders) == 0:
+			return State{}, false, fmt.Errorf("%s is an anycast address held by no container; to free it: ipamctl anycast rm %s %s", e.Addr, subnet, e.Addr)
+		case u.Kind == KindAnycast && !force:
+			return State{}, false, fmt.Errorf("%s is an anycast address held by containers on hosts %s; stop them, or use --force", e.Addr, u.HolderList())
+		case len(u.Holders) > 0 && !force:
 			return State{}, false, fmt.Errorf("%s is the %s of hosts %s, whose networks still use it; remove those networks, or use --force",
-				e.Addr, e.Used.Kind, e.Used.HolderList())
+				e.Addr, u.Kind, u.HolderList())
 		}
-		return freed(e, p.reusableAfter()), true, nil
+		return freed(e, p.now().UTC(), p.reusableAfter()), true, nil
 	})
 	return was, err
+}
+
+// Reserve takes addr out of automatic allocation under name (`ipamctl
+// reserve`): only a request naming it (`docker run --ip`, on any host) gets
+// it, and its release returns it to the reservation. A container holding
+// addr keeps it. It returns the record as it now is.
+func (p *Pools) Reserve(ctx context.Context, subnet netip.Prefix, addr netip.Addr, name string) (*Allocation, error) {
+	if name == "" {
+		return nil, fmt.Errorf("reserving %s: a reservation needs a name", addr)
+	}
+	return p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return reserveRule(e, name, p.now().UTC()) })
+}
+
+// Unreserve ends addr's reservation: an idle one returns to the free set,
+// a held one stays with its container until released. It returns the
+// record as it now is (nil: no longer used).
+func (p *Pools) Unreserve(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (*Allocation, error) {
+	return p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unreserveRule(e, p.reusableAfter()) })
+}
+
+// AddAnycast marks addr as anycast (`ipamctl anycast add`): every host may
+// hold it once at the same time, through requests naming it.
+func (p *Pools) AddAnycast(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (*Allocation, error) {
+	return p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return anycastRule(e, p.now().UTC()) })
+}
+
+// RemoveAnycast frees an anycast address; one still held needs force.
+func (p *Pools) RemoveAnycast(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool) error {
+	_, err := p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unanycastRule(e, force, p.reusableAfter()) })
+	return err
+}
+
+// edit applies an operator's rule to addr and returns the record as the
+// rule left it.
+func (p *Pools) edit(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rule func(Entry) (State, bool, error)) (*Allocation, error) {
+	if err := CheckHostAddr(subnet, addr); err != nil {
+		return nil, err
+	}
+	var now *Allocation
+	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		next, change, err := rule(e)
+		now = e.Used
+		if change {
+			now = next.Used
+		}
+		return next, change, err
+	})
+	return now, err
 }
 
 // reusableAfter is when an address released now may be claimed again.

@@ -46,20 +46,30 @@ func holdRule(e Entry, kind Kind, host string, local bool, now time.Time) (State
 
 // releaseRule drops host's hold on e. An address returns to the free set
 // only if it lies in the pool's seeded ranges. A host address stays with
-// its host when its last network lets go of it as gateway.
-func releaseRule(e Entry, host string, reusableAfter time.Time) (next State, change bool, err error) {
+// its host when its last network lets go of it as gateway; a reserved
+// address returns to its idle reservation; an anycast address stays
+// anycast.
+func releaseRule(e Entry, host string, now, reusableAfter time.Time) (next State, change bool, err error) {
 	u := e.Used
 	if u == nil {
 		return State{}, false, nil
 	}
-	freed := freed(e, reusableAfter)
 	switch u.Kind {
 	case KindContainer:
 		if u.Host != host {
 			return State{}, false, fmt.Errorf("%w: %s is held by another host: %s; host %q may not release it",
 				ErrUnavailable, e.Addr, u.Describe(), host)
 		}
-		return freed, true, nil
+		return freed(e, now, reusableAfter), true, nil
+	case KindReserved:
+		return State{}, false, nil // idle: nothing of this host's to release
+	case KindAnycast:
+		if u.Holders[host] == 0 {
+			return State{}, false, nil
+		}
+		kept := *u
+		kept.Holders, kept.MACs = without(u.Holders, host), without(u.MACs, host)
+		return State{Used: &kept}, true, nil
 	case KindGateway, KindAux, KindHost:
 		if u.Holders[host] == 0 {
 			return State{}, false, nil
@@ -77,7 +87,7 @@ func releaseRule(e Entry, host string, reusableAfter time.Time) (next State, cha
 			}
 			return State{Used: &kept}, true, nil
 		case len(rest) == 0:
-			return freed, true, nil
+			return freed(e, now, reusableAfter), true, nil
 		case rest[kept.Host] == 0:
 			kept.Host = firstHost(rest)
 		}
@@ -88,15 +98,131 @@ func releaseRule(e Entry, host string, reusableAfter time.Time) (next State, cha
 	}
 }
 
-// freed is e's state once nobody holds it: free again if seeded. A
-// container's address may not be claimed again before reusableAfter, so
-// that LAN neighbours' ARP caches forget the old container's MAC first.
-func freed(e Entry, reusableAfter time.Time) State {
-	s := State{Free: e.Ranges != nil && e.Ranges.Contains(e.Addr)}
+// without returns m less key, nil when nothing is left.
+func without[V any](m map[string]V, key string) map[string]V {
+	rest := maps.Clone(m)
+	delete(rest, key)
+	if len(rest) == 0 {
+		return nil
+	}
+	return rest
+}
+
+// freed is e's state once nobody holds it: the idle reservation or anycast
+// address it was (stamped now), else free again if seeded. A container's
+// address may not be claimed again before reusableAfter, so that LAN
+// neighbours' ARP caches forget the old container's MAC first; an idle
+// reservation needs no delay, as only an explicit request takes it.
+func freed(e Entry, now, reusableAfter time.Time) State {
+	if e.Used != nil {
+		if idle := e.Used.Vacated(now); idle != nil {
+			return State{Used: idle}
+		}
+	}
+	s := State{Free: seeded(e)}
 	if s.Free && e.Used != nil && e.Used.Kind == KindContainer {
 		s.ReusableAfter = reusableAfter
 	}
 	return s
+}
+
+func seeded(e Entry) bool { return e.Ranges != nil && e.Ranges.Contains(e.Addr) }
+
+// claimRule gives an address that automatic allocation never hands out to
+// the endpoint a that asked for it by address (`docker run --ip`): an idle
+// reservation becomes a's container record, keeping its name; an anycast
+// address gains a's host as a holder. Each host holds an anycast address
+// at most once, so that dockerd's release (which names only the address)
+// is unambiguous; the same endpoint asking again is a retry and changes
+// nothing.
+func claimRule(e Entry, a Allocation) (State, bool, error) {
+	u := e.Used
+	switch {
+	case u == nil:
+		return State{}, false, fmt.Errorf("%w: %s stopped being reserved or anycast meanwhile; request it again", ErrUnavailable, e.Addr)
+	case u.Kind == KindReserved:
+		held := a
+		held.Reservation = u.Reservation
+		return State{Used: &held}, true, nil
+	case u.Kind != KindAnycast:
+		return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
+	}
+	if mac, holds := u.MACs[a.Host]; holds || u.Holders[a.Host] > 0 {
+		if holds && mac == a.MAC {
+			return State{}, false, nil
+		}
+		return State{}, false, fmt.Errorf("%w: anycast address %s is already held on host %q by the endpoint with mac %q; each host may hold it once",
+			ErrUnavailable, e.Addr, a.Host, mac)
+	}
+	next := *u
+	next.Holders, next.MACs = maps.Clone(u.Holders), maps.Clone(u.MACs)
+	if next.Holders == nil {
+		next.Holders, next.MACs = map[string]int{}, map[string]string{}
+	}
+	next.Holders[a.Host], next.MACs[a.Host] = 1, a.MAC
+	return State{Used: &next}, true, nil
+}
+
+// reserveRule takes e out of automatic allocation under name. A container
+// holding e keeps it: its record gains the name, so that its release
+// leaves the reservation behind. Reserving again under the same name is a
+// no-op.
+func reserveRule(e Entry, name string, now time.Time) (State, bool, error) {
+	u := e.Used
+	switch {
+	case u == nil:
+		return State{Used: &Allocation{Kind: KindReserved, Reservation: name, Since: now}}, true, nil
+	case u.Reservation == name:
+		return State{}, false, nil
+	case u.Reservation != "":
+		return State{}, false, fmt.Errorf("%w: %s is already reserved as %q; remove that reservation first (ipamctl reserve rm)",
+			ErrUnavailable, e.Addr, u.Reservation)
+	case u.Kind == KindContainer:
+		held := *u
+		held.Reservation = name
+		return State{Used: &held}, true, nil
+	}
+	return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
+}
+
+// unreserveRule ends e's reservation: an idle one is freed (if seeded),
+// a held one stays with its container, whose release then frees it.
+func unreserveRule(e Entry, reusableAfter time.Time) (State, bool, error) {
+	u := e.Used
+	switch {
+	case u == nil || u.Reservation == "":
+		return State{}, false, fmt.Errorf("%s is not reserved (see ipamctl reserve ls)", e.Addr)
+	case u.Kind == KindReserved:
+		return State{Free: seeded(e), ReusableAfter: reusableAfter}, true, nil
+	}
+	held := *u
+	held.Reservation = ""
+	return State{Used: &held}, true, nil
+}
+
+// anycastRule marks e as an anycast address; marking it again is a no-op.
+func anycastRule(e Entry, now time.Time) (State, bool, error) {
+	switch {
+	case e.Used == nil:
+		return State{Used: &Allocation{Kind: KindAnycast, Since: now}}, true, nil
+	case e.Used.Kind == KindAnycast:
+		return State{}, false, nil
+	}
+	return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, e.Used.Describe())
+}
+
+// unanycastRule frees an anycast address (if seeded); one that containers
+// still hold needs force.
+func unanycastRule(e Entry, force bool, reusableAfter time.Time) (State, bool, error) {
+	u := e.Used
+	switch {
+	case u == nil || u.Kind != KindAnycast:
+		return State{}, false, fmt.Errorf("%s is not an anycast address (see ipamctl anycast ls)", e.Addr)
+	case len(u.Holders) > 0 && !force:
+		return State{}, false, fmt.Errorf("anycast address %s is held by containers on hosts %s; stop them first, or use --force",
+			e.Addr, u.HolderList())
+	}
+	return State{Free: seeded(e), ReusableAfter: reusableAfter}, true, nil
 }
 
 // hostAddrRule records e as a host address not yet claimed by any host.

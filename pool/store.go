@@ -20,13 +20,14 @@ const (
 	KindGateway   Kind = "gateway"   // a host's bridge address, exclusive to that host
 	KindAux       Kind = "aux"       // an --aux-address such as the LAN router, shared, counted per host
 	KindHost      Kind = "host"      // a host's own LAN address, recorded by ipamctl
-	KindReserved  Kind = "reserved"  // kept out of automatic allocation by ipamctl
+	KindReserved  Kind = "reserved"  // an idle reservation: only an explicit --ip request gets it
+	KindAnycast   Kind = "anycast"   // one address on several hosts on purpose, once per host
 )
 
 // Known reports whether k is one of the kinds above.
 func (k Kind) Known() bool {
 	switch k {
-	case KindContainer, KindGateway, KindAux, KindHost, KindReserved:
+	case KindContainer, KindGateway, KindAux, KindHost, KindReserved, KindAnycast:
 		return true
 	}
 	return false
@@ -40,9 +41,29 @@ type Allocation struct {
 	Endpoint string `json:"endpoint,omitempty"`
 	// Holders counts references per host for the shared kinds (gateway,
 	// aux): every host's `network create` requests them, every `network rm`
-	// releases them.
+	// releases them. An anycast address counts each holding host once.
 	Holders map[string]int `json:"holders,omitempty"`
-	Since   time.Time      `json:"since"`
+	// MACs names, per host, the endpoint holding an anycast address, so a
+	// retried request of that endpoint is told from a second endpoint.
+	MACs map[string]string `json:"macs,omitempty"`
+	// Reservation names a reserved address (`ipamctl reserve`), idle
+	// (kind reserved) or held by a container; its release returns it to
+	// the idle reservation instead of the free set.
+	Reservation string    `json:"reservation,omitempty"`
+	Since       time.Time `json:"since"`
+}
+
+// Vacated is what remains of the record once every holder has let go: the
+// idle reservation or the idle anycast address, or nil when the address
+// is to be freed. now stamps the idle record.
+func (a *Allocation) Vacated(now time.Time) *Allocation {
+	switch {
+	case a.Kind == KindAnycast:
+		return &Allocation{Kind: KindAnycast, Since: now}
+	case a.Reservation != "":
+		return &Allocation{Kind: KindReserved, Reservation: a.Reservation, Since: now}
+	}
+	return nil
 }
 
 // Describe names the holder for error messages and listings.
@@ -53,6 +74,12 @@ func (a *Allocation) Describe() string {
 		b.WriteString("host address, not yet claimed by a host")
 	case a.Kind == KindHost:
 		fmt.Fprintf(&b, "host address of host %q", a.Host)
+	case a.Kind == KindReserved:
+		fmt.Fprintf(&b, "address reserved as %q, not held by any container", a.Reservation)
+	case a.Kind == KindAnycast && len(a.Holders) == 0:
+		b.WriteString("anycast address, not held by any host")
+	case a.Kind == KindAnycast:
+		b.WriteString("anycast address")
 	default:
 		fmt.Fprintf(&b, "%s of host %q", a.Kind, a.Host)
 	}
@@ -61,6 +88,9 @@ func (a *Allocation) Describe() string {
 	}
 	if a.Endpoint != "" {
 		fmt.Fprintf(&b, ", endpoint %q", a.Endpoint)
+	}
+	if a.Reservation != "" && a.Kind != KindReserved {
+		fmt.Fprintf(&b, ", reserved as %q", a.Reservation)
 	}
 	if len(a.Holders) > 1 || (len(a.Holders) == 1 && a.Holders[a.Host] == 0) {
 		fmt.Fprintf(&b, ", held by %s", a.HolderList())
