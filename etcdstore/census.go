@@ -125,7 +125,8 @@ func (s *Store) listed(kv *mvccpb.KeyValue) (ListedAddr, error) {
 // ReleaseListed frees a, as listed by Census, and its owner-index entry,
 // in one transaction that succeeds only if its record is unchanged since
 // (same revision): an address released and handed to someone else
-// meanwhile is never freed. With dead set, it also requires that dead.Host
+// meanwhile is never freed. A container holding a reservation returns to
+// the idle reservation instead of the free set. With dead set, it also requires that dead.Host
 // has no lease key and that its lastseen record is the one listed: a host
 // that came back keeps its addresses. The address returns to the free set
 // if it lies in the pool's seeded ranges, as pool's release rule does,
@@ -148,7 +149,14 @@ func (s *Store) ReleaseListed(ctx context.Context, a ListedAddr, dead *HostStatu
 				clientv3.Compare(clientv3.ModRevision(s.k.lastSeen(dead.Host)), "=", dead.SeenRev))
 		}
 		ops := []clientv3.Op{clientv3.OpDelete(used)}
-		if m.Ranges.Contains(a.Addr) {
+		if idle := a.Allocation.Vacated(time.Now().UTC()); idle != nil {
+			// A reserved address stays reserved, out of the free set.
+			value, err := json.Marshal(idle)
+			if err != nil {
+				return false, err
+			}
+			ops = []clientv3.Op{clientv3.OpPut(used, string(value))}
+		} else if m.Ranges.Contains(a.Addr) {
 			ops = append(ops, clientv3.OpPut(s.k.free(a.Subnet, a.Addr), reuseStamp(reusableAfter)))
 		}
 		if owner := s.k.owner(a.Subnet, a.Allocation); owner != "" {
