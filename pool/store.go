@@ -114,6 +114,16 @@ func (a *Allocation) HolderList() string {
 	return strings.Join(hosts, ",")
 }
 
+// EndpointList renders MACs as "h1=02:42:…,h2=02:42:…" in host order.
+func (a *Allocation) EndpointList() string {
+	hosts := make([]string, 0, len(a.MACs))
+	for h, mac := range a.MACs {
+		hosts = append(hosts, h+"="+mac)
+	}
+	sort.Strings(hosts)
+	return strings.Join(hosts, ",")
+}
+
 // Meta describes a pool: its subnet and the ranges seeded into its free set.
 type Meta struct {
 	Subnet netip.Prefix

@@ -14,7 +14,7 @@ import (
 
 // kinds lists pool's kinds, in the order listings show them; the test
 // checks each against pool.Kind.Known.
-var kinds = []pool.Kind{pool.KindContainer, pool.KindGateway, pool.KindAux, pool.KindHost, pool.KindReserved}
+var kinds = []pool.Kind{pool.KindContainer, pool.KindGateway, pool.KindAux, pool.KindHost, pool.KindReserved, pool.KindAnycast}
 
 func addrCommand() *cli.Command {
 	return &cli.Command{
@@ -54,14 +54,17 @@ type addrJSON struct {
 	MAC      string         `json:"mac,omitempty"`
 	Endpoint string         `json:"endpoint,omitempty"`
 	Holders  map[string]int `json:"holders,omitempty"`
-	Since    time.Time      `json:"since,omitzero"`
+	// MACs: per host, the endpoint holding an anycast address.
+	MACs        map[string]string `json:"macs,omitempty"`
+	Reservation string            `json:"reservation,omitempty"`
+	Since       time.Time         `json:"since,omitzero"`
 }
 
 func newAddrJSON(u etcdstore.UsedAddr) addrJSON {
 	a := u.Allocation
 	return addrJSON{
 		Address: u.Addr.String(), Kind: string(a.Kind), Host: a.Host, MAC: a.MAC, Endpoint: a.Endpoint,
-		Holders: a.Holders, Since: a.Since.UTC(),
+		Holders: a.Holders, MACs: a.MACs, Reservation: a.Reservation, Since: a.Since.UTC(),
 	}
 }
 
@@ -109,10 +112,13 @@ func addrList(c *cli.Context) error {
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, out)
 	}
-	t := newTable(c.App.Writer, "ADDRESS", "KIND", "HOST", "MAC", "ENDPOINT", "HOLDERS", "SINCE")
+	t := newTable(c.App.Writer, "ADDRESS", "KIND", "HOST", "MAC", "ENDPOINT", "RESERVATION", "HOLDERS", "SINCE")
 	for _, a := range out {
-		holders := (&pool.Allocation{Holders: a.Holders}).HolderList()
-		t.row(a.Address, a.Kind, dash(a.Host), dash(a.MAC), dash(a.Endpoint), dash(holders), dash(formatTime(a.Since)))
+		holders := ""
+		if a.Kind != string(pool.KindContainer) { // its host and MAC have their own columns
+			holders = holderCell(a)
+		}
+		t.row(a.Address, a.Kind, dash(a.Host), dash(a.MAC), dash(a.Endpoint), dash(a.Reservation), dash(holders), dash(formatTime(a.Since)))
 	}
 	return t.flush()
 }

@@ -151,6 +151,9 @@ func gc(c *cli.Context) error {
 				nfailed++
 			case ok:
 				f.row.Result = gcReleased
+				if r := f.listed.Allocation.Reservation; r != "" {
+					f.row.Detail = fmt.Sprintf("back to its reservation %q", r)
+				}
 			default:
 				f.row.Result, f.row.Detail = gcChanged, "changed since it was listed (released, re-allocated, or its host came back): kept"
 			}
@@ -240,7 +243,7 @@ func deadHostOrphans(cen etcdstore.Census, self string, grace time.Duration, now
 // serves the live hosts too.
 func deadHolderAdvice(u etcdstore.ListedAddr, self string, dead func(string) bool) string {
 	a := u.Allocation
-	if a.Kind != pool.KindGateway && a.Kind != pool.KindAux && a.Kind != pool.KindHost {
+	if a.Kind != pool.KindGateway && a.Kind != pool.KindAux && a.Kind != pool.KindHost && a.Kind != pool.KindAnycast {
 		return ""
 	}
 	hosts := map[string]bool{}
@@ -263,6 +266,9 @@ func deadHolderAdvice(u etcdstore.ListedAddr, self string, dead func(string) boo
 	}
 	names := (&pool.Allocation{Holders: oneEach(gone)}).HolderList()
 	switch {
+	case a.Kind == pool.KindAnycast:
+		// Holds are per host: one host's can go without touching the others.
+		return fmt.Sprintf("anycast held by dead host %s; once it is gone for good: ipamctl anycast rm %s %s --host HOST, for each", names, u.Subnet, u.Addr)
 	case len(living) > 0:
 		return fmt.Sprintf("%s held by dead host %s and by %s, which are not dead: left alone", a.Kind, names,
 			(&pool.Allocation{Holders: oneEach(living)}).HolderList())

@@ -210,7 +210,7 @@ func TestPoolLsShow(t *testing.T) {
 	}
 
 	show := okJSON[poolShowJSON](c, "pool", "show", "198.18.1.0/24")
-	wantKind := map[string]int{"container": 3, "gateway": 1, "aux": 1, "host": 0, "reserved": 0}
+	wantKind := map[string]int{"container": 3, "gateway": 1, "aux": 1, "host": 0, "reserved": 0, "anycast": 0}
 	wantHost := map[string]int{"hostA": 4, "hostB": 2} // the shared aux counts for both
 	wantNets := map[string]int{"hostA": 1, "hostB": 1}
 	if !equal(show.UsedByKind, wantKind) || !equal(show.UsedByHost, wantHost) || !equal(show.Networks, wantNets) {
@@ -284,7 +284,7 @@ func TestAddrLs(t *testing.T) {
 	if !strings.HasPrefix(out, "ADDRESS") || !strings.Contains(out, "hostA,hostB") {
 		t.Errorf("addr ls table:\n%s", out)
 	}
-	c.fails("want one of container, gateway, aux, host, reserved", "addr", "ls", "--kind", "bogus", "198.18.1.0/24")
+	c.fails("want one of container, gateway, aux, host, reserved, anycast", "addr", "ls", "--kind", "bogus", "198.18.1.0/24")
 	c.fails("does not exist", "addr", "ls", "198.18.9.0/24")
 	// Flags after the subnet work too.
 	if got := addrs("198.18.1.0/24", "--kind=aux", "--host", "hostB"); got != "198.18.1.254" {

@@ -141,6 +141,8 @@ type poolShowJSON struct {
 	UsedByHost map[string]int `json:"usedByHost"`
 	// Networks counts, per host, the networks using the pool.
 	Networks map[string]int `json:"networks"`
+	// Marked lists the reserved and anycast addresses, with who holds them.
+	Marked []markJSON `json:"marked"`
 }
 
 func poolShow(c *cli.Context) error {
@@ -171,8 +173,13 @@ func poolShow(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		out = poolShowJSON{poolJSON: newPoolJSON(m, free, used), Networks: refs}
+		out = poolShowJSON{poolJSON: newPoolJSON(m, free, used), Networks: refs, Marked: []markJSON{}}
 		out.UsedByKind, out.UsedByHost = usage(addrs)
+		for _, u := range addrs {
+			if isReserved(u.Allocation) || isAnycast(u.Allocation) {
+				out.Marked = append(out.Marked, newMarkJSON(subnet, u.Addr, u.Allocation))
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -201,9 +208,13 @@ func usage(addrs []etcdstore.UsedAddr) (byKind, byHost map[string]int) {
 }
 
 // holders are the hosts an address counts for: the holders of a shared
-// gateway or aux address, else its one host.
+// gateway, aux or anycast address, else its one host, if any (an idle
+// reservation and an unclaimed host address have none).
 func holders(a *pool.Allocation) []string {
 	if len(a.Holders) == 0 {
+		if a.Host == "" {
+			return nil
+		}
 		return []string{a.Host}
 	}
 	out := make([]string, 0, len(a.Holders))
@@ -250,6 +261,14 @@ func printPoolShow(c *cli.Context, p poolShowJSON) error {
 	t = newTable(w, "HOST", "USED", "NETWORKS")
 	for _, h := range sortedKeys(hosts, nil) {
 		t.row(h, strconv.Itoa(p.UsedByHost[h]), strconv.Itoa(p.Networks[h]))
+	}
+	if err := t.flush(); err != nil || len(p.Marked) == 0 {
+		return err
+	}
+	fmt.Fprintln(w)
+	t = newTable(w, "RESERVED/ANYCAST", "KIND", "NAME", "STATE", "HOLDERS", "SINCE")
+	for _, m := range p.Marked {
+		t.row(m.Address, m.Kind, dash(m.Reservation), m.State, dash(holderCell(m.addrJSON)), dash(formatTime(m.Since)))
 	}
 	return t.flush()
 }
