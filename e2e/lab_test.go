@@ -23,14 +23,17 @@ const (
 	perHost    = 10
 )
 
-func TestThreeHostsFlatL2(t *testing.T) {
-	l := lab.Up(t)
+// flatL2 brings up a lab and sets it up as a network team would: br0 on
+// every host, the pool seeded with the hosts' addresses recorded, and the
+// Docker network "lan" on every host. ctl runs ipamctl on a host.
+func flatL2(t *testing.T) (l *lab.Lab, ctl func(host int, args ...string) string) {
+	t.Helper()
+	l = lab.Up(t)
 	ipamctl := filepath.Join(binDir, "ipamctl")
-	ctl := func(host int, args ...string) string {
+	ctl = func(host int, args ...string) string {
 		t.Helper()
 		return l.Exec(t, host, append([]string{ipamctl, "--etcd-endpoints", strings.Join(l.Etcd(), ",")}, args...)...)
 	}
-
 	for h := 1; h <= 3; h++ {
 		ctl(h, "bridge", "setup", "--nic", "eth0")
 		// The host's address moved to br0; its peers are still reachable.
@@ -42,6 +45,11 @@ func TestThreeHostsFlatL2(t *testing.T) {
 		ctl(h, "network", "create", "--name", "lan", "--subnet", lanSubnet, "--ip-range", lanRange,
 			"--router", lanRouter, "--docker-host", l.DockerHost(h))
 	}
+	return l, ctl
+}
+
+func TestThreeHostsFlatL2(t *testing.T) {
+	l, ctl := flatL2(t)
 
 	// Host 2 naming host 1's address as its gateway is the duplicate-IP
 	// outage in the making: refused, naming host 1.
