@@ -16,7 +16,9 @@ func checkCommand() *cli.Command {
 		Usage: "verify pools' invariants and print every anomaly with a way to fix it",
 		Description: `Reads each pool at one revision and checks: no address both free and
 used; every seeded address free or used (none lost); free addresses only
-inside the seeded ranges; used records well-formed and of a known kind;
+inside the seeded ranges; used records well-formed and of a known kind,
+reservation and anycast fields only where they belong, each host holding
+an anycast address at most once;
 gateway, aux and host references consistent with the hosts' networks on
 the pool; the owner index matching the container records. Exits non-zero
 when it finds anything. With no SUBNET it checks every pool.`,

@@ -33,8 +33,11 @@ stop), so its old address is an orphan too. Addresses younger than
 With --dead-hosts: lists the container addresses of hosts whose daemon has
 no liveness lease and was last seen longer ago than --grace. Never this
 host's, never a host with a live lease, never a host without any liveness
-record. Gateway, aux and host addresses of dead hosts are only listed, with
-the command that would release them.
+record. Gateway, aux, host and anycast addresses of dead hosts are only
+listed, with the command that would release them.
+
+A released container address that is reserved (ipamctl reserve) returns to
+its reservation, not to the free set.
 
 Nothing changes without --apply. Each release is one etcd transaction that
 succeeds only if the record is unchanged since it was listed (and, for a
