@@ -104,3 +104,33 @@ func TestReservedAndAnycastOnEtcd(t *testing.T) {
 	}
 	checkPool("all removed")
 }
+
+// TestSwapKeepsOneAddressPerEndpoint: taking a reservation with a swap
+// writes the endpoint's owner index, so the swap must fail if the
+// endpoint holds another address (as a claim would), naming it.
+func TestSwapKeepsOneAddressPerEndpoint(t *testing.T) {
+	_, s, h, n := attachedPool(t, "198.18.0.0/24", "")
+	ctx := ctxT(t, time.Minute)
+	ep := pool.Allocation{Kind: pool.KindContainer, Host: "h", MAC: "02:42:c6:12:00:05"}
+	held, err := h.Allocate(ctx, n, netip.Addr{}, ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vip := netip.MustParseAddr("198.18.0.9")
+	if _, err := h.Reserve(ctx, n.Subnet, vip, "web"); err != nil {
+		t.Fatal(err)
+	}
+	cur, err := s.Entry(ctx, n.Subnet, vip)
+	if err != nil {
+		t.Fatal(err)
+	}
+	taken := ep
+	taken.Reservation = "web"
+	_, ok, err := s.Swap(ctx, n.Subnet, cur, pool.State{Used: &taken})
+	if ok || !errors.Is(err, pool.ErrUnavailable) || !strings.Contains(err.Error(), "already holds "+held.String()) {
+		t.Fatalf("swap for an endpoint holding %s: ok=%v, %v", held, ok, err)
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, vip); e.Used == nil || e.Used.Kind != pool.KindReserved {
+		t.Fatalf("the refused swap changed %s: %+v", vip, e.Used)
+	}
+}

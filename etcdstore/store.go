@@ -305,26 +305,32 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 	case cur.Used != nil:
 		ops = append(ops, clientv3.OpDelete(used))
 	}
-	writes := []string{free, used}
-	// The owner index follows the used record in the same transaction.
-	if was, now := s.k.owner(subnet, cur.Used), s.k.owner(subnet, next.Used); was != now {
-		if was != "" {
-			ops = append(ops, clientv3.OpDelete(was))
-			writes = append(writes, was)
-		}
-		if now != "" {
-			ops = append(ops, clientv3.OpPut(now, cur.Addr.String()))
-			writes = append(writes, now)
-		}
-	}
-	r, _, err := s.batch.do(ctx, subTxn{
+	t := subTxn{
 		cmps: []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(free), "=", cur.Version.Free),
 			clientv3.Compare(clientv3.ModRevision(used), "=", cur.Version.Used),
 			clientv3.Compare(clientv3.ModRevision(meta), "=", cur.Version.Meta)},
-		then:   ops,
 		orElse: s.entryOps(subnet, cur.Addr),
-		writes: writes,
-	})
+		writes: []string{free, used},
+	}
+	// The owner index follows the used record in the same transaction. An
+	// endpoint that becomes the holder (taking a reservation) must hold
+	// nothing else in the pool, as in Claim.
+	owner := ""
+	if was, now := s.k.owner(subnet, cur.Used), s.k.owner(subnet, next.Used); was != now {
+		if was != "" {
+			ops = append(ops, clientv3.OpDelete(was))
+			t.writes = append(t.writes, was)
+		}
+		if now != "" {
+			owner = now
+			ops = append(ops, clientv3.OpPut(now, cur.Addr.String()))
+			t.cmps = append(t.cmps, clientv3.Compare(clientv3.CreateRevision(now), "=", 0))
+			t.orElse = append(t.orElse, clientv3.OpGet(now))
+			t.writes = append(t.writes, now)
+		}
+	}
+	t.then = ops
+	r, _, err := s.batch.do(ctx, t)
 	if err != nil {
 		return pool.Entry{}, false, err
 	}
@@ -332,6 +338,12 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 		return pool.Entry{}, true, nil
 	}
 	fresh, err := entryFrom(cur.Addr, r.Responses)
+	if err == nil && owner != "" && fresh.Version == cur.Version {
+		if kvs := r.Responses[3].GetResponseRange().Kvs; len(kvs) > 0 {
+			return fresh, false, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s",
+				pool.ErrUnavailable, next.Used.MAC, next.Used.Host, kvs[0].Value, subnet)
+		}
+	}
 	return fresh, false, err
 }
 

@@ -2,6 +2,7 @@ package pool
 
 import (
 	"context"
+	"fmt"
 	"maps"
 	"net/netip"
 	"sync"
@@ -215,6 +216,11 @@ func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next 
 		return fresh, false, nil
 	}
 	p := s.pools[subnet]
+	if was, now := ownerKey(cur.Used), ownerKey(next.Used); was != now && now != "" {
+		if held, ok := p.owners[now]; ok {
+			return cur, false, fmt.Errorf("%w: endpoint %s already holds %s", ErrUnavailable, now, held)
+		}
+	}
 	s.rev++
 	if next.Free {
 		if _, free := p.free[cur.Addr]; !free {

@@ -212,7 +212,9 @@ type Store interface {
 	// Entry reads one address.
 	Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (Entry, error)
 	// Swap gives cur.Addr the state next if cur is still current; else it
-	// returns the fresh entry and ok=false.
+	// returns the fresh entry and ok=false. When next makes an endpoint
+	// the holder, it must hold nothing else in the pool: else Swap fails
+	// with ErrUnavailable.
 	Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State) (fresh Entry, ok bool, err error)
 	// AddRef adjusts host's reference count on the pool (RequestPool and
 	// ReleasePool) and returns the new count; it never goes below zero.
