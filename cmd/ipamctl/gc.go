@@ -175,15 +175,23 @@ func gcHost(c *cli.Context) string {
 	return ""
 }
 
-// localOrphans are host's container addresses that no live endpoint has.
+// localOrphans are host's container addresses that no live endpoint has,
+// and, as advice, its anycast holds that none has.
 func localOrphans(cen etcdstore.Census, host string, live map[netip.Addr]string, minAge time.Duration, now time.Time) []gcCandidate {
 	var out []gcCandidate
 	for _, u := range cen.Used {
 		a := u.Allocation
-		if a.Kind != pool.KindContainer || a.Host != host {
+		if _, ok := live[u.Addr]; ok {
 			continue
 		}
-		if _, ok := live[u.Addr]; ok {
+		if a.Kind == pool.KindAnycast && a.Holders[host] > 0 {
+			// Only listed: the hold has no time of its own to tell a
+			// container still starting, and other hosts share the record.
+			out = append(out, gcCandidate{listed: u, row: newGCRow(u, gcAdvice, fmt.Sprintf(
+				"anycast hold of this host that no endpoint here has; if none should: ipamctl anycast rm %s %s --host %s", u.Subnet, u.Addr, host))})
+			continue
+		}
+		if a.Kind != pool.KindContainer || a.Host != host {
 			continue
 		}
 		f := gcCandidate{listed: u, row: newGCRow(u, gcOrphan, "no endpoint or running container on this host's dockerd has it")}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"maps"
 	"net"
 	"net/http"
@@ -255,4 +256,49 @@ func TestGCLocal(t *testing.T) {
 	if own := okJSON[gcJSON](c, "gc", "--docker-host", docker, "--min-age", "0s"); own.Host != "ctl" || !maps.Equal(results(own), map[string]string{"198.18.1.15": gcOrphan}) {
 		t.Fatalf("gc as ctl: %+v", own)
 	}
+}
+
+// TestGCReservedAndAnycast: gc returns a reserved address held by a dead
+// host (or an orphan of this host) to its reservation, and only advises on
+// anycast holds, per host.
+func TestGCReservedAndAnycast(t *testing.T) {
+	c := newCtl(t)
+	deadHostsPool(t, c)
+	n, _ := pool.NewNetwork("198.18.1.0/24", "")
+	c.ok("reserve", "198.18.1.0/24", "198.18.1.61", "--name", "web")
+	c.ok("reserve", "198.18.1.0/24", "198.18.1.62", "--name", "db")
+	c.ok("anycast", "add", "198.18.1.0/24", "198.18.1.60")
+	for host, vip := range map[string]string{"gone": "198.18.1.61", "alive": "198.18.1.62"} {
+		p, _ := c.pools(host)
+		for i, addr := range []string{vip, "198.18.1.60"} {
+			if _, err := p.Allocate(ctx(t), n, netip.MustParseAddr(addr), pool.Allocation{Kind: pool.KindContainer, MAC: fmt.Sprintf("02:42:00:00:06:%d%d", len(host), i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	dead := okJSON[gcJSON](c, "gc", "--dead-hosts", "--apply")
+	if r := results(dead); r["198.18.1.61"] != gcReleased || r["198.18.1.60"] != gcAdvice || r["198.18.1.62"] != "" {
+		t.Fatalf("gc --dead-hosts --apply: %v", r)
+	}
+	if out := c.ok("gc", "--dead-hosts"); !strings.Contains(out, "ipamctl anycast rm 198.18.1.0/24 198.18.1.60 --host HOST") {
+		t.Errorf("no per-host advice for the anycast hold:\n%s", out)
+	}
+	ls := okJSON[[]markJSON](c, "reserve", "ls")
+	if len(ls) != 2 || ls[0].Address != "198.18.1.61" || ls[0].State != "idle" || ls[1].State != "held" {
+		t.Fatalf("reservations after gc: %+v; want web idle, db still held by alive", ls)
+	}
+
+	// alive's own view: its dockerd reports neither address.
+	docker := fakeDocker(t, map[string]string{}, map[string]string{})
+	local := okJSON[gcJSON](c, "gc", "--host-id", "alive", "--docker-host", docker, "--min-age", "0s", "--apply")
+	if r := results(local); r["198.18.1.62"] != gcReleased || r["198.18.1.60"] != gcAdvice {
+		t.Fatalf("gc on alive: %v", r)
+	}
+	if ls := okJSON[[]markJSON](c, "reserve", "ls"); len(ls) != 2 || ls[1].State != "idle" {
+		t.Fatalf("reservations after alive's gc: %+v", ls)
+	}
+	if acast := okJSON[[]markJSON](c, "anycast", "ls"); len(acast) != 1 || len(acast[0].Holders) != 2 {
+		t.Fatalf("gc touched the anycast holds: %+v", acast)
+	}
+	c.ok("check")
 }
