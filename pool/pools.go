@@ -417,9 +417,10 @@ func (p *Pools) AddHostAddr(ctx context.Context, subnet netip.Prefix, addr netip
 
 // Evict is the operator's release (`ipamctl release`, `ipamctl host
 // release`): it frees addr whoever holds it and returns the record it
-// removed. A reserved or anycast address returns to its idle form (ending
-// those is `ipamctl reserve rm` and `anycast rm`). An address that hosts' networks still reference (gateway, aux,
-// a host address in use as gateway) needs force. A non-empty only refuses
+// removed. An address that hosts' networks still reference (gateway, aux,
+// a host address in use as gateway) or containers hold as anycast needs
+// force. A reserved or anycast address returns to its idle form (`ipamctl
+// reserve rm` and `anycast rm` end those). A non-empty only refuses
 // addresses of any other kind.
 func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool, only Kind) (*Allocation, error) {
 	if err := CheckHostAddr(subnet, addr); err != nil {
