@@ -15,15 +15,22 @@ import (
 // and anycast addresses never become free by themselves, and each host
 // holds an anycast address at most once.
 func FuzzRules(f *testing.F) {
-	f.Add([]byte{0, 0, 0, 1, 1, 3, 2, 2, 9, 3, 0, 3, 4, 1, 9, 5, 0, 12, 3, 2, 9})
-	f.Add([]byte{2, 0, 1, 2, 1, 1, 3, 0, 1, 3, 1, 1, 3, 0, 1, 0, 2, 0, 0, 2, 0})
-	f.Add([]byte{6, 0, 2, 2, 0, 2, 2, 1, 2, 4, 0, 2, 2, 1, 2, 5, 0, 2})
-	f.Add([]byte{7, 0, 3, 1, 0, 3, 1, 1, 3, 4, 0, 3, 1, 1, 3, 8, 0, 3, 4, 1, 3, 0, 0, 0})
-	f.Add([]byte{9, 0, 4, 1, 0, 4, 1, 1, 4, 1, 2, 4, 1, 0, 5, 4, 1, 4, 10, 0, 4, 10, 128, 4})
-	f.Fuzz(func(t *testing.T, ops []byte) {
+	f.Add(false, []byte{0, 0, 0, 1, 1, 3, 2, 2, 9, 3, 0, 3, 4, 1, 9, 5, 0, 12, 3, 2, 9})
+	f.Add(false, []byte{2, 0, 1, 2, 1, 1, 3, 0, 1, 3, 1, 1, 3, 0, 1, 0, 2, 0, 0, 2, 0})
+	f.Add(false, []byte{6, 0, 2, 2, 0, 2, 2, 1, 2, 4, 0, 2, 2, 1, 2, 5, 0, 2})
+	f.Add(false, []byte{7, 0, 3, 1, 0, 3, 1, 1, 3, 4, 0, 3, 1, 1, 3, 8, 0, 3, 4, 1, 3, 0, 0, 0})
+	f.Add(false, []byte{9, 0, 4, 1, 0, 4, 1, 1, 4, 1, 2, 4, 1, 0, 5, 4, 1, 4, 10, 0, 4, 10, 128, 4})
+	f.Add(true, []byte{0, 0, 0, 1, 1, 3, 2, 2, 9, 3, 0, 3, 4, 1, 9, 5, 0, 12, 3, 2, 9})
+	f.Add(true, []byte{6, 0, 2, 2, 0, 2, 2, 1, 2, 4, 0, 2, 2, 1, 2, 5, 0, 2})
+	f.Add(true, []byte{7, 0, 3, 1, 0, 3, 1, 1, 3, 4, 0, 3, 1, 1, 3, 8, 0, 3, 4, 1, 3, 0, 0, 0})
+	f.Add(true, []byte{9, 0, 4, 1, 0, 4, 1, 1, 4, 1, 2, 4, 1, 0, 5, 4, 1, 4, 10, 0, 4, 10, 128, 4})
+	f.Fuzz(func(t *testing.T, v6 bool, ops []byte) {
 		ctx := context.Background()
 		s := newMemStore()
 		n := mustNetwork(t, "198.18.0.0/28", "198.18.0.0/29") // seeds .1-.7; .8-.14 stay outside
+		if v6 {
+			n = mustNetwork(t, "2001:db8::/124", "2001:db8::/125") // the same: ::1-::7, ::8-::e outside
+		}
 		ps := hosts(t, s, n, "a", "b", "c")
 		granted := map[netip.Addr]string{} // container address -> host
 		marked := map[netip.Addr]bool{}    // reserved or anycast: never freed but by the operator

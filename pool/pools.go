@@ -19,7 +19,9 @@ const (
 	DefaultMaxAutoSeed = 1 << 16
 	// MaxPoolSize bounds a pool's seeded ranges. Each free address is one
 	// etcd key (about 150 bytes with its index); 2^21 of them stay well
-	// inside etcd's default 2 GiB quota. IPv6 /64s need ranges.
+	// inside etcd's default 2 GiB quota, and each daemon's free-set copy
+	// takes 256 KiB. An IPv6 pool is therefore seeded with ranges of its
+	// subnet (at most a /107), never a whole /64.
 	MaxPoolSize = 1 << 21
 
 	// DefaultReuseDelay outlasts Linux neighbours' ARP entries for a
@@ -82,13 +84,19 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 		return fmt.Errorf("reading pool %s: %w", n.Subnet, err)
 	}
 	if !ok {
+		// An IPv6 network without --ip-range spans a /64 or more: name a
+		// range that can be seeded instead.
+		size, seed := RangeSize(n.Range()), FormatRange(n.Range())
+		if size > p.cfg.MaxAutoSeed {
+			seed = firstBlock(n.Subnet, p.cfg.MaxAutoSeed).String()
+		}
 		if p.cfg.RequireInit {
 			return fmt.Errorf("%w: pool %s; run `ipamctl init-range --subnet %s --range %s` first",
-				ErrNotInitiated, n.Subnet, n.Subnet, FormatRange(n.Range()))
+				ErrNotInitiated, n.Subnet, n.Subnet, seed)
 		}
-		if size := RangeSize(n.Range()); size > p.cfg.MaxAutoSeed {
-			return fmt.Errorf("pool %s: %d addresses are too many to seed on first use (limit %d): give a smaller --ip-range, or run `ipamctl init-range --subnet %s --range …`",
-				n.Subnet, size, p.cfg.MaxAutoSeed, n.Subnet)
+		if size > p.cfg.MaxAutoSeed {
+			return fmt.Errorf("pool %s: %s addresses are too many to seed on first use (limit %d, one etcd key each): give a smaller --ip-range such as %s, or seed the pool first with `ipamctl init-range --subnet %s --range %s`",
+				n.Subnet, formatCount(size), p.cfg.MaxAutoSeed, seed, n.Subnet, seed)
 		}
 		var b netipx.IPSetBuilder
 		b.AddRange(n.Range())
@@ -150,7 +158,8 @@ func (p *Pools) AddRanges(ctx context.Context, subnet netip.Prefix, set *netipx.
 		}
 		union, _ := b.IPSet()
 		if size := SetSize(union); size > MaxPoolSize {
-			return 0, fmt.Errorf("pool %s would hold %d addresses, more than the limit of %d", subnet, size, MaxPoolSize)
+			return 0, fmt.Errorf("pool %s would hold %s addresses, more than the limit of %d (each free address is one etcd key and a bit in every daemon's copy): seed a smaller range, such as %s",
+				subnet, formatCount(size), MaxPoolSize, firstBlock(subnet, MaxPoolSize))
 		}
 		next := Meta{Subnet: subnet, Ranges: union, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC()}
 		if !ok {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/bits"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"go4.org/netipx"
@@ -113,12 +114,33 @@ func CheckHostAddr(subnet netip.Prefix, a netip.Addr) error {
 		return fmt.Errorf("address %s is outside subnet %s", a, subnet)
 	}
 	if !HostRange(subnet).Contains(a) {
-		if a == subnet.Addr() {
+		switch {
+		case a.Is6():
+			return fmt.Errorf("address %s is the subnet-router anycast address of %s", a, subnet)
+		case a == subnet.Addr():
 			return fmt.Errorf("address %s is the network address of %s", a, subnet)
 		}
 		return fmt.Errorf("address %s is the broadcast address of %s", a, subnet)
 	}
 	return nil
+}
+
+// firstBlock is the first prefix of subnet holding at most n addresses
+// (n > 0): what to suggest as --ip-range or --range when a range is too
+// large, above all an IPv6 /64.
+func firstBlock(subnet netip.Prefix, n uint64) netip.Prefix {
+	hostBits := bits.Len64(n) - 1 // log2(n), rounded down
+	return netip.PrefixFrom(subnet.Addr(), max(subnet.Addr().BitLen()-hostBits, subnet.Bits()))
+}
+
+// formatCount renders an address count for messages: exact up to 2^32,
+// then as a power of two below it, since an IPv6 count in digits says
+// nothing (and RangeSize saturates).
+func formatCount(n uint64) string {
+	if n <= 1<<32 {
+		return strconv.FormatUint(n, 10)
+	}
+	return fmt.Sprintf("more than 2^%d", bits.Len64(n-1)-1)
 }
 
 // RangeSize counts the addresses in r, saturating at math.MaxUint64 (an

@@ -70,22 +70,59 @@ func TestHostRangeAndCheckHostAddr(t *testing.T) {
 		{"198.18.0.0/31", "198.18.0.0-198.18.0.1"},
 		{"198.18.0.5/32", "198.18.0.5"},
 		{"2001:db8::/120", "2001:db8::1-2001:db8::ff"},
+		{"2001:db8::/64", "2001:db8::1-2001:db8::ffff:ffff:ffff:ffff"},
+		{"2001:db8::/127", "2001:db8::-2001:db8::1"},
 	} {
 		if got := FormatRange(HostRange(netip.MustParsePrefix(tc.subnet))); got != tc.want {
 			t.Errorf("HostRange(%s) = %s, want %s", tc.subnet, got, tc.want)
 		}
 	}
-	subnet := netip.MustParsePrefix("198.18.0.0/24")
-	for addr, want := range map[string]string{
-		"198.18.0.1":   "",
-		"198.18.0.0":   "network address",
-		"198.18.0.255": "broadcast address",
-		"198.18.1.1":   "outside subnet",
-		"2001:db8::1":  "outside subnet",
+	for _, tc := range []struct{ subnet, addr, want string }{
+		{"198.18.0.0/24", "198.18.0.1", ""},
+		{"198.18.0.0/24", "198.18.0.0", "network address"},
+		{"198.18.0.0/24", "198.18.0.255", "broadcast address"},
+		{"198.18.0.0/24", "198.18.1.1", "outside subnet"},
+		{"198.18.0.0/24", "2001:db8::1", "outside subnet"},
+		// IPv6 has no broadcast: the last address is a host's.
+		{"2001:db8:1::/64", "2001:db8:1::1", ""},
+		{"2001:db8:1::/64", "2001:db8:1::ffff:ffff:ffff:ffff", ""},
+		{"2001:db8:1::/64", "2001:db8:1::", "subnet-router anycast address"},
+		{"2001:db8:1::/64", "2001:db8:2::1", "outside subnet"},
+		{"2001:db8:1::/64", "198.18.0.1", "outside subnet"},
+		{"2001:db8:1::/64", "::ffff:198.18.0.1", "outside subnet"},
 	} {
-		err := CheckHostAddr(subnet, netip.MustParseAddr(addr))
-		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
-			t.Errorf("CheckHostAddr(%s) = %v, want %q", addr, err, want)
+		err := CheckHostAddr(netip.MustParsePrefix(tc.subnet), netip.MustParseAddr(tc.addr))
+		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("CheckHostAddr(%s, %s) = %v, want %q", tc.subnet, tc.addr, err, tc.want)
+		}
+	}
+}
+
+func TestFirstBlockAndFormatCount(t *testing.T) {
+	for _, tc := range []struct {
+		subnet string
+		n      uint64
+		want   string
+	}{
+		{"2001:db8:1::/64", DefaultMaxAutoSeed, "2001:db8:1::/112"},
+		{"2001:db8:1::/64", MaxPoolSize, "2001:db8:1::/107"},
+		{"2001:db8:1::/64", 1000, "2001:db8:1::/119"}, // rounded down to a power of two
+		{"2001:db8:1::/120", MaxPoolSize, "2001:db8:1::/120"},
+		{"10.0.0.0/8", DefaultMaxAutoSeed, "10.0.0.0/16"},
+	} {
+		if got := firstBlock(netip.MustParsePrefix(tc.subnet), tc.n).String(); got != tc.want {
+			t.Errorf("firstBlock(%s, %d) = %s, want %s", tc.subnet, tc.n, got, tc.want)
+		}
+	}
+	for n, want := range map[uint64]string{
+		65536:          "65536",
+		1 << 32:        "4294967296",
+		1<<32 + 1:      "more than 2^32",
+		1 << 40:        "more than 2^39",
+		math.MaxUint64: "more than 2^63",
+	} {
+		if got := formatCount(n); got != want {
+			t.Errorf("formatCount(%d) = %q, want %q", n, got, want)
 		}
 	}
 }
@@ -135,6 +172,13 @@ func TestNewNetwork(t *testing.T) {
 		{subnet: "198.18.0.0/24", ipRange: "2001:db8::/64", err: "not inside subnet"},
 		{subnet: "198.18.0.0/24", ipRange: "x", err: `invalid ip-range "x"`},
 		{subnet: "198.18.0.0/24", ipRange: "198.18.0.255/32", err: "holds no usable address"},
+		{subnet: "2001:db8:1::/64", want: "2001:db8:1::1-2001:db8:1:0:ffff:ffff:ffff:ffff"},
+		{subnet: "2001:db8:1::/64", ipRange: "2001:db8:1::/112", want: "2001:db8:1::1-2001:db8:1::ffff"},
+		{subnet: "2001:db8:1::/64", ipRange: "2001:db8:1::1:0/112", want: "2001:db8:1::1:0-2001:db8:1::1:ffff"},
+		{subnet: "2001:db8:1::/64", ipRange: "198.18.0.0/24", err: "not inside subnet"},
+		{subnet: "2001:db8:1::/64", ipRange: "2001:db8:2::/112", err: "not inside subnet"},
+		{subnet: "2001:db8:1::/64", ipRange: "::ffff:198.18.0.0/120", err: "invalid ip-range"},
+		{subnet: "2001:db8:1::/64", ipRange: "2001:db8:1::/128", err: "holds no usable address"},
 	} {
 		n, err := NewNetwork(tc.subnet, tc.ipRange)
 		if tc.err != "" {
@@ -151,7 +195,8 @@ func TestNewNetwork(t *testing.T) {
 
 // FuzzParseRange: no panic, and what parses prints back to the same range.
 func FuzzParseRange(f *testing.F) {
-	for _, s := range []string{"198.18.0.1-198.18.0.9", "198.18.0.0/24", "2001:db8::/120", "1.2.3.4", "-", "1.2.3.4-", "::ffff:1.2.3.4"} {
+	for _, s := range []string{"198.18.0.1-198.18.0.9", "198.18.0.0/24", "2001:db8::/120", "1.2.3.4", "-", "1.2.3.4-", "::ffff:1.2.3.4",
+		"2001:db8:1::/64", "2001:db8:1::1:0-2001:db8:1::1:ffff", "2001:db8::ffff:ffff:ffff:ffff-2001:db8:0:1::1", "::ffff:1.2.3.4-::ffff:1.2.3.9", "2001:db8::1%eth0"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -179,6 +224,7 @@ func FuzzParseRange(f *testing.F) {
 func FuzzParseRanges(f *testing.F) {
 	f.Add("198.18.0.1-198.18.0.9,198.18.0.5-198.18.0.20,198.18.1.0/30")
 	f.Add("2001:db8::1,2001:db8::2")
+	f.Add("2001:db8:1::1:0/112,2001:db8:1::1:8000-2001:db8:1::2:5,198.18.0.1")
 	f.Fuzz(func(t *testing.T, s string) {
 		set, err := ParseRanges(s)
 		if err != nil {
