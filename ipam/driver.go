@@ -94,7 +94,12 @@ func ParsePoolID(id string) (pool.Network, error) {
 }
 
 func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolResponse, error) {
-	if r.Pool == "" {
+	// talkingdata has no default pools: dockerd asks for one (Pool "")
+	// when a network has no --subnet of that family, IPv6 included.
+	switch {
+	case r.Pool == "" && r.V6:
+		return nil, errors.New("an IPv6 subnet is required with --ipv6: add --subnet 2001:db8:…/64 --ip-range 2001:db8:…/112 (a /64 is too large to seed whole)")
+	case r.Pool == "":
 		return nil, errors.New("a subnet is required: docker network create --ipam-driver talkingdata --subnet CIDR [--ip-range CIDR] …")
 	}
 	for k := range r.Options {
@@ -107,7 +112,11 @@ func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolRespons
 		return nil, err
 	}
 	if r.V6 != n.Subnet.Addr().Is6() {
-		return nil, fmt.Errorf("subnet %s does not match the requested address family (IPv6=%t)", n.Subnet, r.V6)
+		family := "IPv4"
+		if r.V6 {
+			family = "IPv6"
+		}
+		return nil, fmt.Errorf("subnet %s is not of the requested address family (%s)", n.Subnet, family)
 	}
 	ctx, cancel := d.context()
 	defer cancel()

@@ -180,7 +180,7 @@ func TestBadInputIsRefusedAndWritesNothing(t *testing.T) {
 		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.1/24"}, "did you mean 198.18.0.0/24"},
 		{"IpamDriver.RequestPool", map[string]any{"Pool": "nonsense"}, `invalid subnet "nonsense"`},
 		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.0/24", "SubPool": "198.18.1.0/25"}, `invalid ip-range "198.18.1.0/25"`},
-		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.0/24", "V6": true}, "address family"},
+		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.0/24", "V6": true}, "not of the requested address family (IPv6)"},
 		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.0/24", "Options": map[string]string{"talkingdata.x": "1"}}, `unsupported --ipam-opt "talkingdata.x"`},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "bogus"}, `unknown PoolID "bogus"`},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "198.18.0.0/24@198.18.0.0/24"}, "unknown PoolID"},
