@@ -96,7 +96,7 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 		}
 		if size > p.cfg.MaxAutoSeed {
 			return fmt.Errorf("pool %s: %s addresses are too many to seed on first use (limit %d, one etcd key each): give a smaller --ip-range such as %s, or seed the pool first with `ipamctl init-range --subnet %s --range %s`",
-				n.Subnet, formatCount(size), p.cfg.MaxAutoSeed, seed, n.Subnet, seed)
+				n.Subnet, FormatCount(size), p.cfg.MaxAutoSeed, seed, n.Subnet, seed)
 		}
 		var b netipx.IPSetBuilder
 		b.AddRange(n.Range())
@@ -159,7 +159,7 @@ func (p *Pools) AddRanges(ctx context.Context, subnet netip.Prefix, set *netipx.
 		union, _ := b.IPSet()
 		if size := SetSize(union); size > MaxPoolSize {
 			return 0, fmt.Errorf("pool %s would hold %s addresses, more than the limit of %d (each free address is one etcd key and a bit in every daemon's copy): seed a smaller range, such as %s",
-				subnet, formatCount(size), MaxPoolSize, firstBlock(subnet, MaxPoolSize))
+				subnet, FormatCount(size), MaxPoolSize, firstBlock(subnet, MaxPoolSize))
 		}
 		next := Meta{Subnet: subnet, Ranges: union, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC()}
 		if !ok {

@@ -133,10 +133,10 @@ func firstBlock(subnet netip.Prefix, n uint64) netip.Prefix {
 	return netip.PrefixFrom(subnet.Addr(), max(subnet.Addr().BitLen()-hostBits, subnet.Bits()))
 }
 
-// formatCount renders an address count for messages: exact up to 2^32,
+// FormatCount renders an address count for messages: exact up to 2^32,
 // then as a power of two below it, since an IPv6 count in digits says
 // nothing (and RangeSize saturates).
-func formatCount(n uint64) string {
+func FormatCount(n uint64) string {
 	if n <= 1<<32 {
 		return strconv.FormatUint(n, 10)
 	}

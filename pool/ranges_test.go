@@ -121,8 +121,8 @@ func TestFirstBlockAndFormatCount(t *testing.T) {
 		1 << 40:        "more than 2^39",
 		math.MaxUint64: "more than 2^63",
 	} {
-		if got := formatCount(n); got != want {
-			t.Errorf("formatCount(%d) = %q, want %q", n, got, want)
+		if got := FormatCount(n); got != want {
+			t.Errorf("FormatCount(%d) = %q, want %q", n, got, want)
 		}
 	}
 }

@@ -16,6 +16,10 @@ import (
 // Hosts' own LAN addresses (kind host): recorded so no container gets one,
 // claimed by the first host that makes one its bridge gateway.
 
+// maxHostAddrs bounds one host-range run, which records its addresses one
+// transaction after another: a LAN's hosts, never an IPv6 /64.
+const maxHostAddrs = 1 << 16
+
 func hostRangeCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "host-range",
@@ -90,6 +94,10 @@ func hostRange(c *cli.Context) error {
 	set, err := seedSet(subnet, c.StringSlice("range"), nil)
 	if err != nil {
 		return err
+	}
+	if n := pool.SetSize(set); n > maxHostAddrs {
+		return fmt.Errorf("the ranges hold %s addresses; host-range records at most %d per run, one transaction each: give the hosts' own addresses, not the subnet",
+			pool.FormatCount(n), maxHostAddrs)
 	}
 	e, err := connect(c)
 	if err != nil {

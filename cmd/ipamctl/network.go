@@ -29,13 +29,22 @@ func networkCommand() *cli.Command {
 through the Docker API, a bridge network on that bridge with talkingdata as
 IPAM, the host's address as --gateway (dockerd replaces a bridge address
 that differs from the gateway), the LAN router as the containers' default
-route (--aux-address DefaultGatewayIPv4), and no masquerading.`,
+route (--aux-address DefaultGatewayIPv4), and no masquerading.
+
+With --subnet6 the network is dual-stack (--ipv6): the same for IPv6, with
+the host's own IPv6 address on the bridge as the IPv6 gateway (dockerd
+deletes the bridge's other global IPv6 addresses) and --router6 as
+DefaultGatewayIPv6. A /64 needs --ip-range6 (such as a /112): free
+addresses are seeded one etcd key each.`,
 			ArgsUsage: " ",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "name", Required: true, Usage: "Docker network name"},
 				&cli.StringFlag{Name: "subnet", Required: true, Usage: "the LAN subnet, e.g. 198.18.0.0/16"},
 				&cli.StringFlag{Name: "ip-range", Usage: "the part of the subnet containers get (default: all of it)"},
 				&cli.StringFlag{Name: "router", Required: true, Usage: "the LAN router, the containers' default gateway"},
+				&cli.StringFlag{Name: "subnet6", Usage: "the LAN's IPv6 subnet, e.g. 2001:db8:1::/64: makes the network dual-stack"},
+				&cli.StringFlag{Name: "ip-range6", Usage: "the part of the IPv6 subnet containers get, e.g. 2001:db8:1::1:0/112 (a /64 never gets seeded whole: give one unless init-range seeded the pool)"},
+				&cli.StringFlag{Name: "router6", Usage: "the LAN's IPv6 router, the containers' IPv6 default gateway (required with --subnet6)"},
 				&cli.StringFlag{Name: "bridge", Value: "br0", Usage: "the bridge with this host's NIC (see ipamctl bridge setup)"},
 				&cli.StringFlag{Name: "ipam-driver", Value: "talkingdata", Usage: "IPAM driver name (talkingdata/ipam:latest for the managed plugin)"},
 				&cli.StringFlag{Name: "docker-host", EnvVars: []string{"DOCKER_HOST"}, Value: "unix:///var/run/docker.sock", Usage: "Docker API socket"},
@@ -49,8 +58,42 @@ route (--aux-address DefaultGatewayIPv4), and no masquerading.`,
 // networkSpec is one host's network, as docker network create takes it.
 type networkSpec struct {
 	Name, Bridge, IPAMDriver string
-	Subnet, IPRange          netip.Prefix // IPRange may be zero
-	Gateway, Router          netip.Addr
+	V4                       ipamConfig
+	V6                       ipamConfig // zero: no IPv6
+}
+
+// ipamConfig is one address family's part of a network.
+type ipamConfig struct {
+	Subnet, IPRange netip.Prefix // IPRange may be zero
+	Gateway, Router netip.Addr
+}
+
+// routerKey is the aux address dockerd makes the containers' default route.
+func (c ipamConfig) routerKey() string {
+	if c.Subnet.Addr().Is6() {
+		return "DefaultGatewayIPv6"
+	}
+	return "DefaultGatewayIPv4"
+}
+
+func (c ipamConfig) args() []string {
+	args := []string{"--subnet", c.Subnet.String()}
+	if c.IPRange.IsValid() {
+		args = append(args, "--ip-range", c.IPRange.String())
+	}
+	return append(args, "--gateway", c.Gateway.String(), "--aux-address", c.routerKey()+"="+c.Router.String())
+}
+
+func (c ipamConfig) request() map[string]any {
+	cfg := map[string]any{
+		"Subnet":             c.Subnet.String(),
+		"Gateway":            c.Gateway.String(),
+		"AuxiliaryAddresses": map[string]string{c.routerKey(): c.Router.String()},
+	}
+	if c.IPRange.IsValid() {
+		cfg["IPRange"] = c.IPRange.String()
+	}
+	return cfg
 }
 
 func (s networkSpec) options() map[string]string {
@@ -62,50 +105,51 @@ func (s networkSpec) options() map[string]string {
 
 // command renders the docker CLI line doing the same, for --print.
 func (s networkSpec) command() string {
-	args := []string{"docker", "network", "create", "-d", "bridge", "--ipam-driver", s.IPAMDriver, "--subnet", s.Subnet.String()}
-	if s.IPRange.IsValid() {
-		args = append(args, "--ip-range", s.IPRange.String())
+	args := []string{"docker", "network", "create", "-d", "bridge", "--ipam-driver", s.IPAMDriver}
+	if s.V6.Subnet.IsValid() {
+		args = append(args, "--ipv6")
 	}
-	args = append(args, "--gateway", s.Gateway.String(), "--aux-address", "DefaultGatewayIPv4="+s.Router.String(),
-		"-o", "com.docker.network.bridge.name="+s.Bridge, "-o", "com.docker.network.bridge.enable_ip_masquerade=false", s.Name)
+	args = append(args, s.V4.args()...)
+	if s.V6.Subnet.IsValid() {
+		args = append(args, s.V6.args()...)
+	}
+	args = append(args, "-o", "com.docker.network.bridge.name="+s.Bridge, "-o", "com.docker.network.bridge.enable_ip_masquerade=false", s.Name)
 	return strings.Join(args, " ")
 }
 
 // request is the Docker API body of POST /networks/create.
 func (s networkSpec) request() map[string]any {
-	cfg := map[string]any{
-		"Subnet":             s.Subnet.String(),
-		"Gateway":            s.Gateway.String(),
-		"AuxiliaryAddresses": map[string]string{"DefaultGatewayIPv4": s.Router.String()},
-	}
-	if s.IPRange.IsValid() {
-		cfg["IPRange"] = s.IPRange.String()
-	}
-	return map[string]any{
+	req := map[string]any{
 		"Name": s.Name, "CheckDuplicate": true, "Driver": "bridge", "Options": s.options(),
-		"IPAM": map[string]any{"Driver": s.IPAMDriver, "Config": []any{cfg}},
+		"IPAM": map[string]any{"Driver": s.IPAMDriver, "Config": []any{s.V4.request()}},
 	}
+	if s.V6.Subnet.IsValid() {
+		req["EnableIPv6"] = true
+		req["IPAM"] = map[string]any{"Driver": s.IPAMDriver, "Config": []any{s.V4.request(), s.V6.request()}}
+	}
+	return req
 }
 
 func networkCreate(c *cli.Context) error {
 	if _, err := positional(c, 0, 0); err != nil {
 		return err
 	}
-	n, err := pool.NewNetwork(c.String("subnet"), c.String("ip-range"))
-	if err != nil {
+	spec := networkSpec{Name: c.String("name"), Bridge: c.String("bridge"), IPAMDriver: c.String("ipam-driver")}
+	var err error
+	if spec.V4, err = familyConfig(c, false); err != nil {
 		return err
 	}
-	router, err := pool.ParseAddr(c.String("router"))
-	if err != nil {
-		return fmt.Errorf("--router: %w", err)
+	if c.IsSet("subnet6") || c.IsSet("ip-range6") || c.IsSet("router6") {
+		if spec.V6, err = familyConfig(c, true); err != nil {
+			return err
+		}
 	}
-	if err := pool.CheckHostAddr(n.Subnet, router); err != nil {
-		return fmt.Errorf("--router: %w", err)
-	}
-	spec := networkSpec{Name: c.String("name"), Bridge: c.String("bridge"), IPAMDriver: c.String("ipam-driver"),
-		Subnet: n.Subnet, IPRange: n.IPRange, Router: router}
-	if spec.Gateway, err = hostAddrOn(spec.Bridge, n.Subnet); err != nil {
-		return err
+	for _, f := range []*ipamConfig{&spec.V4, &spec.V6} {
+		if f.Subnet.IsValid() {
+			if f.Gateway, err = hostAddrOn(spec.Bridge, f.Subnet); err != nil {
+				return err
+			}
+		}
 	}
 	if c.Bool("print") {
 		_, err := fmt.Fprintln(c.App.Writer, spec.command())
@@ -115,8 +159,39 @@ func networkCreate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(c.App.Writer, "created network %s (%s) on %s, gateway %s, router %s\n", spec.Name, shortID(id), spec.Bridge, spec.Gateway, spec.Router)
+	msg := fmt.Sprintf("created network %s (%s) on %s, gateway %s, router %s", spec.Name, shortID(id), spec.Bridge, spec.V4.Gateway, spec.V4.Router)
+	if spec.V6.Subnet.IsValid() {
+		msg += fmt.Sprintf("; IPv6 gateway %s, router %s", spec.V6.Gateway, spec.V6.Router)
+	}
+	_, err = fmt.Fprintln(c.App.Writer, msg)
 	return err
+}
+
+// familyConfig reads one address family's flags (--subnet, --ip-range,
+// --router, or those ending in 6); the gateway is left to find.
+func familyConfig(c *cli.Context, v6 bool) (ipamConfig, error) {
+	sfx, family := "", "IPv4"
+	if v6 {
+		sfx, family = "6", "IPv6"
+	}
+	if c.String("subnet"+sfx) == "" || c.String("router"+sfx) == "" {
+		return ipamConfig{}, fmt.Errorf("--subnet%s and --router%s are both needed", sfx, sfx)
+	}
+	n, err := pool.NewNetwork(c.String("subnet"+sfx), c.String("ip-range"+sfx))
+	if err != nil {
+		return ipamConfig{}, fmt.Errorf("--subnet%s: %w", sfx, err)
+	}
+	if n.Subnet.Addr().Is6() != v6 {
+		return ipamConfig{}, fmt.Errorf("--subnet%s %s is not an %s subnet", sfx, n.Subnet, family)
+	}
+	router, err := pool.ParseAddr(c.String("router" + sfx))
+	if err == nil {
+		err = pool.CheckHostAddr(n.Subnet, router)
+	}
+	if err != nil {
+		return ipamConfig{}, fmt.Errorf("--router%s: %w", sfx, err)
+	}
+	return ipamConfig{Subnet: n.Subnet, IPRange: n.IPRange, Router: router}, nil
 }
 
 // hostAddrOn is this host's address in subnet on the bridge.
