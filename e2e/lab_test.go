@@ -23,17 +23,23 @@ const (
 	perHost    = 10
 )
 
+// labCtl returns a function that runs ipamctl on a lab host against the
+// lab's etcd and returns its stdout; it fails the test on error.
+func labCtl(t *testing.T, l *lab.Lab) func(host int, args ...string) string {
+	ipamctl := filepath.Join(binDir, "ipamctl")
+	return func(host int, args ...string) string {
+		t.Helper()
+		return l.Exec(t, host, append([]string{ipamctl, "--etcd-endpoints", strings.Join(l.Etcd(), ",")}, args...)...)
+	}
+}
+
 // flatL2 brings up a lab and sets it up as a network team would: br0 on
 // every host, the pool seeded with the hosts' addresses recorded, and the
 // Docker network "lan" on every host. ctl runs ipamctl on a host.
 func flatL2(t *testing.T) (l *lab.Lab, ctl func(host int, args ...string) string) {
 	t.Helper()
 	l = lab.Up(t)
-	ipamctl := filepath.Join(binDir, "ipamctl")
-	ctl = func(host int, args ...string) string {
-		t.Helper()
-		return l.Exec(t, host, append([]string{ipamctl, "--etcd-endpoints", strings.Join(l.Etcd(), ",")}, args...)...)
-	}
+	ctl = labCtl(t, l)
 	for h := 1; h <= 3; h++ {
 		ctl(h, "bridge", "setup", "--nic", "eth0")
 		// The host's address moved to br0; its peers are still reachable.

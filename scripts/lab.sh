@@ -27,12 +27,13 @@
 #   scripts/lab.sh exec h2 docker run --rm tdlab/busybox ip addr
 #   scripts/lab.sh exec sw etcdctl --endpoints http://198.18.0.21:2379 member list
 #
-# Topology of lab ID, everything in 198.18.0.0/16 inside namespaces the lab creates (nothing is
-# added to the machine's own network namespace):
+# Topology of lab ID, everything in 198.18.0.0/16 and 2001:db8::/64 inside namespaces the lab
+# creates (nothing is added to the machine's own network namespace):
 #
-#   netns tdlab-ID-sw      bridge sw0; veth "router" on it with 198.18.0.1/16
+#   netns tdlab-ID-sw      bridge sw0; veth "router" on it with 198.18.0.1/16 and 2001:db8::1/64
 #   netns tdlab-ID-etcdK   eth0 198.18.0.2K/16 on sw0; etcd member etcdK, client http://198.18.0.2K:2379
-#   netns tdlab-ID-hK      eth0 198.18.0.1K/16 on sw0, default via 198.18.0.1;
+#   netns tdlab-ID-hK      eth0 198.18.0.1K/16 and 2001:db8::1K/64 on sw0, default via 198.18.0.1
+#                          and 2001:db8::1;
 #                          talkingdata-ipam --host-id hK (socket /tmp/tdlab-ID/hK/plugins/talkingdata.sock)
 #                          dockerd (socket /tmp/tdlab-ID/hK/docker.sock), in its own mount namespace
 #                          where /tmp/tdlab-ID/hK/plugins is /run/docker/plugins; --bridge=none
@@ -60,6 +61,9 @@ readonly REPO SELF
 readonly BASE=/tmp
 readonly IMAGE=tdlab/busybox:latest
 readonly NET=198.18.0 PLEN=16 ROUTER=198.18.0.1
+# IPv6 addresses are added without duplicate address detection (nodad): the lab's addresses
+# are unique by construction, and DAD would keep them unusable for a second or two.
+readonly NET6=2001:db8:: PLEN6=64 ROUTER6=2001:db8::1
 readonly NETCD=3
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
 
@@ -445,15 +449,17 @@ mk_ns() {
 	ip -n "tdlab-$ID-$1" link set lo up
 }
 
-# attach NODE ADDR: NODE's eth0 on the switch. The veth is created directly inside the two
-# namespaces, so nothing appears in the machine's own namespace, even for a moment.
+# attach NODE ADDR [ADDR6]: NODE's eth0 on the switch. The veth is created directly inside the
+# two namespaces, so nothing appears in the machine's own namespace, even for a moment.
 attach() {
-	local node=$1 addr=$2 ns="tdlab-$ID-$1"
+	local node=$1 addr=$2 addr6=${3:-} ns="tdlab-$ID-$1"
 	ip link add eth0 netns "$ns" type veth peer name "$node" netns "$SW"
 	ip -n "$SW" link set "$node" master sw0 up
 	ip -n "$ns" addr add "$addr/$PLEN" dev eth0
+	[[ -z $addr6 ]] || ip -n "$ns" addr add "$addr6/$PLEN6" dev eth0 nodad
 	ip -n "$ns" link set eth0 up
 	ip -n "$ns" route add default via "$ROUTER"
+	[[ -z $addr6 ]] || ip -n "$ns" -6 route add default via "$ROUTER6"
 }
 
 # storage_driver: overlay2 when an overlay mount works under $BASE, else vfs.
@@ -561,6 +567,8 @@ cmd_up() {
 		echo "TDLAB_ETCD_ENDPOINTS=$EPS"
 		echo "TDLAB_ROUTER=$ROUTER"
 		echo "TDLAB_PREFIXLEN=$PLEN"
+		echo "TDLAB_ROUTER6=$ROUTER6"
+		echo "TDLAB_PREFIXLEN6=$PLEN6"
 		echo "TDLAB_IMAGE=$IMAGE"
 		echo "TDLAB_BIN=$BIN"
 		echo "TDLAB_DOCKER_CLI=$DOCKER"
@@ -576,6 +584,7 @@ cmd_up() {
 		for ((k = 1; k <= NHOSTS; k++)); do
 			echo "TDLAB_H${k}_NETNS=tdlab-$ID-h$k"
 			echo "TDLAB_H${k}_ADDR=$NET.1$k"
+			echo "TDLAB_H${k}_ADDR6=${NET6}1$k"
 			echo "TDLAB_H${k}_DOCKER_HOST=unix://$S/h$k/docker.sock"
 			echo "TDLAB_H${k}_PLUGIN_SOCKET=$S/h$k/plugins/talkingdata.sock"
 			echo "TDLAB_H${k}_PLUGIN_LOG=$S/h$k/plugin.log"
@@ -590,6 +599,7 @@ cmd_up() {
 	ip -n "$SW" link add router type veth peer name p-router
 	ip -n "$SW" link set p-router master sw0 up
 	ip -n "$SW" addr add "$ROUTER/$PLEN" dev router
+	ip -n "$SW" addr add "$ROUTER6/$PLEN6" dev router nodad
 	ip -n "$SW" link set router up
 	for ((k = 1; k <= NETCD; k++)); do
 		mk_ns "etcd$k"
@@ -597,7 +607,7 @@ cmd_up() {
 	done
 	for ((k = 1; k <= NHOSTS; k++)); do
 		mk_ns "h$k"
-		attach "h$k" "$NET.1$k"
+		attach "h$k" "$NET.1$k" "${NET6}1$k"
 	done
 
 	say "lab $ID: network ready ($(elapsed)s)"

@@ -1,11 +1,11 @@
 // Package lab runs a multi-host talkingdata lab on one machine for tests, by driving
-// scripts/lab.sh: a switch (netns tdlab-ID-sw, bridge sw0, the router 198.18.0.1/16), a
-// three-member etcd cluster (198.18.0.21-23) and N hosts (default 3), each a network namespace
-// tdlab-ID-hK with eth0 198.18.0.1K/16 on the switch, its own dockerd and its own
-// talkingdata-ipam plugin running inside that namespace. Neither br0 nor any Docker network is
+// scripts/lab.sh: a switch (netns tdlab-ID-sw, bridge sw0, the router 198.18.0.1/16 and
+// 2001:db8::1/64), a three-member etcd cluster (198.18.0.21-23) and N hosts (default 3), each a
+// network namespace tdlab-ID-hK with eth0 198.18.0.1K/16 and 2001:db8::1K/64 on the switch, its
+// own dockerd and its own talkingdata-ipam plugin running inside that namespace. Neither br0 nor any Docker network is
 // created: tests do that, e.g. with `ipamctl bridge setup --nic eth0` through Exec.
 //
-// Everything lives in 198.18.0.0/16 inside namespaces the lab creates; the machine's own network
+// Everything lives in 198.18.0.0/16 and 2001:db8::/64 inside namespaces the lab creates; the machine's own network
 // namespace is never touched. Several labs (also from parallel test binaries) run at once.
 //
 //	l := lab.Up(t)
@@ -407,13 +407,24 @@ func (l *Lab) Hosts() int { return l.hosts }
 // HostAddr is host i's LAN address, 198.18.0.1i (on eth0 until br0 takes it over).
 func (l *Lab) HostAddr(i int) netip.Addr { return netip.MustParseAddr(l.hostVar(i, "ADDR")) }
 
+// HostAddr6 is host i's IPv6 LAN address, 2001:db8::1i.
+func (l *Lab) HostAddr6(i int) netip.Addr { return netip.MustParseAddr(l.hostVar(i, "ADDR6")) }
+
 // Router is the LAN's router, 198.18.0.1, in the switch's namespace.
 func (l *Lab) Router() netip.Addr { return netip.MustParseAddr(l.env["TDLAB_ROUTER"]) }
 
+// Router6 is the router's IPv6 address, 2001:db8::1.
+func (l *Lab) Router6() netip.Addr { return netip.MustParseAddr(l.env["TDLAB_ROUTER6"]) }
+
 // Prefix is the LAN, 198.18.0.0/16.
-func (l *Lab) Prefix() netip.Prefix {
-	bits, _ := strconv.Atoi(l.env["TDLAB_PREFIXLEN"])
-	return netip.PrefixFrom(l.Router(), bits).Masked()
+func (l *Lab) Prefix() netip.Prefix { return l.prefix(l.Router(), "TDLAB_PREFIXLEN") }
+
+// Prefix6 is the LAN's IPv6 prefix, 2001:db8::/64.
+func (l *Lab) Prefix6() netip.Prefix { return l.prefix(l.Router6(), "TDLAB_PREFIXLEN6") }
+
+func (l *Lab) prefix(router netip.Addr, lenVar string) netip.Prefix {
+	bits, _ := strconv.Atoi(l.env[lenVar])
+	return netip.PrefixFrom(router, bits).Masked()
 }
 
 // Image is the busybox image imported into every dockerd (tdlab/busybox:latest). busybox sleep

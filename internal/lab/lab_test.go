@@ -91,6 +91,15 @@ func TestLab(t *testing.T) {
 			if route := l.Exec(t, i, "ip", "route", "show", "default"); !strings.Contains(route, "via 198.18.0.1 dev eth0") {
 				t.Errorf("h%d default route: %q", i, route)
 			}
+			if want := "2001:db8::1" + strconv.Itoa(i); l.HostAddr6(i).String() != want {
+				t.Errorf("HostAddr6(%d) = %v, want %s", i, l.HostAddr6(i), want)
+			}
+			if addr := l.Exec(t, i, "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"); !strings.Contains(addr, l.HostAddr6(i).String()+"/64") || strings.Contains(addr, "tentative") {
+				t.Errorf("h%d eth0 (IPv6): %s", i, addr)
+			}
+			if route := l.Exec(t, i, "ip", "-6", "route", "show", "default"); !strings.Contains(route, "via 2001:db8::1 dev eth0") {
+				t.Errorf("h%d IPv6 default route: %q", i, route)
+			}
 			if v := l.Docker(t, i, "version", "--format", "{{.Server.Version}}"); v == "" {
 				t.Errorf("h%d: dockerd has no version", i)
 			}
@@ -144,13 +153,16 @@ func TestLab(t *testing.T) {
 	})
 
 	t.Run("lan", func(t *testing.T) {
-		for _, dst := range []string{l.HostAddr(3).String(), l.Router().String(), "198.18.0.22"} {
+		for _, dst := range []string{l.HostAddr(3).String(), l.Router().String(), "198.18.0.22", l.HostAddr6(3).String(), l.Router6().String()} {
 			if out := l.Exec(t, 1, "ping", "-c1", "-W2", dst); !strings.Contains(out, "1 received") {
 				t.Errorf("ping %s from h1: %s", dst, out)
 			}
 		}
 		if l.Prefix().String() != "198.18.0.0/16" || l.Router().String() != "198.18.0.1" {
 			t.Errorf("Prefix() = %v, Router() = %v", l.Prefix(), l.Router())
+		}
+		if l.Prefix6().String() != "2001:db8::/64" || l.Router6().String() != "2001:db8::1" {
+			t.Errorf("Prefix6() = %v, Router6() = %v", l.Prefix6(), l.Router6())
 		}
 	})
 
