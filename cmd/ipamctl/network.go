@@ -34,8 +34,8 @@ route (--aux-address DefaultGatewayIPv4), and no masquerading.
 With --subnet6 the network is dual-stack (--ipv6): the same for IPv6, with
 the host's own IPv6 address on the bridge as the IPv6 gateway (dockerd
 deletes the bridge's other global IPv6 addresses) and --router6 as
-DefaultGatewayIPv6. A /64 needs --ip-range6 (such as a /112): free
-addresses are seeded one etcd key each.`,
+DefaultGatewayIPv6. Free addresses are seeded one etcd key each, so a /64
+pool not yet seeded by init-range needs --ip-range6 (such as a /112).`,
 			ArgsUsage: " ",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "name", Required: true, Usage: "Docker network name"},
@@ -96,6 +96,14 @@ func (c ipamConfig) request() map[string]any {
 	return cfg
 }
 
+// families are the network's address families: IPv4, and IPv6 if set.
+func (s networkSpec) families() []ipamConfig {
+	if s.V6.Subnet.IsValid() {
+		return []ipamConfig{s.V4, s.V6}
+	}
+	return []ipamConfig{s.V4}
+}
+
 func (s networkSpec) options() map[string]string {
 	return map[string]string{
 		"com.docker.network.bridge.name":                 s.Bridge,
@@ -109,9 +117,8 @@ func (s networkSpec) command() string {
 	if s.V6.Subnet.IsValid() {
 		args = append(args, "--ipv6")
 	}
-	args = append(args, s.V4.args()...)
-	if s.V6.Subnet.IsValid() {
-		args = append(args, s.V6.args()...)
+	for _, f := range s.families() {
+		args = append(args, f.args()...)
 	}
 	args = append(args, "-o", "com.docker.network.bridge.name="+s.Bridge, "-o", "com.docker.network.bridge.enable_ip_masquerade=false", s.Name)
 	return strings.Join(args, " ")
@@ -119,13 +126,16 @@ func (s networkSpec) command() string {
 
 // request is the Docker API body of POST /networks/create.
 func (s networkSpec) request() map[string]any {
+	var configs []any
+	for _, f := range s.families() {
+		configs = append(configs, f.request())
+	}
 	req := map[string]any{
 		"Name": s.Name, "CheckDuplicate": true, "Driver": "bridge", "Options": s.options(),
-		"IPAM": map[string]any{"Driver": s.IPAMDriver, "Config": []any{s.V4.request()}},
+		"IPAM": map[string]any{"Driver": s.IPAMDriver, "Config": configs},
 	}
 	if s.V6.Subnet.IsValid() {
 		req["EnableIPv6"] = true
-		req["IPAM"] = map[string]any{"Driver": s.IPAMDriver, "Config": []any{s.V4.request(), s.V6.request()}}
 	}
 	return req
 }
