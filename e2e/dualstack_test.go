@@ -17,6 +17,7 @@ const (
 	dsRange6  = "2001:db8::2:0/120"
 	dsHosts6  = "2001:db8::11-2001:db8::12"
 	dsNetwork = "ds"
+	dsFixed6  = "2001:db8::2:99"
 )
 
 // TestDualStackTwoHosts: `ipamctl network create --subnet6 …` on two
@@ -89,6 +90,32 @@ func TestDualStackTwoHosts(t *testing.T) {
 	}
 	l.Docker(t, 1, "exec", "web", "ping", "-6", "-c1", "-W2", l.Router6().String())
 
+	// --ip6 takes the address it names, on one host only.
+	fixed := []string{"run", "-d", "--init", "--name", "fixed", "--network", dsNetwork, "--ip6", dsFixed6, l.Image(), "sleep", "600"}
+	l.Docker(t, 2, fixed...)
+	if out := l.Docker(t, 2, "inspect", "-f", `{{(index .NetworkSettings.Networks "ds").GlobalIPv6Address}}`, "fixed"); out != dsFixed6 {
+		t.Fatalf("--ip6 %s gave %q", dsFixed6, out)
+	}
+	if out, err := l.TryDocker(1, fixed...); err == nil || !strings.Contains(err.Error(), dsFixed6+` is in use: container of host "h2"`) {
+		t.Fatalf("--ip6 %s on host 1 as well: %v %s", dsFixed6, err, out)
+	}
+	// dockerd 20.10 had already taken the endpoint's IPv4 address, and does
+	// not give it back when the IPv6 request fails: a leak, which gc finds
+	// (and knows the running containers' v6 addresses: nothing else).
+	type gcOut struct {
+		Addresses []struct{ Address, Result string }
+	}
+	for h, want := range map[int]int{1: 1, 2: 0} {
+		var gc gcOut
+		if err := json.Unmarshal([]byte(ctl(h, "gc", "--json", "--min-age", "0s")), &gc); err != nil {
+			t.Fatal(err)
+		}
+		if len(gc.Addresses) != want || (want == 1 && (gc.Addresses[0].Result != "orphan" || !r4.Contains(netip.MustParseAddr(gc.Addresses[0].Address)))) {
+			t.Fatalf("gc on host %d: %+v; want %d orphaned IPv4 address", h, gc.Addresses, want)
+		}
+	}
+	ctl(1, "gc", "--min-age", "0s", "--apply")
+
 	// etcd: the two containers, the two hosts' addresses claimed as their
 	// gateways, and the router held by both.
 	var used []struct {
@@ -100,7 +127,7 @@ func TestDualStackTwoHosts(t *testing.T) {
 	if err := json.Unmarshal([]byte(ctl(1, "addr", "ls", subnet6, "--json")), &used); err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{got[1].v6.String(): "container h1", got[2].v6.String(): "container h2",
+	want := map[string]string{got[1].v6.String(): "container h1", got[2].v6.String(): "container h2", dsFixed6: "container h2",
 		l.HostAddr6(1).String(): "host h1", l.HostAddr6(2).String(): "host h2", l.Router6().String(): "aux h1"}
 	holders := map[string]int{"container": 0, "host": 1, "aux": 2} // the router is held by both hosts
 	for _, u := range used {
@@ -113,16 +140,9 @@ func TestDualStackTwoHosts(t *testing.T) {
 		t.Fatalf("etcd lacks %v; it holds %+v", want, used)
 	}
 	ctl(1, "check") // every pool, both families
-	for h := 1; h <= 2; h++ {
-		// gc (as host h, on its dockerd) knows the containers' v6
-		// addresses: nothing looks orphaned.
-		if out := ctl(h, "gc", "--json", "--min-age", "0s"); strings.Contains(out, `"orphan"`) {
-			t.Fatalf("gc on host %d finds orphans:\n%s", h, out)
-		}
-	}
 
 	for h := 1; h <= 2; h++ {
-		l.Docker(t, h, "rm", "-f", "web")
+		l.Docker(t, h, "rm", "-f", "web", "fixed") // on host 1, fixed never started
 		l.Docker(t, h, "network", "rm", dsNetwork)
 	}
 	ctl(1, "check")
