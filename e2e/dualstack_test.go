@@ -15,7 +15,6 @@ import (
 const (
 	dsRange   = "198.18.2.0/24"
 	dsRange6  = "2001:db8::2:0/120"
-	dsHosts6  = "2001:db8::11-2001:db8::12"
 	dsNetwork = "ds"
 	dsFixed6  = "2001:db8::2:99"
 )
@@ -35,7 +34,7 @@ func TestDualStackTwoHosts(t *testing.T) {
 	ctl(1, "init-range", "--subnet", subnet, "--range", dsRange)
 	ctl(1, "host-range", "--subnet", subnet, "--range", l.HostAddr(1).String()+"-"+l.HostAddr(2).String())
 	ctl(1, "init-range", "--subnet", subnet6, "--range", dsRange6)
-	ctl(1, "host-range", "--subnet", subnet6, "--range", dsHosts6)
+	ctl(1, "host-range", "--subnet", subnet6, "--range", l.HostAddr6(1).String()+"-"+l.HostAddr6(2).String())
 
 	// What dockerd asks for when a v6 subnet is missing or too large to seed.
 	for _, tc := range []struct {
