@@ -2,11 +2,13 @@
 // scripts/lab.sh: a switch (netns tdlab-ID-sw, bridge sw0, the router 198.18.0.1/16 and
 // 2001:db8::1/64), a three-member etcd cluster (198.18.0.21-23) and N hosts (default 3), each a
 // network namespace tdlab-ID-hK with eth0 198.18.0.1K/16 and 2001:db8::1K/64 on the switch, its
-// own dockerd and its own talkingdata-ipam plugin running inside that namespace. Neither br0 nor any Docker network is
-// created: tests do that, e.g. with `ipamctl bridge setup --nic eth0` through Exec.
+// own dockerd and its own talkingdata-ipam plugin running inside that namespace. Neither br0 nor
+// any Docker network is created: tests do that, e.g. with `ipamctl bridge setup --nic eth0`
+// through Exec.
 //
-// Everything lives in 198.18.0.0/16 and 2001:db8::/64 inside namespaces the lab creates; the machine's own network
-// namespace is never touched. Several labs (also from parallel test binaries) run at once.
+// Everything lives in 198.18.0.0/16 and 2001:db8::/64 inside namespaces the lab creates; the
+// machine's own network namespace is never touched. Several labs (also from parallel test
+// binaries) run at once.
 //
 //	l := lab.Up(t)
 //	l.Exec(t, 1, "ipamctl", "bridge", "setup", "--nic", "eth0")
