@@ -89,7 +89,7 @@ func parseFlags(args []string) (config, error) {
 	sizes := fs.String("sizes", "1k,64k,1M", "latency sweep's pools, smallest first: "+sizeNames())
 	utils := fs.String("utils", "0,50,99", "latency sweep's pool utilisation in %, ascending")
 	fs.IntVar(&c.Rounds, "rounds", 3, "rounds per point, alternating baseline and ours")
-	fs.DurationVar(&c.RoundTime, "round-time", 1500*time.Millisecond, "duration of one throughput round")
+	fs.DurationVar(&c.RoundTime, "round-time", time.Second, "duration of one throughput round")
 	fs.DurationVar(&c.SerialTime, "serial-time", time.Second, "duration of one serial latency round")
 	fs.IntVar(&c.InitRounds, "init-rounds", 3, "init-range timings of pools up to a /16 (larger pools: one)")
 	fs.IntVar(&c.FillConc, "fill-concurrency", 64, "concurrent allocations filling a pool")

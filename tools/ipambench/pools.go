@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"os/exec"
 	"sort"
@@ -36,9 +37,9 @@ var poolSizes = map[string]poolSpec{
 	"1M":  {"1M", "2001:db8::/64", "2001:db8::1-2001:db8::10:0"},       // 1,048,576
 }
 
-// size is how many addresses init-range seeds: a CIDR range loses the subnet's network and
-// broadcast addresses.
-func (s poolSpec) size() int {
+// hostRange is what init-range seeds: a CIDR range loses the subnet's network and broadcast
+// addresses.
+func (s poolSpec) hostRange() netipx.IPRange {
 	set, err := pool.ParseRanges(s.rng)
 	subnet, serr := netip.ParsePrefix(s.subnet)
 	if err != nil || serr != nil {
@@ -48,8 +49,13 @@ func (s poolSpec) size() int {
 	b.AddSet(set)
 	b.Intersect(mustSet(pool.HostRange(subnet)))
 	set, _ = b.IPSet()
-	return int(pool.SetSize(set))
+	if len(set.Ranges()) != 1 {
+		panic(fmt.Sprintf("pool %s: %s is not one range", s.name, s.rng))
+	}
+	return set.Ranges()[0]
 }
+
+func (s poolSpec) size() int { return int(pool.RangeSize(s.hostRange())) }
 
 func mustSet(r netipx.IPRange) *netipx.IPSet {
 	var b netipx.IPSetBuilder
@@ -76,6 +82,7 @@ type benchPool struct {
 	attached map[int]bool // daemons (by index) that ran RequestPool
 	poolID   string
 	held     *held // addresses our workers hold now
+	order    []int // in-process fills claim range offsets in this order
 	base     *baseSpace
 }
 
@@ -92,26 +99,40 @@ func (r *runner) initRange(ctx context.Context, prefix string, spec poolSpec) (t
 	if err := testproc.Start(cmd); err != nil {
 		return 0, 0, fmt.Errorf("starting ipamctl init-range: %w", err)
 	}
+	// The peak is read from /proc while it runs, not from wait4's rusage: Go starts children
+	// with vfork semantics, and Linux carries the parent's high-water mark into the child's
+	// ru_maxrss at exec, so rusage would report ipambench's own peak when that is larger.
 	done := make(chan struct{})
+	hwm := make(chan int64, 1)
 	go func() {
-		select {
-		case <-ctx.Done():
-			_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		case <-done:
+		var peak int64
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if m, err := readMem(cmd.Process.Pid); err == nil && m.HWM > peak {
+				peak = m.HWM
+			}
+			select {
+			case <-ctx.Done():
+				_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			case <-done:
+				hwm <- peak
+				return
+			case <-tick.C:
+			}
 		}
 	}()
 	err := cmd.Wait()
 	took := time.Since(start)
 	close(done)
+	peak := <-hwm
 	if err != nil {
 		return took, 0, fmt.Errorf("ipamctl init-range --subnet %s --range %s: %w\n%s", spec.subnet, spec.rng, err, out.String())
 	}
-	ru, _ := cmd.ProcessState.SysUsage().(*syscall.Rusage)
-	var maxRSS int64
-	if ru != nil {
-		maxRSS = ru.Maxrss // KiB on Linux
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok && peak == 0 {
+		peak = ru.Maxrss // gone before the first reading: an upper bound (KiB on Linux)
 	}
-	return took, maxRSS, nil
+	return took, peak, nil
 }
 
 // pool returns the named pool, creating it on first use: init-range of ours and seeding of the
@@ -165,7 +186,7 @@ func (r *runner) pool(ctx context.Context, name string) (*benchPool, error) {
 		return nil, err
 	}
 	r.pools[name] = p
-	return p, r.compact(ctx)
+	return p, nil
 }
 
 // checkCounts makes sure the pool holds what this run thinks: a fill that fell short would
@@ -202,24 +223,39 @@ func (r *runner) attach(ctx context.Context, p *benchPool, i int) error {
 	return nil
 }
 
-// fill brings ours and the baseline to util % used. Ours is filled through the first daemon
-// (RequestAddress, as dockerd would) for pools up to a /16, so that the daemon RSS figure of a
-// full /16 is that of a daemon that handed out every address itself; larger pools are filled
+// fill brings ours and the baseline to want used addresses. The throughput pool is filled
+// through the first daemon (RequestAddress, as dockerd would), so that the daemon RSS figure
+// of a full pool is that of a daemon that handed out every address itself; the other pools
 // in-process through the pool package's public API, which is much faster than the socket.
-// Neither writes our key layout by hand. The baseline's keys are moved with bare transactions.
+// Neither writes our key layout by hand. The baseline's keys are moved with bare
+// transactions, at the same time: nothing is measured during a fill.
+//
+// etcd is not compacted after a fill: compacting the history of a 1M fill takes minutes, and
+// the run's whole history fits etcd's quota (quotaBytes).
 func (r *runner) fill(ctx context.Context, p *benchPool, want int) error {
 	add := want - p.used
 	if add <= 0 {
 		return nil
 	}
 	start := time.Now()
+	baseDone := make(chan error, 1)
+	var baseTook time.Duration
+	go func() {
+		err := p.base.fill(ctx, min(want, p.size))
+		baseTook = time.Since(start)
+		baseDone <- err
+	}()
 	var err error
 	how := "through " + r.daemons[0].id
-	if p.size <= 1<<16 {
+	if p.spec.name == r.cfg.Pool {
 		err = r.fillThroughDaemon(ctx, p, add)
 	} else {
 		how = "in-process"
 		err = r.fillInProcess(ctx, p, add)
+	}
+	ours := time.Since(start)
+	if berr := <-baseDone; err == nil {
+		err = berr
 	}
 	if err != nil {
 		return err
@@ -228,25 +264,23 @@ func (r *runner) fill(ctx context.Context, p *benchPool, want int) error {
 	if err := r.checkCounts(ctx, p); err != nil {
 		return err
 	}
-	ours := time.Since(start)
-	start = time.Now()
-	if err := p.base.fill(ctx, min(want, p.size)); err != nil {
-		return err
-	}
-	r.logf("  filled pool %s to %d/%d used: ours %s %s, baseline %s", p.spec.name, want, p.size, how,
-		ours.Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
-	return r.compact(ctx)
+	r.logf("  filled pool %s to %d/%d used: ours %s %s, baseline %s (at the same time)", p.spec.name, want, p.size, how,
+		ours.Round(time.Millisecond), baseTook.Round(time.Millisecond))
+	return nil
 }
 
-// fillers runs fn n times from r.cfg.FillConc goroutines and returns the first error.
-func (r *runner) fillers(ctx context.Context, n int, fn func(ctx context.Context) error) error {
+// inProcessFillers keep the store's transaction batches full (64 claims each, two in flight).
+const inProcessFillers = 256
+
+// fillers runs fn n times from conc goroutines and returns the first error.
+func (r *runner) fillers(ctx context.Context, n, conc int, fn func(ctx context.Context) error) error {
 	var next atomic.Int64
 	var once sync.Once
 	var first error
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	for range min(r.cfg.FillConc, n) {
+	for range min(conc, n) {
 		wg.Go(func() {
 			for next.Add(1) <= int64(n) && ctx.Err() == nil {
 				if err := fn(ctx); err != nil {
@@ -268,7 +302,7 @@ func (r *runner) fillThroughDaemon(ctx context.Context, p *benchPool, n int) err
 		return err
 	}
 	d := r.daemons[0]
-	return r.fillers(ctx, n, func(ctx context.Context) error {
+	return r.fillers(ctx, n, r.cfg.FillConc, func(ctx context.Context) error {
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
 		defer cancel()
 		_, err := d.client.RequestAddress(cctx, pluginclient.RequestAddressRequest{PoolID: p.poolID,
@@ -280,13 +314,24 @@ func (r *runner) fillThroughDaemon(ctx context.Context, p *benchPool, n int) err
 	})
 }
 
+// fillInProcess claims the pool's addresses in the order of a random permutation that is kept
+// across fills, each with Allocate of that address (as `docker run --ip` would): no two fillers
+// race for one address, and the next fill goes on where the last one stopped. The random pick
+// of Allocate without an address would do as well, but gets slower as the pool fills up, and
+// this is setup, not what is measured.
 func (r *runner) fillInProcess(ctx context.Context, p *benchPool, n int) error {
+	if p.order == nil {
+		p.order = rand.Perm(p.size)
+	}
+	rng := p.spec.hostRange()
 	pools := pool.New(r.store, pool.Config{Host: "fill"})
-	return r.fillers(ctx, n, func(ctx context.Context) error {
+	var next atomic.Int64
+	next.Store(int64(p.used))
+	return r.fillers(ctx, n, inProcessFillers, func(ctx context.Context) error {
+		a := pool.AddrAt(rng, uint64(p.order[next.Add(1)-1]))
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
 		defer cancel()
-		_, err := pools.Allocate(cctx, p.net, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: r.nextMAC()})
-		if err != nil {
+		if _, err := pools.Allocate(cctx, p.net, a, pool.Allocation{Kind: pool.KindContainer, MAC: r.nextMAC()}); err != nil {
 			return fmt.Errorf("filling pool %s in-process: %w", p.spec.name, err)
 		}
 		return nil

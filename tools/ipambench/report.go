@@ -15,6 +15,7 @@ import (
 // results is everything a run measured.
 type results struct {
 	Name, Setup string
+	Pool        string // the throughput pool
 	Start       time.Time
 	Duration    time.Duration
 
@@ -22,6 +23,7 @@ type results struct {
 	Throughput []pointRow // medians per point and side
 	Latency    []pointRow
 	Exhausted  *pointRow
+	Floor      *pointRow // a plugin call without etcd work
 	InitRange  []initRow
 	Mem        []memRow
 	Targets    []target
@@ -66,6 +68,7 @@ func (res *results) addRound(phase, side string, instances, c int, p *benchPool,
 // report computes the targets and writes the table to stdout and the files to Out.
 func (r *runner) report() error {
 	res := r.res
+	res.Pool = r.cfg.Pool
 	res.Targets = targets(res, len(r.daemons))
 	var b bytes.Buffer
 	printSummary(&b, res)
@@ -200,9 +203,13 @@ func csvTables(res *results) map[string][][]string {
 	}
 	add("throughput.csv", res.Throughput)
 	add("latency.csv", res.Latency)
-	if res.Exhausted != nil {
-		add("exhausted.csv", []pointRow{*res.Exhausted})
+	var other []pointRow
+	for _, p := range []*pointRow{res.Exhausted, res.Floor} {
+		if p != nil {
+			other = append(other, *p)
+		}
 	}
+	add("exhausted.csv", other)
 	if len(res.Rounds) > 0 {
 		t["rounds.csv"] = [][]string{append([]string{"round", "seconds"}, head[:15]...)}
 		for _, r := range res.Rounds {

@@ -124,7 +124,7 @@ func (r *runner) setup(ctx context.Context) string {
 	if r.cfg.EtcdCluster == 0 {
 		kind = fmt.Sprintf("existing etcd %s at %s", etcdVersion, strings.Join(r.etcd.endpoints, ","))
 	}
-	rev := "unknown revision"
+	rev := treeRevision()
 	if bi, err := buildinfo.ReadFile(r.cfg.PluginBin); err == nil {
 		var vcs, modified string
 		for _, s := range bi.Settings {
@@ -141,6 +141,16 @@ func (r *runner) setup(ctx context.Context) string {
 	}
 	return fmt.Sprintf("%s; %d plugin daemon(s), %s at %s; %d CPUs, %s/%s; %s",
 		kind, r.cfg.Instances, r.cfg.PluginBin, rev, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, r.res.Start.Format(time.RFC3339))
+}
+
+// treeRevision names the working tree the run started in, for binaries built without VCS
+// stamps (GOFLAGS=-buildvcs=false): `make bench` builds them from it just before.
+func treeRevision() string {
+	out, err := exec.Command("git", "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return "unknown revision"
+	}
+	return "built from tree " + strings.TrimSpace(string(out))
 }
 
 func (r *runner) cleanup() {
@@ -183,9 +193,11 @@ func (r *runner) compact(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("compacting etcd: %w", err)
 	}
+	start := time.Now()
 	if _, err := r.cli.Compact(cctx, g.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
 		return fmt.Errorf("compacting etcd at revision %d: %w", g.Header.Revision, err)
 	}
+	r.debugf("  compacted etcd at revision %d in %s", g.Header.Revision, time.Since(start).Round(time.Millisecond))
 	return nil
 }
 

@@ -90,7 +90,7 @@ func (r *runner) throughput(ctx context.Context, p *benchPool) error {
 		rounds := make([][]roundResult, len(sides))
 		for round := 1; round <= r.cfg.Rounds; round++ {
 			for i, s := range sides {
-				res := r.measureSide(ctx, p, s.instances, c, r.cfg.RoundTime, false)
+				res := r.measureSide(ctx, p, s.instances, c, r.cfg.RoundTime, cycle)
 				rounds[i] = append(rounds[i], res)
 				r.res.addRound("throughput", s.name, s.instances, c, p, 0, round, res)
 				r.debugf("  c=%d round %d %s/%d: %.0f/s p50 %s errors %d", c, round, s.name, s.instances,
@@ -111,22 +111,31 @@ func (r *runner) throughput(ctx context.Context, p *benchPool) error {
 			}
 		}
 		r.logf("%s", line)
-		if err := r.compact(ctx); err != nil {
-			return err
-		}
 	}
-	return nil
+	return r.compact(ctx)
 }
 
+// What a round of ours measures.
+type opKind int
+
+const (
+	cycle     opKind = iota // RequestAddress + ReleaseAddress
+	exhausted               // RequestAddress of a full pool
+	floor                   // GetDefaultAddressSpaces
+)
+
 // measureSide runs one round: the baseline when instances is 0, else ours on that many daemons.
-func (r *runner) measureSide(ctx context.Context, p *benchPool, instances, c int, d time.Duration, exhausted bool) roundResult {
+func (r *runner) measureSide(ctx context.Context, p *benchPool, instances, c int, d time.Duration, kind opKind) roundResult {
 	if instances == 0 {
 		l := p.base.load(c)
 		return measure(ctx, l.workers(), d, l.op)
 	}
 	l := &oursLoad{r: r, p: p, daemons: r.daemons[:instances], held: p.held}
-	if exhausted {
+	switch kind {
+	case exhausted:
 		return measure(ctx, c, d, l.exhaustedOp)
+	case floor:
+		return measure(ctx, c, d, l.floorOp)
 	}
 	return measure(ctx, c, d, l.op)
 }
@@ -136,14 +145,25 @@ func (r *runner) latency(ctx context.Context, p *benchPool) error {
 	if err := r.attach(ctx, p, 0); err != nil {
 		return err
 	}
+	if r.res.Floor == nil {
+		var rounds []roundResult
+		for round := 1; round <= r.cfg.Rounds; round++ {
+			res := r.measureSide(ctx, p, 1, 1, r.cfg.SerialTime, floor)
+			rounds = append(rounds, res)
+			r.res.addRound("floor", "ours", 1, 1, p, 0, round, res)
+		}
+		st := summarize(rounds)
+		r.res.Floor = &pointRow{Phase: "floor", Side: "ours", Instances: 1, Concurrency: 1, Pool: p.spec.name, Addrs: p.size, stats: st}
+		r.logf("  protocol floor (GetDefaultAddressSpaces, no etcd): p50 %s p99 %s%s", fmtDur(st.P50), fmtDur(st.P99), errNote(st))
+	}
 	for _, u := range r.cfg.Utils {
 		if err := r.fill(ctx, p, p.size*u/100); err != nil {
 			return err
 		}
 		var base, ours []roundResult
 		for round := 1; round <= r.cfg.Rounds; round++ {
-			b := r.measureSide(ctx, p, 0, 1, r.cfg.SerialTime, false)
-			o := r.measureSide(ctx, p, 1, 1, r.cfg.SerialTime, false)
+			b := r.measureSide(ctx, p, 0, 1, r.cfg.SerialTime, cycle)
+			o := r.measureSide(ctx, p, 1, 1, r.cfg.SerialTime, cycle)
 			base, ours = append(base, b), append(ours, o)
 			r.res.addRound("latency", "baseline", 0, 1, p, u, round, b)
 			r.res.addRound("latency", "ours", 1, 1, p, u, round, o)
@@ -162,9 +182,6 @@ func (r *runner) latency(ctx context.Context, p *benchPool) error {
 		}
 		r.logf("  latency pool %s at %d%% (%d used): ours p50 %s p99 %s, baseline p50 %s p99 %s%s", p.spec.name, u, p.used,
 			fmtDur(os.P50), fmtDur(os.P99), fmtDur(bs.P50), fmtDur(bs.P99), errNote(bs, os))
-		if err := r.compact(ctx); err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -189,7 +206,7 @@ func (r *runner) finish(ctx context.Context, p *benchPool) error {
 	}
 	var rounds []roundResult
 	for round := 1; round <= r.cfg.Rounds; round++ {
-		res := r.measureSide(ctx, p, 1, 1, r.cfg.SerialTime, true)
+		res := r.measureSide(ctx, p, 1, 1, r.cfg.SerialTime, exhausted)
 		rounds = append(rounds, res)
 		r.res.addRound("exhausted", "ours", 1, 1, p, 100, round, res)
 	}

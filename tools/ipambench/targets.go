@@ -65,11 +65,12 @@ func targets(res *results, instances int) []target {
 			Ratio: fmt.Sprintf("%.2f", ratio), Limit: limit, Result: result})
 	}
 
-	// Serial p50: the latency sweep's emptiest point of the throughput pool, else concurrency 1.
+	// Serial p50: the latency sweep's emptiest point of the throughput pool, else that pool's
+	// concurrency 1.
 	serial := func() (pointRow, pointRow, bool) {
 		for _, rows := range [][]pointRow{res.Latency, res.Throughput} {
 			for _, p := range rows {
-				if p.Side == "ours" && p.Instances == 1 && p.Concurrency == 1 && p.Util == 0 {
+				if p.Side == "ours" && p.Instances == 1 && p.Concurrency == 1 && p.Util == 0 && p.Pool == res.Pool {
 					if b, ok := find(rows, "baseline", 0, 1, 0, p.Pool); ok {
 						return p, b, true
 					}
@@ -120,6 +121,11 @@ func targets(res *results, instances int) []target {
 			Limit: "<= " + fmtDur(limitExhausted), Result: verdict(e.P50 <= limitExhausted && e.Ops > 0 && e.Errors == 0)})
 	} else {
 		na("\"no free address\" p50", "<= "+fmtDur(limitExhausted))
+	}
+
+	if f := res.Floor; f != nil {
+		ts = append(ts, target{Name: "plugin call without etcd work (GetDefaultAddressSpaces) p50", Ours: fmtDur(f.P50),
+			Reference: "p99 " + fmtDur(f.P99), Ratio: "-", Limit: "report", Result: "report"})
 	}
 
 	// init-range: the median of its rounds per pool, and ipamctl's peak memory.
