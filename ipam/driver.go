@@ -24,9 +24,23 @@ const (
 	optEndpoint    = "com.docker.network.endpoint.name"
 )
 
-// OptionPrefix marks --ipam-opt keys meant for this driver. None is
-// defined yet; an unknown one is refused rather than silently ignored.
+// OptionPrefix marks --ipam-opt keys meant for this driver; an unknown
+// one is refused rather than silently ignored.
 const OptionPrefix = "talkingdata."
+
+// OptGateway=GatewayRouter (--ipam-opt talkingdata.gateway=router) says
+// that the network's gateway is the LAN router, which no host owns and
+// every host's network names: macvlan and ipvlan networks, whose
+// containers sit on the parent link's segment and route through it.
+// dockerd sends such a network's gateway request exactly as a bridge
+// network's, whose gateway it configures on this host's bridge and which
+// must therefore be one host's own; only this option, carried in the
+// PoolID, tells them apart. Never use it with the bridge driver: dockerd
+// would put the router's address on the bridge.
+const (
+	OptGateway    = OptionPrefix + "gateway"
+	GatewayRouter = "router"
+)
 
 // AddressSpace is the only address space: pools are named by subnet.
 const AddressSpace = "talkingdata"
@@ -74,23 +88,55 @@ func (d *Driver) GetDefaultAddressSpaces() (*api.AddressSpacesResponse, error) {
 	return &api.AddressSpacesResponse{LocalDefaultAddressSpace: AddressSpace, GlobalDefaultAddressSpace: AddressSpace}, nil
 }
 
-// PoolID is deterministic (dockerd stores it across restarts): the subnet,
-// and "@" and the ip-range when one was given.
-func PoolID(n pool.Network) string {
-	if n.IPRange.IsValid() {
-		return n.Subnet.String() + "@" + n.IPRange.String()
+// PoolRef is what a PoolID names: the network, and whether its gateway is
+// the LAN router (OptGateway).
+type PoolRef struct {
+	pool.Network
+	RouterGateway bool
+}
+
+const routerSuffix = ";" + "gateway=" + GatewayRouter
+
+// PoolID is deterministic (dockerd stores it across restarts, and sends no
+// options after RequestPool): the subnet, "@" and the ip-range when one
+// was given, and ";gateway=router" with OptGateway.
+func PoolID(r PoolRef) string {
+	id := r.Subnet.String()
+	if r.IPRange.IsValid() {
+		id += "@" + r.IPRange.String()
 	}
-	return n.Subnet.String()
+	if r.RouterGateway {
+		id += routerSuffix
+	}
+	return id
 }
 
 // ParsePoolID reverses PoolID.
-func ParsePoolID(id string) (pool.Network, error) {
-	subnet, ipRange, _ := strings.Cut(id, "@")
+func ParsePoolID(id string) (PoolRef, error) {
+	base, router := strings.CutSuffix(id, routerSuffix)
+	subnet, ipRange, _ := strings.Cut(base, "@")
 	n, err := pool.NewNetwork(subnet, ipRange)
-	if err != nil || PoolID(n) != id {
-		return pool.Network{}, fmt.Errorf("unknown PoolID %q: not one this driver issued", id)
+	r := PoolRef{Network: n, RouterGateway: router}
+	if err != nil || PoolID(r) != id {
+		return PoolRef{}, fmt.Errorf("unknown PoolID %q: not one this driver issued", id)
 	}
-	return n, nil
+	return r, nil
+}
+
+// poolOptions reads the --ipam-opt keys of this driver.
+func poolOptions(opts map[string]string) (routerGateway bool, err error) {
+	for k, v := range opts {
+		switch {
+		case k == OptGateway && v == GatewayRouter:
+			routerGateway = true
+		case k == OptGateway:
+			return false, fmt.Errorf("invalid --ipam-opt %s=%q: the only value is %q (the network's gateway is the LAN router: macvlan, ipvlan)",
+				k, v, GatewayRouter)
+		case strings.HasPrefix(k, OptionPrefix):
+			return false, fmt.Errorf("unsupported --ipam-opt %q: talkingdata knows only %s=%s", k, OptGateway, GatewayRouter)
+		}
+	}
+	return routerGateway, nil
 }
 
 func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolResponse, error) {
@@ -102,10 +148,9 @@ func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolRespons
 	case r.Pool == "":
 		return nil, errors.New("a subnet is required: docker network create --ipam-driver talkingdata --subnet CIDR [--ip-range CIDR] …")
 	}
-	for k := range r.Options {
-		if strings.HasPrefix(k, OptionPrefix) {
-			return nil, fmt.Errorf("unsupported --ipam-opt %q: talkingdata defines no options yet", k)
-		}
+	routerGateway, err := poolOptions(r.Options)
+	if err != nil {
+		return nil, err
 	}
 	n, err := pool.NewNetwork(r.Pool, r.SubPool)
 	if err != nil {
@@ -123,19 +168,19 @@ func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolRespons
 	if err := d.Pools.Attach(ctx, n); err != nil {
 		return nil, d.explain(ctx, err)
 	}
-	id := PoolID(n)
+	id := PoolID(PoolRef{Network: n, RouterGateway: routerGateway})
 	d.Log.Info("pool attached", "pool", id)
 	return &api.RequestPoolResponse{PoolID: id, Pool: n.Subnet.String(), Data: map[string]string{}}, nil
 }
 
 func (d *Driver) ReleasePool(r *api.ReleasePoolRequest) error {
-	n, err := ParsePoolID(r.PoolID)
+	ref, err := ParsePoolID(r.PoolID)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := d.context()
 	defer cancel()
-	if err := d.Pools.Detach(ctx, n.Subnet); err != nil {
+	if err := d.Pools.Detach(ctx, ref.Subnet); err != nil {
 		return d.explain(ctx, err)
 	}
 	d.Log.Info("pool released", "pool", r.PoolID)
@@ -143,10 +188,11 @@ func (d *Driver) ReleasePool(r *api.ReleasePoolRequest) error {
 }
 
 func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddressResponse, error) {
-	n, err := ParsePoolID(r.PoolID)
+	ref, err := ParsePoolID(r.PoolID)
 	if err != nil {
 		return nil, err
 	}
+	n := ref.Network
 	var want netip.Addr
 	if r.Address != "" {
 		if want, err = pool.ParseAddr(r.Address); err != nil {
@@ -158,13 +204,27 @@ func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddre
 	var got netip.Addr
 	kind := pool.KindContainer
 	switch {
+	case r.Options[optRequestType] == typeGateway && ref.RouterGateway:
+		// The LAN router: this host's reference, shared with every other
+		// network naming it, exactly like the router as --aux-address.
+		kind = pool.KindAux
+		if !want.IsValid() {
+			return nil, fmt.Errorf("pool %s has the LAN router as gateway (--ipam-opt %s=%s): give the router as --gateway",
+				r.PoolID, OptGateway, GatewayRouter)
+		}
+		got, err = want, d.Pools.Aux(ctx, n, want)
 	case r.Options[optRequestType] == typeGateway:
 		kind = pool.KindGateway
 		local := d.localAddr(n.Subnet, want)
-		if !want.IsValid() {
+		given := want.IsValid()
+		if !given {
 			want = local
 		}
 		got, err = d.Pools.Gateway(ctx, n, want, local.IsValid() && local == want)
+		if errors.Is(err, pool.ErrUnavailable) && given && local != want {
+			err = fmt.Errorf("%w (if %s is the LAN router of a macvlan or ipvlan network, create the network with --ipam-opt %s=%s)",
+				err, want, OptGateway, GatewayRouter)
+		}
 	case len(r.Options) == 0 && want.IsValid():
 		// dockerd sends no options at all for --aux-address, and at least
 		// the endpoint's name (Docker >= 29) or MAC with every endpoint
@@ -213,7 +273,7 @@ func (d *Driver) localAddr(subnet netip.Prefix, want netip.Addr) netip.Addr {
 }
 
 func (d *Driver) ReleaseAddress(r *api.ReleaseAddressRequest) error {
-	n, err := ParsePoolID(r.PoolID)
+	ref, err := ParsePoolID(r.PoolID)
 	if err != nil {
 		return err
 	}
@@ -223,7 +283,7 @@ func (d *Driver) ReleaseAddress(r *api.ReleaseAddressRequest) error {
 	}
 	ctx, cancel := d.context()
 	defer cancel()
-	released, err := d.Pools.Release(ctx, n.Subnet, addr)
+	released, err := d.Pools.Release(ctx, ref.Subnet, addr)
 	if err != nil {
 		d.Log.Warn("release refused", "pool", r.PoolID, "address", addr, "err", err)
 		return d.explain(ctx, err)

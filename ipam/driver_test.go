@@ -151,6 +151,75 @@ func TestDockerSequenceOnTwoHosts(t *testing.T) {
 	}
 }
 
+// TestRouterGatewayOnTwoHosts: macvlan and ipvlan networks of every host
+// name the LAN router as --gateway, which dockerd requests like a bridge's
+// gateway; with --ipam-opt talkingdata.gateway=router each host holds a
+// shared reference to it, while bridge networks' gateways stay one host's.
+func TestRouterGatewayOnTwoHosts(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := newPlugin(t, srv, "host-a", "198.18.8.11")
+	b := newPlugin(t, srv, "host-b", "198.18.8.12")
+	gw := map[string]string{"RequestAddressType": "com.docker.network.gateway"}
+	routerReq := map[string]any{"Pool": "198.18.8.0/24", "SubPool": "198.18.8.128/26", "Options": map[string]string{"talkingdata.gateway": "router"}}
+	var ids []any
+	for _, p := range []plugin{a, b} {
+		id := p.ok("IpamDriver.RequestPool", routerReq)["PoolID"]
+		if id != "198.18.8.0/24@198.18.8.128/26;gateway=router" {
+			t.Fatalf("router pool id %v", id)
+		}
+		ids = append(ids, id)
+		if got := p.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Address": "198.18.8.1", "Options": gw})["Address"]; got != "198.18.8.1/24" {
+			t.Fatalf("router as gateway: %v", got)
+		}
+	}
+	// A bridge network on the same subnet: its gateway is still one host's
+	// own, and the router is not it; naming another host's gateway is
+	// refused with the hint for macvlan users.
+	bridgeID := a.ok("IpamDriver.RequestPool", map[string]any{"Pool": "198.18.8.0/24"})["PoolID"]
+	bridgeIDb := b.ok("IpamDriver.RequestPool", map[string]any{"Pool": "198.18.8.0/24"})["PoolID"]
+	a.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": bridgeID, "Address": "198.18.8.11", "Options": gw})
+	b.refused("IpamDriver.RequestAddress", map[string]any{"PoolID": bridgeIDb, "Address": "198.18.8.1", "Options": gw}, "198.18.8.1 is in use: aux")
+	b.refused("IpamDriver.RequestAddress", map[string]any{"PoolID": bridgeIDb, "Address": "198.18.8.11", "Options": gw},
+		`each host's gateway must be its own bridge address (if 198.18.8.11 is the LAN router of a macvlan or ipvlan network, create the network with --ipam-opt talkingdata.gateway=router)`)
+	// Nor may a router pool take a host's bridge gateway as its router.
+	b.refused("IpamDriver.RequestAddress", map[string]any{"PoolID": ids[1], "Address": "198.18.8.11", "Options": gw}, `198.18.8.11 is in use: gateway of host "host-a"`)
+
+	store := etcdstore.New(srv.Client(t), "/t")
+	subnet := netip.MustParsePrefix("198.18.8.0/24")
+	router := func() *pool.Allocation {
+		t.Helper()
+		used, err := store.Used(context.Background(), subnet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range used {
+			if u.Addr == netip.MustParseAddr("198.18.8.1") {
+				return u.Allocation
+			}
+		}
+		return nil
+	}
+	if r := router(); r == nil || r.Kind != pool.KindAux || r.Holders["host-a"] != 1 || r.Holders["host-b"] != 1 {
+		t.Fatalf("router entry %+v, want aux held once by each host", r)
+	}
+	// Container addresses come from the range as on any network.
+	if got := a.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": ids[0], "Options": mac(1)})["Address"].(string); !netip.MustParsePrefix("198.18.8.128/26").Contains(netip.MustParsePrefix(got).Addr()) {
+		t.Fatalf("container address %s outside the ip-range", got)
+	}
+	// network rm on each host: the router goes with the last reference.
+	a.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": ids[0], "Address": "198.18.8.1"})
+	if r := router(); r == nil || r.Holders["host-a"] != 0 || r.Holders["host-b"] != 1 {
+		t.Fatalf("router entry after host a let go: %+v", r)
+	}
+	b.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": ids[1], "Address": "198.18.8.1"})
+	if r := router(); r != nil {
+		t.Fatalf("router entry after both let go: %+v, want none", r)
+	}
+	for _, p := range []plugin{a, b} {
+		p.ok("IpamDriver.ReleasePool", map[string]any{"PoolID": ids[0]})
+	}
+}
+
 // TestBadInputIsRefusedAndWritesNothing: each malformed call gets a clear
 // error naming the bad field or value, and etcd's revision does not move.
 func TestBadInputIsRefusedAndWritesNothing(t *testing.T) {
@@ -182,6 +251,10 @@ func TestBadInputIsRefusedAndWritesNothing(t *testing.T) {
 		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.0/24", "SubPool": "198.18.1.0/25"}, `invalid ip-range "198.18.1.0/25"`},
 		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.0/24", "V6": true}, "not of the requested address family (IPv6)"},
 		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.0/24", "Options": map[string]string{"talkingdata.x": "1"}}, `unsupported --ipam-opt "talkingdata.x"`},
+		{"IpamDriver.RequestPool", map[string]any{"Pool": "198.18.0.0/24", "Options": map[string]string{"talkingdata.gateway": "host"}}, `invalid --ipam-opt talkingdata.gateway="host"`},
+		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "198.18.0.0/24;gateway=host"}, "unknown PoolID"},
+		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "198.18.0.0/24;gateway=router", "Options": map[string]string{"RequestAddressType": "com.docker.network.gateway"}},
+			"has the LAN router as gateway (--ipam-opt talkingdata.gateway=router): give the router as --gateway"},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "bogus"}, `unknown PoolID "bogus"`},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": "198.18.0.0/24@198.18.0.0/24"}, "unknown PoolID"},
 		{"IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Address": "300.1.1.1"}, `invalid Address "300.1.1.1"`},

@@ -30,6 +30,7 @@ func FuzzHandler(f *testing.F) {
 	f.Add(uint8(5), `{"PoolID":"198.18.0.0/28","Address":"198.18.0.3","Options":{"com.docker.network.endpoint.macaddress":"02:42:00:00:00:01"}}`)
 	f.Add(uint8(5), `{"PoolID":"198.18.0.0/28","Options":{"RequestAddressType":"com.docker.network.gateway"}}`)
 	f.Add(uint8(6), `{"PoolID":"198.18.0.0/28@198.18.0.0/29","Address":"198.18.0.3"}`)
+	f.Add(uint8(5), `{"PoolID":"198.18.0.0/28;gateway=router","Address":"198.18.0.1","Options":{"RequestAddressType":"com.docker.network.gateway"}}`)
 	f.Add(uint8(5), `{"PoolID":"2001:db8::/120","Address":"2001:db8::1","Options":null}`)
 	f.Add(uint8(3), `{"V6":true}`)
 	f.Add(uint8(3), `{"Pool":"2001:db8:1::/64","SubPool":"2001:db8:1::/124","V6":true}`)
