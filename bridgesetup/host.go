@@ -171,6 +171,21 @@ func (h *Host) movableRoutes(l netlink.Link) ([]netlink.Route, error) {
 	return append(onlink, via...), nil
 }
 
+// HasLink reports whether the calling thread's network namespace has a
+// link of that name.
+func HasLink(name string) (bool, error) {
+	h, err := New()
+	if err != nil {
+		return false, err
+	}
+	defer h.Close()
+	l, err := h.link(name)
+	if err != nil {
+		return false, fmt.Errorf("bridgesetup: %w", err)
+	}
+	return l != nil, nil
+}
+
 // Addrs returns the global (not link-local) addresses of the bridge in the
 // calling thread's network namespace; see Host.Addrs.
 func Addrs(bridge string) ([]netip.Prefix, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -15,7 +16,15 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/talkingdata/ipam/bridgesetup"
+	"github.com/talkingdata/ipam/ipam"
 	"github.com/talkingdata/ipam/pool"
+)
+
+// Docker network drivers network create knows.
+const (
+	driverBridge  = "bridge"
+	driverMacvlan = "macvlan"
+	driverIPvlan  = "ipvlan"
 )
 
 func networkCommand() *cli.Command {
@@ -24,18 +33,29 @@ func networkCommand() *cli.Command {
 		Usage: "create this host's Docker network on the shared pool",
 		Subcommands: []*cli.Command{{
 			Name:  "create",
-			Usage: "create the flat-L2 bridge network on this host (run it once on every host)",
-			Description: `Finds this host's own address in the subnet on the bridge and creates,
-through the Docker API, a bridge network on that bridge with talkingdata as
-IPAM, the host's address as --gateway (dockerd replaces a bridge address
-that differs from the gateway), the LAN router as the containers' default
-route (--aux-address DefaultGatewayIPv4), and no masquerading.
+			Usage: "create the flat-L2 network on this host (run it once on every host)",
+			Description: `--driver bridge (the default): finds this host's own address in the subnet
+on the bridge and creates, through the Docker API, a bridge network on that
+bridge with talkingdata as IPAM, the host's address as --gateway (dockerd
+replaces a bridge address that differs from the gateway), the LAN router as
+the containers' default route (--aux-address DefaultGatewayIPv4), and no
+masquerading.
+
+--driver macvlan|ipvlan --parent eth0.8: containers get their own
+interfaces on the parent link's segment (ipamctl vlan setup makes an 802.1Q
+parent). No host address is involved: the gateway is the LAN router, which
+every host's network names, so the network is created with --ipam-opt
+talkingdata.gateway=router and the router as --gateway (a shared reference
+per host in etcd, where a bridge network's gateway is one host's own).
+Containers on it cannot reach this host's own addresses through the parent:
+see docs/OPERATIONS.md for the shim interface that allows it. ipvlan runs in
+L2 mode, the only one whose containers sit on the segment.
 
 With --subnet6 the network is dual-stack (--ipv6): the same for IPv6, with
-the host's own IPv6 address on the bridge as the IPv6 gateway (dockerd
-deletes the bridge's other global IPv6 addresses) and --router6 as
-DefaultGatewayIPv6. Free addresses are seeded one etcd key each, so a /64
-pool not yet seeded by init-range needs --ip-range6 (such as a /112).`,
+--router6 as the IPv6 router; on a bridge the host's own IPv6 address on the
+bridge is the IPv6 gateway (dockerd deletes the bridge's other global IPv6
+addresses). Free addresses are seeded one etcd key each, so a /64 pool not
+yet seeded by init-range needs --ip-range6 (such as a /112).`,
 			ArgsUsage: " ",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "name", Required: true, Usage: "Docker network name"},
@@ -45,7 +65,10 @@ pool not yet seeded by init-range needs --ip-range6 (such as a /112).`,
 				&cli.StringFlag{Name: "subnet6", Usage: "the LAN's IPv6 subnet, e.g. 2001:db8:1::/64: makes the network dual-stack"},
 				&cli.StringFlag{Name: "ip-range6", Usage: "the part of the IPv6 subnet containers get, e.g. 2001:db8:1::1:0/112 (a /64 never gets seeded whole: give one unless init-range seeded the pool)"},
 				&cli.StringFlag{Name: "router6", Usage: "the LAN's IPv6 router, the containers' IPv6 default gateway (required with --subnet6)"},
-				&cli.StringFlag{Name: "bridge", Value: "br0", Usage: "the bridge with this host's NIC (see ipamctl bridge setup)"},
+				&cli.StringFlag{Name: "driver", Value: driverBridge, Usage: "Docker network driver: bridge, macvlan or ipvlan"},
+				&cli.StringFlag{Name: "bridge", Value: "br0", Usage: "with --driver bridge: the bridge with this host's NIC (see ipamctl bridge setup)"},
+				&cli.StringFlag{Name: "parent", Usage: "with --driver macvlan|ipvlan: the link the containers' interfaces sit on, e.g. eth0.8 (see ipamctl vlan setup)"},
+				&cli.StringFlag{Name: "ipvlan-mode", Value: "l2", Usage: "with --driver ipvlan: l2 (the only mode with containers on the segment)"},
 				&cli.StringFlag{Name: "ipam-driver", Value: "talkingdata", Usage: "IPAM driver name (talkingdata/ipam:latest for the managed plugin)"},
 				&cli.StringFlag{Name: "docker-host", EnvVars: []string{"DOCKER_HOST"}, Value: "unix:///var/run/docker.sock", Usage: "Docker API socket"},
 				&cli.BoolFlag{Name: "print", Usage: "print the equivalent docker command instead of running it"},
@@ -57,7 +80,9 @@ pool not yet seeded by init-range needs --ip-range6 (such as a /112).`,
 
 // networkSpec is one host's network, as docker network create takes it.
 type networkSpec struct {
-	Name, Bridge, IPAMDriver string
+	Name, Driver, IPAMDriver string
+	Bridge                   string // bridge driver only
+	Parent, IPvlanMode       string // macvlan and ipvlan only
 	V4                       ipamConfig
 	V6                       ipamConfig // zero: no IPv6
 }
@@ -65,15 +90,20 @@ type networkSpec struct {
 // ipamConfig is one address family's part of a network.
 type ipamConfig struct {
 	Subnet, IPRange netip.Prefix // IPRange may be zero
-	Gateway, Router netip.Addr
+	Gateway, Router netip.Addr   // the same on macvlan and ipvlan
 }
 
-// routerKey is the aux address dockerd makes the containers' default route.
-func (c ipamConfig) routerKey() string {
-	if c.Subnet.Addr().Is6() {
-		return "DefaultGatewayIPv6"
+// aux: on a bridge the gateway is the host, so the router comes as the
+// containers' default route; on macvlan and ipvlan it is the gateway itself.
+func (c ipamConfig) aux() []option {
+	if c.Gateway == c.Router {
+		return nil
 	}
-	return "DefaultGatewayIPv4"
+	key := "DefaultGatewayIPv4"
+	if c.Subnet.Addr().Is6() {
+		key = "DefaultGatewayIPv6"
+	}
+	return []option{{key, c.Router.String()}}
 }
 
 func (c ipamConfig) args() []string {
@@ -81,14 +111,17 @@ func (c ipamConfig) args() []string {
 	if c.IPRange.IsValid() {
 		args = append(args, "--ip-range", c.IPRange.String())
 	}
-	return append(args, "--gateway", c.Gateway.String(), "--aux-address", c.routerKey()+"="+c.Router.String())
+	args = append(args, "--gateway", c.Gateway.String())
+	for _, o := range c.aux() {
+		args = append(args, "--aux-address", o.key+"="+o.value)
+	}
+	return args
 }
 
 func (c ipamConfig) request() map[string]any {
-	cfg := map[string]any{
-		"Subnet":             c.Subnet.String(),
-		"Gateway":            c.Gateway.String(),
-		"AuxiliaryAddresses": map[string]string{c.routerKey(): c.Router.String()},
+	cfg := map[string]any{"Subnet": c.Subnet.String(), "Gateway": c.Gateway.String()}
+	if aux := c.aux(); aux != nil {
+		cfg["AuxiliaryAddresses"] = optionMap(aux)
 	}
 	if c.IPRange.IsValid() {
 		cfg["IPRange"] = c.IPRange.String()
@@ -104,24 +137,55 @@ func (s networkSpec) families() []ipamConfig {
 	return []ipamConfig{s.V4}
 }
 
-func (s networkSpec) options() map[string]string {
-	return map[string]string{
-		"com.docker.network.bridge.name":                 s.Bridge,
-		"com.docker.network.bridge.enable_ip_masquerade": "false",
+// option is one key=value of -o or --ipam-opt; ordered, for command.
+type option struct{ key, value string }
+
+func (s networkSpec) options() []option {
+	switch s.Driver {
+	case driverMacvlan:
+		return []option{{"parent", s.Parent}}
+	case driverIPvlan:
+		return []option{{"parent", s.Parent}, {"ipvlan_mode", s.IPvlanMode}}
 	}
+	return []option{
+		{"com.docker.network.bridge.name", s.Bridge},
+		{"com.docker.network.bridge.enable_ip_masquerade", "false"},
+	}
+}
+
+// ipamOptions: the router is the gateway of every host's macvlan and
+// ipvlan network, which the driver must hold as shared.
+func (s networkSpec) ipamOptions() []option {
+	if s.Driver == driverBridge {
+		return nil
+	}
+	return []option{{ipam.OptGateway, ipam.GatewayRouter}}
+}
+
+func optionMap(opts []option) map[string]string {
+	m := map[string]string{}
+	for _, o := range opts {
+		m[o.key] = o.value
+	}
+	return m
 }
 
 // command renders the docker CLI line doing the same, for --print.
 func (s networkSpec) command() string {
-	args := []string{"docker", "network", "create", "-d", "bridge", "--ipam-driver", s.IPAMDriver}
+	args := []string{"docker", "network", "create", "-d", s.Driver, "--ipam-driver", s.IPAMDriver}
+	for _, o := range s.ipamOptions() {
+		args = append(args, "--ipam-opt", o.key+"="+o.value)
+	}
 	if s.V6.Subnet.IsValid() {
 		args = append(args, "--ipv6")
 	}
 	for _, f := range s.families() {
 		args = append(args, f.args()...)
 	}
-	args = append(args, "-o", "com.docker.network.bridge.name="+s.Bridge, "-o", "com.docker.network.bridge.enable_ip_masquerade=false", s.Name)
-	return strings.Join(args, " ")
+	for _, o := range s.options() {
+		args = append(args, "-o", o.key+"="+o.value)
+	}
+	return strings.Join(append(args, s.Name), " ")
 }
 
 // request is the Docker API body of POST /networks/create.
@@ -130,9 +194,13 @@ func (s networkSpec) request() map[string]any {
 	for _, f := range s.families() {
 		configs = append(configs, f.request())
 	}
+	ipamCfg := map[string]any{"Driver": s.IPAMDriver, "Config": configs}
+	if opts := s.ipamOptions(); opts != nil {
+		ipamCfg["Options"] = optionMap(opts)
+	}
 	req := map[string]any{
-		"Name": s.Name, "CheckDuplicate": true, "Driver": "bridge", "Options": s.options(),
-		"IPAM": map[string]any{"Driver": s.IPAMDriver, "Config": configs},
+		"Name": s.Name, "CheckDuplicate": true, "Driver": s.Driver, "Options": optionMap(s.options()),
+		"IPAM": ipamCfg,
 	}
 	if s.V6.Subnet.IsValid() {
 		req["EnableIPv6"] = true
@@ -140,11 +208,45 @@ func (s networkSpec) request() map[string]any {
 	return req
 }
 
+// networkDriver checks the driver flags and fills them into spec.
+func networkDriver(c *cli.Context, spec *networkSpec) error {
+	spec.Driver = c.String("driver")
+	switch spec.Driver {
+	case driverBridge:
+		if c.IsSet("parent") || c.IsSet("ipvlan-mode") {
+			return errors.New("--parent and --ipvlan-mode are for --driver macvlan|ipvlan; a bridge network uses --bridge")
+		}
+		spec.Bridge = c.String("bridge")
+		return nil
+	case driverMacvlan, driverIPvlan:
+	default:
+		return fmt.Errorf("invalid --driver %q: want bridge, macvlan or ipvlan", spec.Driver)
+	}
+	if c.IsSet("bridge") {
+		return fmt.Errorf("--bridge is for --driver bridge; a %s network uses --parent", spec.Driver)
+	}
+	if spec.Driver == driverMacvlan && c.IsSet("ipvlan-mode") {
+		return errors.New("--ipvlan-mode is for --driver ipvlan")
+	}
+	if spec.Driver == driverIPvlan {
+		if spec.IPvlanMode = c.String("ipvlan-mode"); spec.IPvlanMode != "l2" {
+			return fmt.Errorf("invalid --ipvlan-mode %q: only l2 puts containers on the segment, with the router as their gateway", spec.IPvlanMode)
+		}
+	}
+	if spec.Parent = c.String("parent"); spec.Parent == "" {
+		return fmt.Errorf("missing --parent: the link %s containers sit on, e.g. --parent eth0.8", spec.Driver)
+	}
+	return nil
+}
+
 func networkCreate(c *cli.Context) error {
 	if _, err := positional(c, 0, 0); err != nil {
 		return err
 	}
-	spec := networkSpec{Name: c.String("name"), Bridge: c.String("bridge"), IPAMDriver: c.String("ipam-driver")}
+	spec := networkSpec{Name: c.String("name"), IPAMDriver: c.String("ipam-driver")}
+	if err := networkDriver(c, &spec); err != nil {
+		return err
+	}
 	var err error
 	if spec.V4, err = familyConfig(c, false); err != nil {
 		return err
@@ -154,11 +256,22 @@ func networkCreate(c *cli.Context) error {
 			return err
 		}
 	}
+	on := spec.Bridge
+	if spec.Driver != driverBridge {
+		on = spec.Parent
+		if err := checkParent(spec.Parent); err != nil {
+			return err
+		}
+	}
 	for _, f := range []*ipamConfig{&spec.V4, &spec.V6} {
-		if f.Subnet.IsValid() {
+		switch {
+		case !f.Subnet.IsValid():
+		case spec.Driver == driverBridge:
 			if f.Gateway, err = hostAddrOn(spec.Bridge, f.Subnet); err != nil {
 				return err
 			}
+		default:
+			f.Gateway = f.Router
 		}
 	}
 	if c.Bool("print") {
@@ -169,9 +282,17 @@ func networkCreate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	msg := fmt.Sprintf("created network %s (%s) on %s, gateway %s, router %s", spec.Name, shortID(id), spec.Bridge, spec.V4.Gateway, spec.V4.Router)
-	if spec.V6.Subnet.IsValid() {
-		msg += fmt.Sprintf("; IPv6 gateway %s, router %s", spec.V6.Gateway, spec.V6.Router)
+	var msg string
+	if spec.Driver == driverBridge {
+		msg = fmt.Sprintf("created network %s (%s) on %s, gateway %s, router %s", spec.Name, shortID(id), on, spec.V4.Gateway, spec.V4.Router)
+		if spec.V6.Subnet.IsValid() {
+			msg += fmt.Sprintf("; IPv6 gateway %s, router %s", spec.V6.Gateway, spec.V6.Router)
+		}
+	} else {
+		msg = fmt.Sprintf("created %s network %s (%s) on %s, gateway %s (the LAN router)", spec.Driver, spec.Name, shortID(id), on, spec.V4.Gateway)
+		if spec.V6.Subnet.IsValid() {
+			msg += fmt.Sprintf("; IPv6 gateway %s", spec.V6.Gateway)
+		}
 	}
 	_, err = fmt.Fprintln(c.App.Writer, msg)
 	return err
@@ -202,6 +323,20 @@ func familyConfig(c *cli.Context, v6 bool) (ipamConfig, error) {
 		return ipamConfig{}, fmt.Errorf("--router%s: %w", sfx, err)
 	}
 	return ipamConfig{Subnet: n.Subnet, IPRange: n.IPRange, Router: router}, nil
+}
+
+// checkParent refuses a parent link this host lacks: dockerd would make a
+// VLAN link named like eth0.8 itself, and delete it with the network.
+func checkParent(name string) error {
+	ok, err := bridgesetup.HasLink(name)
+	if err != nil || ok {
+		return err
+	}
+	msg := fmt.Sprintf("parent link %s not found on this host", name)
+	if nic, id, dot := strings.Cut(name, "."); dot {
+		msg += fmt.Sprintf(": create it with `ipamctl vlan setup --nic %s --id %s`", nic, id)
+	}
+	return errors.New(msg)
 }
 
 // hostAddrOn is this host's address in subnet on the bridge.
