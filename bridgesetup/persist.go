@@ -41,7 +41,11 @@ func Render(kind string, l Layout) ([]File, error) {
 	case Ifcfg:
 		return renderIfcfg(l), nil
 	}
-	return nil, fmt.Errorf("bridgesetup: unknown kind of persistent configuration %q: want one of %s",
+	return nil, unknownKind(kind)
+}
+
+func unknownKind(kind string) error {
+	return fmt.Errorf("bridgesetup: unknown kind of persistent configuration %q: want one of %s",
 		kind, strings.Join(PersistKinds(), ", "))
 }
 

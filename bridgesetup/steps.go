@@ -18,7 +18,7 @@ import (
 type Step struct {
 	// Name is the kind of step: createBridge, setBridgeMAC, linkUp,
 	// copyAddress, enslaveNIC, moveRoute, removeAddress, releaseNIC,
-	// deleteBridge.
+	// deleteBridge; createVLAN, deleteVLAN.
 	Name string
 	// Detail is one line for people: "copy address 198.18.0.11/24 eth0 → br0".
 	Detail string
@@ -55,19 +55,19 @@ func (h *Host) run(what string, steps []Step) ([]Step, error) {
 	return steps, nil
 }
 
-// addBridge creates the bridge, up, unless it exists. Giving the MAC at
-// creation marks it as set by the user (addr_assign_type 3), so the
-// kernel keeps it instead of taking the lowest MAC of the ports as they
-// come and go.
-func (h *Host) addBridge(name string, mac net.HardwareAddr, mtu int) (created bool, err error) {
+// addLink creates the link that newLink describes, up, unless one of its
+// name exists.
+func (h *Host) addLink(name string, newLink func() (netlink.Link, error)) (created bool, err error) {
 	l, err := h.link(name)
 	if err != nil {
 		return false, err
 	}
 	if l == nil {
-		attrs := netlink.NewLinkAttrs()
-		attrs.Name, attrs.HardwareAddr, attrs.MTU = name, mac, mtu
-		if err := h.nl.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+		tmpl, err := newLink()
+		if err != nil {
+			return false, err
+		}
+		if err := h.nl.LinkAdd(tmpl); err != nil {
 			return false, err
 		}
 		created = true
@@ -90,20 +90,15 @@ func (h *Host) deleteLink(name string) (deleted bool, err error) {
 	return true, nil
 }
 
-func bridgeDetail(verb, name string, mac net.HardwareAddr, mtu int) string {
-	if len(mac) == 0 {
-		return fmt.Sprintf("%s bridge %s (mtu %d)", verb, name, mtu)
-	}
-	return fmt.Sprintf("%s bridge %s (mac %s, mtu %d)", verb, name, mac, mtu)
-}
-
-func (h *Host) createBridge(name string, mac net.HardwareAddr, mtu int) Step {
+// createLink is the step that makes a link (createBridge, createVLAN); its
+// undo deletes the link only if the step made it.
+func (h *Host) createLink(step, detail, name string, newLink func() (netlink.Link, error)) Step {
 	var created bool
 	return Step{
-		Name:   "createBridge",
-		Detail: bridgeDetail("create", name, mac, mtu),
+		Name:   step,
+		Detail: detail,
 		do: func() (err error) {
-			created, err = h.addBridge(name, mac, mtu)
+			created, err = h.addLink(name, newLink)
 			return err
 		},
 		undo: func() error {
@@ -116,14 +111,13 @@ func (h *Host) createBridge(name string, mac net.HardwareAddr, mtu int) Step {
 	}
 }
 
-// deleteBridge is createBridge backwards: undoing it makes the bridge
-// again, with the MAC and MTU it had; the steps before it in the plan
-// then give it back its port and addresses.
-func (h *Host) deleteBridge(name string, mac net.HardwareAddr, mtu int) Step {
+// removeLink is createLink backwards: its undo makes the link again as
+// newLink describes it, if the step deleted it.
+func (h *Host) removeLink(step, detail, name string, newLink func() (netlink.Link, error)) Step {
 	var deleted bool
 	return Step{
-		Name:   "deleteBridge",
-		Detail: "delete bridge " + name,
+		Name:   step,
+		Detail: detail,
 		do: func() (err error) {
 			deleted, err = h.deleteLink(name)
 			return err
@@ -132,10 +126,39 @@ func (h *Host) deleteBridge(name string, mac net.HardwareAddr, mtu int) Step {
 			if !deleted {
 				return nil
 			}
-			_, err := h.addBridge(name, mac, mtu)
+			_, err := h.addLink(name, newLink)
 			return err
 		},
 	}
+}
+
+// newBridge describes the bridge. Giving the MAC at creation marks it as
+// set by the user (addr_assign_type 3), so the kernel keeps it instead of
+// taking the lowest MAC of the ports as they come and go.
+func newBridge(name string, mac net.HardwareAddr, mtu int) func() (netlink.Link, error) {
+	return func() (netlink.Link, error) {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name, attrs.HardwareAddr, attrs.MTU = name, mac, mtu
+		return &netlink.Bridge{LinkAttrs: attrs}, nil
+	}
+}
+
+func bridgeDetail(verb, name string, mac net.HardwareAddr, mtu int) string {
+	if len(mac) == 0 {
+		return fmt.Sprintf("%s bridge %s (mtu %d)", verb, name, mtu)
+	}
+	return fmt.Sprintf("%s bridge %s (mac %s, mtu %d)", verb, name, mac, mtu)
+}
+
+func (h *Host) createBridge(name string, mac net.HardwareAddr, mtu int) Step {
+	return h.createLink("createBridge", bridgeDetail("create", name, mac, mtu), name, newBridge(name, mac, mtu))
+}
+
+// deleteBridge is createBridge backwards: undoing it makes the bridge
+// again, with the MAC and MTU it had; the steps before it in the plan
+// then give it back its port and addresses.
+func (h *Host) deleteBridge(name string, mac net.HardwareAddr, mtu int) Step {
+	return h.removeLink("deleteBridge", "delete bridge "+name, name, newBridge(name, mac, mtu))
 }
 
 func (h *Host) setMAC(name string, mac, old net.HardwareAddr) Step {
