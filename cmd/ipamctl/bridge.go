@@ -62,8 +62,13 @@ them by hand, or the bridge comes back at the next boot.`,
 
 // bridgeJSON is the output of `bridge setup|teardown --json`.
 type bridgeJSON struct {
-	NIC    string           `json:"nic"`
-	Bridge string           `json:"bridge"`
+	NIC    string `json:"nic"`
+	Bridge string `json:"bridge"`
+	stepsJSON
+}
+
+// stepsJSON is what `bridge` and `vlan` did, or would do.
+type stepsJSON struct {
 	DryRun bool             `json:"dryRun"`
 	Steps  []bridgeStepJSON `json:"steps"` // done, or with dryRun the plan; empty: nothing to do
 	Files  []bridgeFileJSON `json:"files,omitempty"`
@@ -99,9 +104,9 @@ func bridgeSetup(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	kind := c.String("persist")
-	if kind != "" && !slices.Contains(bridgesetup.PersistKinds(), kind) {
-		return fmt.Errorf("invalid --persist %q: want one of %s", kind, strings.Join(bridgesetup.PersistKinds(), ", "))
+	kind, err := persistKind(c)
+	if err != nil {
+		return err
 	}
 	h, err := bridgesetup.New()
 	if err != nil {
@@ -109,18 +114,26 @@ func bridgeSetup(c *cli.Context) error {
 	}
 	defer h.Close()
 
-	out, err := bridgeSteps(c, cfg, "setup", h.Plan, h.Setup)
-	if err != nil {
+	out := bridgeJSON{NIC: cfg.NIC, Bridge: cfg.Bridge}
+	if out.stepsJSON, err = runSteps(c, "bridge setup", func() ([]bridgesetup.Step, error) { return h.Plan(cfg) },
+		func() ([]bridgesetup.Step, error) { return h.Setup(cfg) }); err != nil {
 		return err
 	}
-	var persistErr error
-	if kind != "" {
-		out.Files, persistErr = bridgePersist(h, cfg, kind, c.String("persist-dir"), out.DryRun)
-		if persistErr != nil && !out.DryRun {
-			persistErr = fmt.Errorf("%s bridges %s, but it will not survive a reboot: %w", cfg.Bridge, cfg.NIC, persistErr)
+	// From what is live now (the NIC's and the bridge's addresses and
+	// routes together), so a dry run shows the files of the state after
+	// setup.
+	persistErr := persist(c, &out.stepsJSON, kind, func() ([]bridgesetup.File, error) {
+		layout, err := h.Layout(cfg)
+		if err != nil {
+			return nil, err
 		}
+		return bridgesetup.Render(kind, layout)
+	})
+	if persistErr != nil && !out.DryRun {
+		persistErr = fmt.Errorf("%s bridges %s, but it will not survive a reboot: %w", cfg.Bridge, cfg.NIC, persistErr)
 	}
-	if err := printBridge(c, out, "nothing to do: "+cfg.Bridge+" already bridges "+cfg.NIC); err != nil {
+	note := fmt.Sprintf("check that nothing else configures %s at boot (e.g. /etc/network/interfaces, cloud-init, NetworkManager)", cfg.NIC)
+	if err := printSteps(c, out, out.stepsJSON, "nothing to do: "+cfg.Bridge+" already bridges "+cfg.NIC, note); err != nil {
 		return err
 	}
 	return persistErr
@@ -137,17 +150,27 @@ func bridgeTeardown(c *cli.Context) error {
 	}
 	defer h.Close()
 
-	out, err := bridgeSteps(c, cfg, "teardown", h.PlanTeardown, h.Teardown)
-	if err != nil {
+	out := bridgeJSON{NIC: cfg.NIC, Bridge: cfg.Bridge}
+	if out.stepsJSON, err = runSteps(c, "bridge teardown", func() ([]bridgesetup.Step, error) { return h.PlanTeardown(cfg) },
+		func() ([]bridgesetup.Step, error) { return h.Teardown(cfg) }); err != nil {
 		return err
 	}
-	return printBridge(c, out, "nothing to do: no bridge "+cfg.Bridge)
+	return printSteps(c, out, out.stepsJSON, "nothing to do: no bridge "+cfg.Bridge, "")
 }
 
-// bridgeSteps plans (--dry-run) or applies one direction, ignoring SIGHUP
+// persistKind reads --persist.
+func persistKind(c *cli.Context) (string, error) {
+	kind := c.String("persist")
+	if kind != "" && !slices.Contains(bridgesetup.PersistKinds(), kind) {
+		return "", fmt.Errorf("invalid --persist %q: want one of %s", kind, strings.Join(bridgesetup.PersistKinds(), ", "))
+	}
+	return kind, nil
+}
+
+// runSteps plans (--dry-run) or applies one direction, ignoring SIGHUP
 // while it changes the host, and returns what to print.
-func bridgeSteps(c *cli.Context, cfg bridgesetup.Config, what string, plan, apply func(bridgesetup.Config) ([]bridgesetup.Step, error)) (bridgeJSON, error) {
-	out := bridgeJSON{NIC: cfg.NIC, Bridge: cfg.Bridge, DryRun: c.Bool("dry-run")}
+func runSteps(c *cli.Context, what string, plan, apply func() ([]bridgesetup.Step, error)) (stepsJSON, error) {
+	out := stepsJSON{DryRun: c.Bool("dry-run")}
 	run := apply
 	if out.DryRun {
 		run = plan
@@ -155,9 +178,9 @@ func bridgeSteps(c *cli.Context, cfg bridgesetup.Config, what string, plan, appl
 		stopHangup := ignoreHangup()
 		defer stopHangup()
 	}
-	steps, err := run(cfg)
+	steps, err := run()
 	if err != nil {
-		return out, fmt.Errorf("bridge %s: %w", what, err)
+		return out, fmt.Errorf("%s: %w", what, err)
 	}
 	out.Steps = bridgeStepsJSON(steps)
 	return out, nil
@@ -171,30 +194,29 @@ func ignoreHangup() (stop func()) {
 	return func() { signal.Reset(syscall.SIGHUP) }
 }
 
-// bridgePersist renders the boot-time files from what is live now (the NIC's
-// and the bridge's addresses and routes together, so a dry run shows the
-// files of the state after setup) and writes them unless dryRun.
-func bridgePersist(h *bridgesetup.Host, cfg bridgesetup.Config, kind, root string, dryRun bool) ([]bridgeFileJSON, error) {
-	layout, err := h.Layout(cfg)
-	if err != nil {
-		return nil, err
+// persist renders the boot-time files of --persist kind, if any, into
+// out, and writes them under --persist-dir unless it is a dry run.
+func persist(c *cli.Context, out *stepsJSON, kind string, render func() ([]bridgesetup.File, error)) error {
+	if kind == "" {
+		return nil
 	}
-	files, err := bridgesetup.Render(kind, layout)
+	files, err := render()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	out := make([]bridgeFileJSON, len(files))
+	root := c.String("persist-dir")
+	out.Files = make([]bridgeFileJSON, len(files))
 	for i, f := range files {
-		out[i] = bridgeFileJSON{Path: filepath.Join(root, f.Path), Content: f.Content}
+		out.Files[i] = bridgeFileJSON{Path: filepath.Join(root, f.Path), Content: f.Content}
 	}
-	if dryRun {
-		return out, nil
+	if out.DryRun {
+		return nil
 	}
 	written, err := bridgesetup.WriteFiles(root, files)
 	for i, w := range written {
-		out[i].Written, out[i].Unchanged, out[i].Backup = !w.Unchanged, w.Unchanged, w.Backup
+		out.Files[i].Written, out.Files[i].Unchanged, out.Files[i].Backup = !w.Unchanged, w.Unchanged, w.Backup
 	}
-	return out, err
+	return err
 }
 
 func bridgeStepsJSON(steps []bridgesetup.Step) []bridgeStepJSON {
@@ -205,11 +227,13 @@ func bridgeStepsJSON(steps []bridgesetup.Step) []bridgeStepJSON {
 	return out
 }
 
-// printBridge prints the steps one a line (or the JSON), then the files.
-func printBridge(c *cli.Context, out bridgeJSON, nothing string) error {
+// printSteps prints the steps one a line, then the files, then note on
+// stderr when files were written; or, with --json, the whole of v, which
+// holds out.
+func printSteps(c *cli.Context, v any, out stepsJSON, nothing, note string) error {
 	w := c.App.Writer
 	if c.Bool("json") {
-		return printJSON(w, out)
+		return printJSON(w, v)
 	}
 	if len(out.Steps) == 0 {
 		fmt.Fprintln(w, nothing)
@@ -229,7 +253,7 @@ func printBridge(c *cli.Context, out bridgeJSON, nothing string) error {
 		}
 	}
 	if len(out.Files) > 0 && !out.DryRun {
-		fmt.Fprintf(c.App.ErrWriter, "check that nothing else configures %s at boot (e.g. /etc/network/interfaces, cloud-init, NetworkManager)\n", out.NIC)
+		fmt.Fprintln(c.App.ErrWriter, note)
 	}
 	if out.DryRun {
 		fmt.Fprintln(w, "(dry run: nothing changed)")

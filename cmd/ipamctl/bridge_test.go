@@ -21,55 +21,7 @@ import (
 // it. bridgesetup's own tests prove the rollback and the connectivity;
 // this one proves the wiring: flags, dry run, --json, --persist.
 func TestBridge(t *testing.T) {
-	_, err := exec.LookPath("ip")
-	testproc.Require(t, os.Geteuid() == 0 && err == nil, "the bridge command test needs root and ip")
-	ns := fmt.Sprintf("ipamctl-bridge-%d", os.Getpid())
-	ip := func(args ...string) error {
-		out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v: %s", err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v: %s", ns, err, out)
-		}
-	})
-	for _, args := range [][]string{
-		{"link", "add", "eth0", "address", "02:00:c6:12:00:0b", "type", "veth", "peer", "name", "peer0"},
-		{"link", "set", "eth0", "up"},
-		{"link", "set", "peer0", "up"},
-		{"addr", "add", "198.18.0.11/24", "dev", "eth0"},
-		{"route", "add", "default", "via", "198.18.0.1", "dev", "eth0"},
-	} {
-		if err := ip(args...); err != nil {
-			t.Fatal(err)
-		}
-	}
-	run := func(args ...string) (string, error) {
-		t.Helper()
-		var out, errOut bytes.Buffer
-		var err error
-		inNetns(t, "/run/netns/"+ns, func() {
-			app := newApp()
-			app.Writer, app.ErrWriter = &out, &errOut
-			err = app.Run(append([]string{"ipamctl"}, args...))
-		})
-		return out.String(), err
-	}
-	ok := func(args ...string) string {
-		t.Helper()
-		out, err := run(args...)
-		if err != nil {
-			t.Fatalf("ipamctl %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
-
+	ip, run, ok := cliNetns(t, "bridge")
 	plan := "create bridge br0 (mac 02:00:c6:12:00:0b, mtu 1500)\n" +
 		"copy address 198.18.0.11/24 eth0 → br0\n" +
 		"enslave eth0 to br0\n" +
@@ -126,6 +78,62 @@ func TestBridge(t *testing.T) {
 			t.Errorf("ipamctl %s: %v, want an error containing %q", strings.Join(c.args, " "), err, c.want)
 		}
 	}
+}
+
+// cliNetns makes a throwaway netns whose veth eth0 (198.18.0.11/24,
+// default via 198.18.0.1) stands in for the NIC, and returns functions
+// running ip there, and ipamctl (with its error, or failing the test).
+func cliNetns(t *testing.T, what string) (ip func(...string) error, run func(...string) (string, error), ok func(...string) string) {
+	t.Helper()
+	_, err := exec.LookPath("ip")
+	testproc.Require(t, os.Geteuid() == 0 && err == nil, "the "+what+" command test needs root and ip")
+	ns := fmt.Sprintf("ipamctl-%s-%d", what, os.Getpid())
+	ip = func(args ...string) error {
+		out, err := exec.Command("ip", append([]string{"-n", ns}, args...)...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+		return nil
+	}
+	if out, err := exec.Command("ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns delete %s: %v: %s", ns, err, out)
+		}
+	})
+	for _, args := range [][]string{
+		{"link", "add", "eth0", "address", "02:00:c6:12:00:0b", "type", "veth", "peer", "name", "peer0"},
+		{"link", "set", "eth0", "up"},
+		{"link", "set", "peer0", "up"},
+		{"addr", "add", "198.18.0.11/24", "dev", "eth0"},
+		{"route", "add", "default", "via", "198.18.0.1", "dev", "eth0"},
+	} {
+		if err := ip(args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run = func(args ...string) (string, error) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		var err error
+		inNetns(t, "/run/netns/"+ns, func() {
+			app := newApp()
+			app.Writer, app.ErrWriter = &out, &errOut
+			err = app.Run(append([]string{"ipamctl"}, args...))
+		})
+		return out.String(), err
+	}
+	ok = func(args ...string) string {
+		t.Helper()
+		out, err := run(args...)
+		if err != nil {
+			t.Fatalf("ipamctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	return ip, run, ok
 }
 
 // inNetns runs fn on this goroutine's thread switched into the netns at
