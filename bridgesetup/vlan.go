@@ -1,10 +1,12 @@
 package bridgesetup
 
 import (
+	"errors"
 	"fmt"
 	"net"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // VLAN is an 802.1Q link on a NIC, without addresses of its own: the
@@ -77,7 +79,16 @@ func (h *Host) PlanVLAN(v VLAN) ([]Step, error) {
 	}
 	switch {
 	case l == nil:
-		steps = append(steps, h.createLink("createVLAN", v.detail("create"), v.Name, h.newVLAN(v)))
+		create := h.createLink("createVLAN", v.detail("create"), v.Name, h.newVLAN(v))
+		do := create.do
+		create.do = func() error {
+			err := do()
+			if errors.Is(err, unix.EOPNOTSUPP) {
+				err = fmt.Errorf("%w: this kernel has no 802.1Q support (modprobe 8021q)", err)
+			}
+			return err
+		}
+		steps = append(steps, create)
 	case l.Attrs().Flags&net.FlagUp == 0:
 		steps = append(steps, h.linkUp(v.Name))
 	}
