@@ -1,0 +1,184 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/talkingdata/ipam/internal/lab"
+	"github.com/talkingdata/ipam/internal/testproc"
+)
+
+// TestMacvlanAcrossHosts: macvlan and ipvlan L2 networks with talkingdata
+// IPAM on two hosts of the lab, on the untagged LAN and on VLAN 8 (a
+// tagged link through the switch, whose bridge passes tagged frames; the
+// router gets VLAN 8 too). Each host's network names the LAN router as
+// gateway; containers of the two hosts reach each other and the router,
+// but not their own host.
+func TestMacvlanAcrossHosts(t *testing.T) {
+	l := lab.UpWith(t, lab.Options{Hosts: 2, BinDir: binDir})
+	ipamctl := filepath.Join(binDir, "ipamctl")
+	ctl := func(host int, args ...string) string {
+		t.Helper()
+		return l.Exec(t, host, append([]string{ipamctl, "--etcd-endpoints", strings.Join(l.Etcd(), ",")}, args...)...)
+	}
+	for _, c := range []struct {
+		name, driver    string
+		vlan            int
+		subnet, ipRange string
+		router          string
+	}{
+		{"macvlan untagged", "macvlan", 0, "198.18.0.0/16", "198.18.2.0/26", "198.18.0.1"},
+		{"macvlan on VLAN 8", "macvlan", 8, "198.19.8.0/24", "198.19.8.128/26", "198.19.8.1"},
+		{"ipvlan l2 on VLAN 8", "ipvlan", 8, "198.19.8.0/24", "198.19.8.128/26", "198.19.8.1"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			requireLinkType(t, l, c.driver)
+			parent := "eth0"
+			if c.vlan != 0 {
+				requireLinkType(t, l, "vlan")
+				parent = fmt.Sprintf("eth0.%d", c.vlan)
+				for h := 1; h <= 2; h++ {
+					ctl(h, "vlan", "setup", "--nic", "eth0", "--id", fmt.Sprint(c.vlan))
+				}
+				routerVLAN(t, l, c.vlan, c.router+"/24")
+			}
+			ctl(1, "init-range", "--subnet", c.subnet, "--range", c.ipRange)
+			for h := 1; h <= 2; h++ {
+				ctl(h, "network", "create", "--name", "mv", "--driver", c.driver, "--parent", parent, "--subnet", c.subnet,
+					"--ip-range", c.ipRange, "--router", c.router, "--docker-host", l.DockerHost(h))
+			}
+			addr := map[int]string{}
+			for h := 1; h <= 2; h++ {
+				l.Docker(t, h, "run", "-d", "--init", "--name", "web", "--network", "mv", l.Image(), "sleep", "600")
+				addr[h] = strings.TrimSpace(l.Docker(t, h, "inspect", "-f", `{{(index .NetworkSettings.Networks "mv").IPAddress}}`, "web"))
+				if a, err := netip.ParseAddr(addr[h]); err != nil || !netip.MustParsePrefix(c.ipRange).Contains(a) {
+					t.Fatalf("host %d's container has %q, want an address in %s", h, addr[h], c.ipRange)
+				}
+				if route := l.Docker(t, h, "exec", "web", "ip", "route"); !strings.Contains(route, "default via "+c.router) {
+					t.Fatalf("host %d's container does not route via the router:\n%s", h, route)
+				}
+			}
+			if addr[1] == addr[2] {
+				t.Fatalf("both containers have %s", addr[1])
+			}
+			l.Docker(t, 1, "exec", "web", "ping", "-c1", "-W2", addr[2])
+			l.Docker(t, 2, "exec", "web", "ping", "-c1", "-W2", addr[1])
+			l.Docker(t, 1, "exec", "web", "ping", "-c1", "-W2", c.router)
+			if c.vlan == 0 {
+				// The parent's own address is out of the containers' reach
+				// (the kernel does not pass traffic between a macvlan and
+				// its parent); another host's is not.
+				if out, err := l.TryDocker(1, "exec", "web", "ping", "-c1", "-W1", l.HostAddr(1).String()); err == nil {
+					t.Fatalf("a macvlan container reached its own host %s:\n%s", l.HostAddr(1), out)
+				}
+				l.Docker(t, 1, "exec", "web", "ping", "-c1", "-W2", l.HostAddr(2).String())
+				shim(t, l, addr[1])
+			}
+
+			checkRouterHeld(t, ctl(1, "addr", "ls", c.subnet, "--json"), c.router, 2, 2)
+			ctl(1, "check", c.subnet)
+
+			for h := 1; h <= 2; h++ {
+				l.Docker(t, h, "rm", "-f", "web")
+				l.Docker(t, h, "network", "rm", "mv")
+			}
+			checkRouterHeld(t, ctl(1, "addr", "ls", c.subnet, "--json"), c.router, 0, 0)
+			ctl(1, "check", c.subnet)
+			if c.vlan != 0 {
+				for h := 1; h <= 2; h++ {
+					ctl(h, "vlan", "teardown", "--nic", "eth0", "--id", fmt.Sprint(c.vlan))
+				}
+			}
+		})
+	}
+}
+
+// requireLinkType fails (skips outside CI) when the lab's kernel cannot
+// make links of that type (vlan, macvlan, ipvlan), tried on host 1.
+func requireLinkType(t *testing.T, l *lab.Lab, kind string) {
+	t.Helper()
+	args := []string{"ip", "link", "add", "link", "eth0", "name", "probe0", "type", kind}
+	if kind == "vlan" {
+		args = append(args, "id", "4094")
+	}
+	_, err := l.Try(1, args...)
+	if err == nil {
+		_, err = l.Try(1, "ip", "link", "del", "probe0")
+	}
+	testproc.Require(t, err == nil, fmt.Sprintf("the kernel cannot make %s links (CONFIG_%s): %v", kind,
+		map[string]string{"vlan": "VLAN_8021Q", "macvlan": "MACVLAN", "ipvlan": "IPVLAN"}[kind], err))
+}
+
+// routerVLAN gives the lab's router (in the switch's namespace) the VLAN
+// too, with addr, unless it has it.
+func routerVLAN(t *testing.T, l *lab.Lab, id int, addr string) {
+	t.Helper()
+	name := fmt.Sprintf("router.%d", id)
+	if _, err := l.TryNode("sw", "ip", "link", "show", name); err == nil {
+		return
+	}
+	for _, args := range [][]string{
+		{"ip", "link", "add", "link", "router", "name", name, "type", "vlan", "id", fmt.Sprint(id)},
+		{"ip", "addr", "add", addr, "dev", name},
+		{"ip", "link", "set", name, "up"},
+	} {
+		if out, err := l.TryNode("sw", args...); err != nil {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	}
+}
+
+// shim is the documented way for a host to reach its macvlan containers:
+// a macvlan of its own on the parent, with an address, and a route to the
+// container through it. The shim's address is outside the ip-range.
+func shim(t *testing.T, l *lab.Lab, container string) {
+	t.Helper()
+	for _, args := range [][]string{
+		{"ip", "link", "add", "mvl-shim", "link", "eth0", "type", "macvlan", "mode", "bridge"},
+		{"ip", "addr", "add", "198.18.2.250/32", "dev", "mvl-shim"},
+		{"ip", "link", "set", "mvl-shim", "up"},
+		{"ip", "route", "add", container + "/32", "dev", "mvl-shim"},
+		{"ping", "-c1", "-W2", container},
+	} {
+		if out, err := l.Try(1, args...); err != nil {
+			t.Fatalf("shim: %v\n%s", err, out)
+		}
+	}
+	l.Docker(t, 1, "exec", "web", "ping", "-c1", "-W2", "198.18.2.250")
+	if out, err := l.Try(1, "ip", "link", "del", "mvl-shim"); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+}
+
+// checkRouterHeld checks, in `addr ls --json`, that the router is an aux
+// entry held by hosts hosts (0: absent) and that there are containers
+// container addresses.
+func checkRouterHeld(t *testing.T, addrLs, router string, hosts, containers int) {
+	t.Helper()
+	var used []struct {
+		Address string
+		Kind    string
+		Holders map[string]int
+	}
+	if err := json.Unmarshal([]byte(addrLs), &used); err != nil {
+		t.Fatal(err)
+	}
+	n, held := 0, 0
+	for _, u := range used {
+		switch {
+		case u.Kind == "container":
+			n++
+		case u.Address == router && u.Kind == "aux":
+			held = len(u.Holders)
+		case u.Address == router:
+			t.Fatalf("router %s recorded as %s, want aux", router, u.Kind)
+		}
+	}
+	if n != containers || held != hosts {
+		t.Fatalf("%d container addresses and the router held by %d hosts; want %d and %d:\n%s", n, held, containers, hosts, addrLs)
+	}
+}
