@@ -20,8 +20,14 @@ run: build
 	$(BIN)/talkingdata-ipam $(RUN_ARGS)
 
 # Everything, with real etcd, real dockerd and real netlink: run as root.
+# Tests that this kernel cannot run (a missing kernel option) skip, and are
+# listed at the end under NOT RUN.
+NOT_RUN   := $(CURDIR)/.not-run
 test: test-deps vet
-	CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m $(PKGS)
+	@rm -f $(NOT_RUN)
+	@status=0; CI=$${CI:-true} TALKINGDATA_NOT_RUN=$(NOT_RUN) $(GO) test -race -count=1 -timeout 20m $(PKGS) || status=$$?; \
+	if [ -s $(NOT_RUN) ]; then echo "NOT RUN on this kernel (each says what it needs):"; sort -u $(NOT_RUN); fi; \
+	exit $$status
 	$(MAKE) fuzz
 
 test-deps:

@@ -3,6 +3,7 @@
 package testproc
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -50,6 +51,29 @@ func Require(t testing.TB, ok bool, what string) {
 	msg := fmt.Sprintf("%s; run scripts/install-test-deps.sh as root (`make test` does)", what)
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// RequireKernel skips the test when the running kernel lacks an option no package can add
+// (CONFIG_VLAN_8021Q built without modules, say). Even in CI it skips, as nothing here can
+// fix it, but never silently: the skip is appended to the file $TALKINGDATA_NOT_RUN names,
+// which `make test` prints at its end.
+func RequireKernel(t testing.TB, ok bool, option, what string) {
+	t.Helper()
+	if ok {
+		return
+	}
+	msg := fmt.Sprintf("NOT RUN: %s: %s needs a kernel with %s", t.Name(), what, option)
+	if path := os.Getenv("TALKINGDATA_NOT_RUN"); path != "" {
+		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err == nil {
+			_, err = fmt.Fprintln(f, msg)
+			err = errors.Join(err, f.Close())
+		}
+		if err != nil {
+			t.Fatalf("%s, and recording that failed: %v", msg, err)
+		}
 	}
 	t.Skip(msg)
 }
