@@ -55,9 +55,13 @@ BENCH_ARGS ?=
 bench: test-deps build
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -etcd-cluster 3 $(BENCH_ARGS)
-	$(GO) test ./etcdstore -run '^$$' -bench 'Allocate|BaselineTxn' -benchtime 3000x -count 3
-	$(GO) test ./etcdstore -run '^$$' -bench 'Seed16' -benchtime 5x -count 3
-	$(GO) test ./e2e -run '^$$' -bench '^BenchmarkDockerRun$$' -benchtime 1x
+	$(call bench-to,pool-freeset,./pool -bench 'FreeSetTake' -count 3)
+	$(call bench-to,etcdstore-hotpath,./etcdstore -bench 'Allocate|BaselineTxn|Cycle' -benchtime 3000x -count 3)
+	$(call bench-to,etcdstore-seed,./etcdstore -bench 'Seed16' -benchtime 5x -count 3)
+	$(call bench-to,docker-run,./e2e -bench '^BenchmarkDockerRun$$' -benchtime 1x)
+
+# bench-to,NAME,ARGS: go test -run '^$' ARGS, its output shown and kept in BENCH_OUT/NAME.txt.
+bench-to = $(GO) test -run '^$$' $(2) > $(BENCH_OUT)/$(1).txt; s=$$?; cat $(BENCH_OUT)/$(1).txt; exit $$s
 
 # The long chaos test (issue 4) on a fresh lab: 10,000 allocations and 10,000 releases through
 # three hosts' plugins at concurrency 32 while the etcd leader is killed and restarted every 5s
