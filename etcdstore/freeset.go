@@ -40,7 +40,9 @@ type view struct {
 }
 
 // FreeSet returns the pool's free set, loading it and starting its watch
-// on first use.
+// on first use. The load does not end with the request that started it: a
+// million-address pool may take longer to read than one request may wait,
+// and the requests after it wait for the same load instead of starting over.
 func (s *Store) FreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet, error) {
 	s.views.mu.Lock()
 	if s.views.m == nil {
@@ -53,16 +55,20 @@ func (s *Store) FreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet
 	}
 	s.views.mu.Unlock()
 	if !found {
-		set, rev, err := s.loadFreeSet(ctx, subnet)
-		v.set, v.err = set, err
-		if err != nil {
-			s.views.mu.Lock()
-			delete(s.views.m, subnet) // the next request tries again
-			s.views.mu.Unlock()
-		} else {
-			go s.follow(subnet, set, rev)
-		}
-		close(v.loaded)
+		go func() {
+			lctx, cancel := context.WithTimeout(s.cli.Ctx(), loadTimeout)
+			set, rev, err := s.loadFreeSet(lctx, subnet)
+			cancel()
+			v.set, v.err = set, err
+			if err != nil {
+				s.views.mu.Lock()
+				delete(s.views.m, subnet) // the next request tries again
+				s.views.mu.Unlock()
+			} else {
+				go s.follow(subnet, set, rev)
+			}
+			close(v.loaded)
+		}()
 	}
 	select {
 	case <-v.loaded:

@@ -1,6 +1,8 @@
 package etcdstore_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -200,4 +202,32 @@ func TestFreeSetOfUnknownPool(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, "loaded", countsAre(view, 4, 0))
+}
+
+// TestFreeSetLoadOutlivesImpatientRequests: requests that each wait less
+// than a large pool takes to load still get its free set, as the load goes
+// on after they give up; were it bound to the request that started it,
+// every request would start over and none would ever be answered.
+func TestFreeSetLoadOutlivesImpatientRequests(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	s := etcdstore.New(srv.Client(t), "/test")
+	subnet := netip.MustParsePrefix("198.18.0.0/16")
+	if _, err := pool.New(s, pool.Config{Host: "h"}).AddRanges(ctx, subnet, rangeSet(t, "198.18.0.1-198.18.255.254"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for attempt := 1; ; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+		view, err := s.FreeSet(rctx, subnet)
+		cancel()
+		if err == nil {
+			if ready, _ := view.Counts(); ready != 65534 {
+				t.Fatalf("loaded %d free addresses, want 65534", ready)
+			}
+			return
+		}
+		if !errors.Is(err, context.DeadlineExceeded) || attempt == 2000 {
+			t.Fatalf("attempt %d: %v", attempt, err)
+		}
+	}
 }

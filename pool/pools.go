@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go4.org/netipx"
@@ -55,9 +56,18 @@ type Pools struct {
 	// claimed holds the entries of addresses this process claimed, as the
 	// claim left them (claimKey → Entry), so that their release needs no
 	// read: a stale one fails its compare, which returns the fresh entry.
-	claimed sync.Map
-	metas   sync.Map // netip.Prefix → the Meta claimed entries refer to
+	// At most maxRemembered of them: see remember.
+	claimed    sync.Map
+	remembered atomic.Int64 // entries in claimed
+	metas      sync.Map     // netip.Prefix → the Meta claimed entries refer to
 }
+
+// maxRemembered bounds the claimed cache at about 1.6 MB (an entry takes
+// some 400 bytes). A host runs hundreds of containers, not tens of
+// thousands; a daemon that hands out more (a whole /16 through one host)
+// reads each address beyond the bound once before releasing it, and its
+// memory stays flat.
+const maxRemembered = 4096
 
 type claimKey struct {
 	subnet netip.Prefix
@@ -298,7 +308,12 @@ func (p *Pools) remember(ctx context.Context, subnet netip.Prefix, addr netip.Ad
 		p.metas.Store(subnet, fresh)
 		m = fresh
 	}
-	p.claimed.Store(claimKey{subnet, addr}, Entry{Addr: addr, Used: &a, Ranges: m.Ranges, Version: v})
+	if p.remembered.Load() >= maxRemembered {
+		return
+	}
+	if _, replaced := p.claimed.Swap(claimKey{subnet, addr}, Entry{Addr: addr, Used: &a, Ranges: m.Ranges, Version: v}); !replaced {
+		p.remembered.Add(1)
+	}
 }
 
 // adopt makes a retried request the owner of what its endpoint already
@@ -521,6 +536,7 @@ func (p *Pools) reusableAfter() time.Time {
 func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rule func(Entry) (State, bool, error)) error {
 	var e Entry
 	if claimed, ok := p.claimed.LoadAndDelete(claimKey{subnet, addr}); ok {
+		p.remembered.Add(-1)
 		e = claimed.(Entry)
 	} else {
 		var err error

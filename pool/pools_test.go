@@ -571,3 +571,34 @@ func TestReleaseOfOwnClaimNeedsNoRead(t *testing.T) {
 		t.Fatalf("b's address after a's stale release: %+v", e)
 	}
 }
+
+// TestRememberedClaimsAreBounded: a daemon handing out more addresses than
+// maxRemembered keeps no more entries than that; the others' releases read
+// once, and every release still succeeds.
+func TestRememberedClaimsAreBounded(t *testing.T) {
+	ctx := context.Background()
+	s := &countingStore{memStore: newMemStore()}
+	n := mustNetwork(t, "198.18.0.0/19", "")
+	p := hosts(t, s, n, "a")[0]
+	const beyond = 10
+	var got []netip.Addr
+	for i := range maxRemembered + beyond {
+		a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: fmt.Sprintf("02:42:00:00:%02x:%02x", i>>8, i&0xff)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, a)
+	}
+	if r := p.remembered.Load(); r != maxRemembered {
+		t.Fatalf("%d claims remembered, want %d", r, maxRemembered)
+	}
+	before := s.reads.Load()
+	for _, a := range got {
+		if released, err := p.Release(ctx, n.Subnet, a); err != nil || !released {
+			t.Fatalf("release of %s: %v %v", a, released, err)
+		}
+	}
+	if reads, r := s.reads.Load()-before, p.remembered.Load(); reads != beyond || r != 0 {
+		t.Errorf("releases read %d entries (want %d), %d remembered after (want 0)", reads, beyond, r)
+	}
+}
