@@ -17,8 +17,9 @@ import (
 )
 
 const (
-	// loadPage keys are read per request when loading a free set: a
-	// million-address pool loads in pages, never in one huge response.
+	// loadPage addresses' keys are read per request when loading a free
+	// set: a million-address pool loads in pages, never in one huge
+	// response.
 	loadPage = 10000
 	// loadTimeout bounds one reload of a free set by the watcher.
 	loadTimeout = 30 * time.Second
@@ -93,9 +94,13 @@ func (s *Store) loadFreeSet(ctx context.Context, subnet netip.Prefix) (*pool.Fre
 		return nil, rev, fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
 	}
 	set := pool.NewFreeSet(m.Ranges)
-	key, end := s.k.freeDir(subnet), clientv3.GetPrefixRangeEnd(s.k.freeDir(subnet))
-	for {
-		page, err := s.cli.Get(ctx, key, clientv3.WithRange(end), clientv3.WithRev(rev), clientv3.WithLimit(loadPage))
+	// A page is the keys of a window of addresses (key order is address
+	// order), not a limit over the directory: etcd counts every key of the
+	// range it is asked for, so limited pages over a million keys would
+	// each walk all the keys after them. Free keys outside the ranges are
+	// not read; they can still be claimed with --ip.
+	for c := range pool.Chunks(m.Ranges, loadPage) {
+		page, err := s.cli.Get(ctx, s.k.free(subnet, c.From()), clientv3.WithRange(s.k.free(subnet, c.To())+"\x00"), clientv3.WithRev(rev))
 		if err != nil {
 			return nil, 0, fmt.Errorf("reading the free set of pool %s: %w", subnet, err)
 		}
@@ -106,11 +111,8 @@ func (s *Store) loadFreeSet(ctx context.Context, subnet netip.Prefix) (*pool.Fre
 				slog.Warn("leaving a free key out of the free set", "key", string(kv.Key), "err", err)
 			}
 		}
-		if !page.More || len(page.Kvs) == 0 {
-			return set, rev, nil
-		}
-		key = string(page.Kvs[len(page.Kvs)-1].Key) + "\x00"
 	}
+	return set, rev, nil
 }
 
 // addFree records a free key in set; it reports errOutside when the

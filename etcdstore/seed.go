@@ -87,19 +87,11 @@ func (s *Store) Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet
 	}
 	func() {
 		defer close(chunks)
-		for _, r := range set.Ranges() {
-			for from := r.From(); ; {
-				rest := netipx.IPRangeFrom(from, r.To())
-				to := pool.AddrAt(rest, min(pool.RangeSize(rest), seedChunk)-1)
-				select {
-				case chunks <- netipx.IPRangeFrom(from, to):
-				case <-ctx.Done():
-					return
-				}
-				if to == r.To() {
-					break
-				}
-				from = to.Next()
+		for c := range pool.Chunks(set, seedChunk) {
+			select {
+			case chunks <- c:
+			case <-ctx.Done():
+				return
 			}
 		}
 	}()

@@ -3,6 +3,7 @@ package pool
 import (
 	"encoding/binary"
 	"fmt"
+	"iter"
 	"math"
 	"math/bits"
 	"net/netip"
@@ -236,4 +237,25 @@ func ParseRanges(s string) (*netipx.IPSet, error) {
 		}
 	}
 	return b.IPSet()
+}
+
+// Chunks yields set's ranges cut into runs of at most n consecutive
+// addresses, in order: work over a million addresses goes in bounded
+// pieces without materialising them.
+func Chunks(set *netipx.IPSet, n uint64) iter.Seq[netipx.IPRange] {
+	return func(yield func(netipx.IPRange) bool) {
+		for _, r := range set.Ranges() {
+			for from := r.From(); ; {
+				rest := netipx.IPRangeFrom(from, r.To())
+				to := AddrAt(rest, min(RangeSize(rest), n)-1)
+				if !yield(netipx.IPRangeFrom(from, to)) {
+					return
+				}
+				if to == r.To() {
+					break
+				}
+				from = to.Next()
+			}
+		}
+	}
 }

@@ -3,6 +3,7 @@ package pool
 import (
 	"math"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -235,4 +236,30 @@ func FuzzParseRanges(f *testing.F) {
 			t.Fatalf("ParseRanges(%q) does not round-trip via %q: %v", s, FormatRanges(set), err)
 		}
 	})
+}
+
+func TestChunks(t *testing.T) {
+	var b netipx.IPSetBuilder
+	b.AddRange(netipx.MustParseIPRange("198.18.0.1-198.18.0.7"))
+	b.AddRange(netipx.MustParseIPRange("198.18.0.10-198.18.0.12"))
+	b.AddRange(netipx.MustParseIPRange("2001:db8::fffe-2001:db8::1:1"))
+	set, err := b.IPSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for c := range Chunks(set, 3) {
+		got = append(got, c.String())
+	}
+	want := []string{"198.18.0.1-198.18.0.3", "198.18.0.4-198.18.0.6", "198.18.0.7-198.18.0.7", "198.18.0.10-198.18.0.12",
+		"2001:db8::fffe-2001:db8::1:0", "2001:db8::1:1-2001:db8::1:1"}
+	if !slices.Equal(got, want) {
+		t.Errorf("Chunks(…, 3) = %q, want %q", got, want)
+	}
+	for c := range Chunks(set, 1<<20) {
+		if c.String() != "198.18.0.1-198.18.0.7" {
+			t.Errorf("first chunk of at most 2^20: %s", c)
+		}
+		break // stopping early is allowed
+	}
 }
