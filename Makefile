@@ -57,7 +57,7 @@ bench: test-deps build
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -etcd-cluster 3 $(BENCH_ARGS)
 	$(call bench-to,pool-freeset,./pool -bench 'FreeSetTake' -count 3)
 	$(call bench-to,etcdstore-hotpath,./etcdstore -bench 'Allocate|BaselineTxn|Cycle' -benchtime 3000x -count 3)
-	$(call bench-to,etcdstore-seed,./etcdstore -bench 'Seed16' -benchtime 5x -count 3)
+	$(call bench-to,etcdstore-seed,./etcdstore -bench '[Ss]eed16' -benchtime 5x -count 3)
 	$(call bench-to,docker-run,./e2e -bench '^BenchmarkDockerRun$$' -benchtime 1x)
 
 # bench-to,NAME,ARGS: go test -run '^$' ARGS, its output shown and kept in BENCH_OUT/NAME.txt.
