@@ -4,6 +4,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 
@@ -12,6 +13,7 @@ import (
 )
 
 func main() {
+	unsetEmpty("IPAM_")
 	app := &cli.App{
 		Name:  "talkingdata-ipam",
 		Usage: "Docker IPAM plugin that allocates addresses from etcd",
@@ -22,6 +24,8 @@ func main() {
 				Usage: "group given access to the socket, when it exists"},
 			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"IPAM_DATA_DIR"}, Value: "/var/lib/talkingdata-ipam",
 				Usage: "embedded etcd's data, used when no --etcd-endpoints are given"},
+			&cli.BoolFlag{Name: "embedded-etcd", EnvVars: []string{"IPAM_EMBEDDED_ETCD"}, Value: true,
+				Usage: "run an embedded etcd when no --etcd-endpoints are given; false makes missing endpoints an error (the managed plugin sets false)"},
 			&cli.DurationFlag{Name: "request-timeout", EnvVars: []string{"IPAM_REQUEST_TIMEOUT"}, Value: defaultRequestTimeout,
 				Usage: "bound on every plugin call, etcd round trips included"},
 			&cli.DurationFlag{Name: "reuse-delay", EnvVars: []string{"IPAM_REUSE_DELAY"}, Value: pool.DefaultReuseDelay,
@@ -35,5 +39,16 @@ func main() {
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "talkingdata-ipam:", err)
 		os.Exit(1)
+	}
+}
+
+// unsetEmpty drops the empty variables whose names start with prefix, so that
+// IPAM_X= means "default", as with no IPAM_X at all: the managed plugin
+// declares every setting with an empty value, and dockerd passes those on.
+func unsetEmpty(prefix string) {
+	for _, kv := range os.Environ() {
+		if name, ok := strings.CutSuffix(kv, "="); ok && strings.HasPrefix(name, prefix) && !strings.Contains(name, "=") {
+			os.Unsetenv(name)
+		}
 	}
 }

@@ -40,6 +40,10 @@ func run(c *cli.Context) error {
 	defer stop()
 
 	cfg := etcdflags.Config(c)
+	if len(cfg.Endpoints) == 0 && !c.Bool("embedded-etcd") {
+		return errors.New("no etcd endpoints and the embedded etcd is off (--embedded-etcd=false): set --etcd-endpoints or IPAM_ETCD_ENDPOINTS, " +
+			"for the managed plugin with `docker plugin disable talkingdata/ipam:latest; docker plugin set talkingdata/ipam:latest IPAM_ETCD_ENDPOINTS=http://ETCD:2379`")
+	}
 	if len(cfg.Endpoints) == 0 {
 		e, err := startEmbedded(c.String("data-dir"), log)
 		if err != nil {
