@@ -6,7 +6,7 @@ FUZZTIME  ?= 10s
 # `make run` flags, e.g. make run RUN_ARGS="--etcd-endpoints http://10.0.0.5:2379"
 RUN_ARGS  ?=
 
-.PHONY: all build run test test-deps vet fuzz bench clean
+.PHONY: all build run test test-deps vet fuzz bench clean plugin install
 
 all: build
 
@@ -18,6 +18,33 @@ build:
 # runs an embedded etcd under /var/lib/talkingdata-ipam.
 run: build
 	$(BIN)/talkingdata-ipam $(RUN_ARGS)
+
+# The managed (v2) plugin, built offline and created on DOCKER_HOST's dockerd (default: the
+# local one): docker network create --ipam-driver $(PLUGIN_NAME) …, after
+# docker plugin set $(PLUGIN_NAME) IPAM_ETCD_ENDPOINTS=http://…:2379 and docker plugin enable.
+# An existing plugin of that name is removed first (it must be disabled).
+DOCKER      ?= docker
+PLUGIN_NAME ?= talkingdata/ipam:latest
+PLUGIN_DIR  ?= dist/plugin
+plugin:
+	GO=$(GO) scripts/plugin/build.sh $(PLUGIN_DIR)
+	@if $(DOCKER) plugin inspect $(PLUGIN_NAME) >/dev/null 2>&1; then $(DOCKER) plugin rm $(PLUGIN_NAME); fi
+	$(DOCKER) plugin create $(PLUGIN_NAME) $(PLUGIN_DIR)
+
+# Binaries and systemd units. DESTDIR stages into a tree (packaging, tests) and then never
+# touches systemd; without it, systemd reloads its units (enable them yourself).
+PREFIX      ?= /usr/local
+BINDIR      := $(PREFIX)/bin
+UNITDIR     ?= /etc/systemd/system
+install: build
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)/etc/default
+	install -d -m 0700 $(DESTDIR)/etc/talkingdata-ipam
+	install -m 0755 $(BIN)/talkingdata-ipam $(BIN)/ipamctl $(DESTDIR)$(BINDIR)/
+	for u in talkingdata-ipam.service talkingdata-bridge.service; do \
+		sed 's|@BINDIR@|$(BINDIR)|g' scripts/systemd/$$u > $(DESTDIR)$(UNITDIR)/$$u && chmod 0644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	test -e $(DESTDIR)/etc/default/talkingdata-ipam || install -m 0600 scripts/systemd/talkingdata-ipam.default $(DESTDIR)/etc/default/talkingdata-ipam
+	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
 # Everything, with real etcd, real dockerd and real netlink: run as root.
 # Tests that this kernel cannot run (a missing kernel option) skip, and are
@@ -72,4 +99,4 @@ chaos: test-deps
 	$(GO) run ./tools/chaos -ops 20000 -concurrency 32 -min-leader-kills 10 -min-plugin-kills 15 $(CHAOS_ARGS)
 
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist
