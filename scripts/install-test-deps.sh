@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the integration tests (internal/etcdtest, internal/dockertest)
-# need: a real etcd, a real dockerd, a static busybox for the offline test image, and the netns and
-# mount-namespace tools. Idempotent; prints one line per package it installs and nothing otherwise.
+# need: a real etcd, a real dockerd, a static busybox for the offline test image, the netns and
+# mount-namespace tools, and systemd-analyze for the unit files `make install` puts in place.
+# Idempotent; prints one line per package it installs and nothing otherwise.
 # It never starts the system dockerd or etcd: the tests start private ones.
 set -euo pipefail
 
-pkgs=(docker.io etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux)
+pkgs=(docker.io etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux systemd)
 
 missing=()
 for p in "${pkgs[@]}"; do
