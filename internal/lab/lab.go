@@ -44,8 +44,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/talkingdata/ipam/internal/testproc"
 )
 
@@ -475,48 +473,12 @@ func (l *Lab) LogTails(n int) string {
 // A socket belongs to the namespace it was created in, so only the dial itself switches.
 func (l *Lab) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	var conn net.Conn
-	err := inNetNS("/run/netns/"+l.env["TDLAB_SWITCH_NETNS"], func() error {
+	err := testproc.InNetNS("/run/netns/"+l.env["TDLAB_SWITCH_NETNS"], func() error {
 		var err error
 		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 		return err
 	})
 	return conn, err
-}
-
-// inNetNS runs f on a locked OS thread switched into the network namespace at path. If the
-// thread cannot be switched back it stays locked, and Go ends it with the goroutine.
-func inNetNS(path string, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open(path)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("lab: %w", err)
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("lab: setns %s: %w", path, err)
-			return
-		}
-		ferr := f()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("lab: setns back: %w", err)) // thread stays locked and dies
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }
 
 func (l *Lab) hostNode(i int) string {
