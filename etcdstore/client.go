@@ -23,6 +23,10 @@ type Config struct {
 	CACert, Cert, Key  string // TLS files; any of them turns TLS on
 	Username, Password string
 	DialTimeout        time.Duration
+	// Observe, if set, is told of every etcd call: its gRPC method (such
+	// as "/etcdserverpb.KV/Txn"), how long it took and how it ended (nil
+	// on success). The daemon's metrics count etcd errors through it.
+	Observe func(method string, took time.Duration, err error)
 }
 
 // Dial returns a client for cfg. It does not wait for etcd: every call is
@@ -57,6 +61,16 @@ func Dial(cfg Config) (*clientv3.Client, error) {
 		// endpoint's scheme), noting why connections fail.
 		d := &tlsDiag{TransportCredentials: credentials.NewTLS(c.TLS), last: new(atomic.Pointer[error])}
 		c.DialOptions = append(c.DialOptions, grpc.WithTransportCredentials(d), grpc.WithChainUnaryInterceptor(d.unary))
+	}
+	if cfg.Observe != nil {
+		observe := cfg.Observe
+		c.DialOptions = append(c.DialOptions, grpc.WithChainUnaryInterceptor(
+			func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+				start := time.Now()
+				err := invoker(ctx, method, req, reply, cc, opts...)
+				observe(method, time.Since(start), err)
+				return err
+			}))
 	}
 	var auth *tokenAuth
 	if cfg.Username != "" {

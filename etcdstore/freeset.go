@@ -187,3 +187,37 @@ func (s *Store) watchFree(dir string, set *pool.FreeSet, rev int64) int64 {
 	}
 	return rev
 }
+
+// CopyCount is what this process's copy says of one pool.
+type CopyCount struct {
+	Size, Free, Delayed uint64 // Free excludes those in their reuse delay
+}
+
+// CopyCounts reports the pools this process allocates from, as their free-set
+// copies see them: no etcd call, so a metrics scrape costs etcd nothing.
+func (s *Store) CopyCounts() map[netip.Prefix]CopyCount {
+	s.views.mu.Lock()
+	defer s.views.mu.Unlock()
+	out := make(map[netip.Prefix]CopyCount, len(s.views.m))
+	for subnet, v := range s.views.m {
+		select {
+		case <-v.loaded:
+		default:
+			continue // still loading
+		}
+		if v.err == nil {
+			ready, waiting := v.set.Counts()
+			out[subnet] = CopyCount{Size: v.set.Size(), Free: ready, Delayed: waiting}
+		}
+	}
+	return out
+}
+
+// Ping reads from etcd with quorum, as an allocation would: an error means
+// allocations would fail now.
+func (s *Store) Ping(ctx context.Context) error {
+	if _, err := s.cli.Get(ctx, s.k.metaDir(), clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
+		return fmt.Errorf("reading from etcd: %w", err)
+	}
+	return nil
+}

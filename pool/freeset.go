@@ -27,8 +27,17 @@ type FreeSet struct {
 	// and not being claimed by a request of this process.
 	ready   []uint64
 	nready  uint64
+	size    uint64           // addresses in ranges
 	delayed map[uint64]int64 // index → reusable after, Unix ms
 	due     dueHeap          // delayed, soonest first; entries gone from delayed are skipped
+}
+
+// Size is how many addresses the set's index space holds: the pool's
+// seeded ranges.
+func (f *FreeSet) Size() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.size
 }
 
 // NewFreeSet returns an empty set whose addresses may lie in space.
@@ -47,7 +56,7 @@ func (f *FreeSet) reset(space *netipx.IPSet) {
 		size += RangeSize(r)
 	}
 	f.ready = make([]uint64, (size+63)/64)
-	f.nready = 0
+	f.size, f.nready = size, 0
 	f.delayed = map[uint64]int64{}
 	f.due = nil
 }
@@ -59,7 +68,7 @@ func (f *FreeSet) Replace(next *FreeSet) {
 	defer next.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.ranges, f.offsets, f.ready, f.nready, f.delayed, f.due = next.ranges, next.offsets, next.ready, next.nready, next.delayed, next.due
+	f.ranges, f.offsets, f.ready, f.size, f.nready, f.delayed, f.due = next.ranges, next.offsets, next.ready, next.size, next.nready, next.delayed, next.due
 }
 
 // index finds a in the index space.

@@ -21,10 +21,7 @@ import (
 // shut down cleanly, and find its state again after a restart.
 func TestEmbeddedEtcdSingleHost(t *testing.T) {
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "talkingdata-ipam")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildDaemon(t, dir)
 	sock := filepath.Join(dir, "td.sock")
 	data := filepath.Join(dir, "data")
 	const id = "198.18.0.0/28"
@@ -61,11 +58,22 @@ func TestEmbeddedEtcdSingleHost(t *testing.T) {
 	}
 }
 
+func buildDaemon(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "talkingdata-ipam")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	return bin
+}
+
 type daemon struct{ cmd *exec.Cmd }
 
-func startDaemon(t *testing.T, bin, sock, data string) *daemon {
+// startDaemon starts bin on sock with the embedded etcd in data, unless
+// extra gives --etcd-endpoints.
+func startDaemon(t *testing.T, bin, sock, data string, extra ...string) *daemon {
 	t.Helper()
-	d := &daemon{exec.Command(bin, "--socket", sock, "--data-dir", data, "--host-id", "solo")}
+	d := &daemon{exec.Command(bin, append([]string{"--socket", sock, "--data-dir", data, "--host-id", "solo"}, extra...)...)}
 	log, _ := os.Create(filepath.Join(filepath.Dir(sock), "daemon.log"))
 	d.cmd.Stdout, d.cmd.Stderr = log, log
 	if err := d.cmd.Start(); err != nil {

@@ -32,6 +32,8 @@ func main() {
 				Usage: "keep a released container address from being handed out again for this long (0 disables)"},
 			&cli.BoolFlag{Name: "require-init", EnvVars: []string{"IPAM_REQUIRE_INIT"},
 				Usage: "refuse pools not seeded with `ipamctl init-range` instead of seeding them on first use"},
+			&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{"IPAM_METRICS_ADDR"},
+				Usage: "serve Prometheus /metrics and /healthz on this TCP address, e.g. 127.0.0.1:9522 (default: off)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{"IPAM_LOG_LEVEL"}, Value: "info", Usage: "debug, info, warn or error"},
 		),
 		Action: run,

@@ -52,6 +52,11 @@ func run(c *cli.Context) error {
 		defer e.Close()
 		cfg.Endpoints = []string{embeddedClientURL}
 	}
+	var m *metrics
+	if c.String("metrics-addr") != "" {
+		m = newMetrics()
+		cfg.Observe = m.observeEtcd
+	}
 	cli, err := etcdstore.Dial(cfg)
 	if err != nil {
 		return err
@@ -59,8 +64,9 @@ func run(c *cli.Context) error {
 	defer cli.Close()
 
 	host := c.String("host-id")
+	store := etcdstore.New(cli, c.String("etcd-prefix"))
 	driver := &ipam.Driver{
-		Pools:      pool.New(etcdstore.New(cli, c.String("etcd-prefix")), pool.Config{Host: host, RequireInit: c.Bool("require-init"), ReuseDelay: c.Duration("reuse-delay")}),
+		Pools:      pool.New(store, pool.Config{Host: host, RequireInit: c.Bool("require-init"), ReuseDelay: c.Duration("reuse-delay")}),
 		Timeout:    c.Duration("request-timeout"),
 		LocalAddrs: localAddrs,
 		StoreName:  "etcd " + strings.Join(cfg.Endpoints, ","),
@@ -73,7 +79,16 @@ func run(c *cli.Context) error {
 	defer os.Remove(path)
 	live := startLiveness(etcdstore.New(cli, c.String("etcd-prefix")), host, log)
 	defer live.stop() // after the calls in flight have drained
-	srv := &http.Server{Handler: ipam.Handler(driver, log), ReadHeaderTimeout: 5 * time.Second}
+	handler := ipam.Handler(driver, log)
+	if m != nil {
+		stopMetrics, err := serveMetrics(c.String("metrics-addr"), m, store, log)
+		if err != nil {
+			return err
+		}
+		defer stopMetrics()
+		handler = m.instrument(handler)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
 	// Calls in flight finish before etcd is closed: a call cut off after
 	// its transaction committed would be retried by dockerd and allocate
 	// twice.
