@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"sort"
 	"strconv"
@@ -95,37 +96,44 @@ func poolList(c *cli.Context) error {
 		return err
 	}
 	defer e.Close()
-	out := []poolJSON{}
-	err = e.do(c, 0, func(ctx context.Context) error {
-		metas, err := e.store.Pools(ctx)
-		if err != nil {
-			return err
-		}
-		// Keys sort as strings ("10.…" before "9.…"); people read addresses.
-		sort.Slice(metas, func(i, j int) bool {
-			a, b := metas[i].Subnet, metas[j].Subnet
-			if c := a.Addr().Compare(b.Addr()); c != 0 {
-				return c < 0
-			}
-			return a.Bits() < b.Bits()
-		})
-		for _, m := range metas {
-			free, used, err := e.store.Counts(ctx, m.Subnet)
-			if err != nil {
-				return err
-			}
-			out = append(out, newPoolJSON(m, free, used))
-		}
-		return nil
-	})
-	if err != nil {
+	var out []poolJSON
+	if err := e.do(c, 0, func(ctx context.Context) (err error) { out, err = e.poolRows(ctx); return err }); err != nil {
 		return err
 	}
 	if c.Bool("json") {
 		return printJSON(c.App.Writer, out)
 	}
-	t := newTable(c.App.Writer, "SUBNET", "STATE", "SIZE", "FREE", "USED", "UTILISATION")
-	for _, p := range out {
+	return printPools(c.App.Writer, out)
+}
+
+// poolRows reads every pool with its counts, in address order.
+func (e *env) poolRows(ctx context.Context) ([]poolJSON, error) {
+	metas, err := e.store.Pools(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// Keys sort as strings ("10.…" before "9.…"); people read addresses.
+	sort.Slice(metas, func(i, j int) bool {
+		a, b := metas[i].Subnet, metas[j].Subnet
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c < 0
+		}
+		return a.Bits() < b.Bits()
+	})
+	out := []poolJSON{}
+	for _, m := range metas {
+		free, used, err := e.store.Counts(ctx, m.Subnet)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, newPoolJSON(m, free, used))
+	}
+	return out, nil
+}
+
+func printPools(w io.Writer, pools []poolJSON) error {
+	t := newTable(w, "SUBNET", "STATE", "SIZE", "FREE", "USED", "UTILISATION")
+	for _, p := range pools {
 		t.row(p.Subnet, p.State, strconv.FormatUint(p.Size, 10), strconv.FormatInt(p.Free, 10),
 			strconv.FormatInt(p.Used, 10), p.utilisation())
 	}

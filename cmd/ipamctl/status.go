@@ -1,0 +1,148 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/talkingdata/ipam/etcdstore"
+)
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "status",
+		Usage: "etcd's members, this host's daemon liveness, and every pool's utilisation",
+		Description: `What the daemon on this host depends on, in one look: each etcd endpoint's
+version, leadership, database size and alarms (or why it does not answer);
+the liveness record of --host-id (the daemon's lease-bound key, the lease's
+time left, and when it last recorded itself); and every pool as pool ls
+shows it. Exits 1 when an endpoint does not answer or the host's daemon is
+not alive.`,
+		ArgsUsage: " ",
+		Flags:     []cli.Flag{jsonFlag()},
+		Action:    status,
+	}
+}
+
+// statusJSON is `status --json`.
+type statusJSON struct {
+	Etcd  []endpointJSON `json:"etcd"`
+	Host  hostJSON       `json:"host"`
+	Pools []poolJSON     `json:"pools"`
+}
+
+type endpointJSON struct {
+	Endpoint  string   `json:"endpoint"`
+	Version   string   `json:"version,omitempty"`
+	Leader    bool     `json:"leader"`
+	DBSize    int64    `json:"dbSize"`
+	RaftIndex uint64   `json:"raftIndex"`
+	Errors    []string `json:"errors,omitempty"`
+}
+
+type hostJSON struct {
+	Host      string    `json:"host"`
+	State     string    `json:"state"`
+	Since     time.Time `json:"since,omitzero"` // when the live daemon started
+	PID       int       `json:"pid,omitempty"`
+	LeaseLeft string    `json:"leaseLeft,omitempty"`
+	LastSeen  time.Time `json:"lastSeen,omitzero"`
+}
+
+func status(c *cli.Context) error {
+	if _, err := positional(c, 0, 0); err != nil {
+		return err
+	}
+	e, err := connect(c)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	var out statusJSON
+	err = e.do(c, 0, func(ctx context.Context) error {
+		for _, ep := range e.store.Endpoints(ctx) {
+			out.Etcd = append(out.Etcd, endpointJSON{Endpoint: ep.Endpoint, Version: ep.Version, Leader: ep.Leader,
+				DBSize: ep.DBSize, RaftIndex: ep.RaftIndex, Errors: ep.Errors})
+		}
+		h, err := e.store.Host(ctx, c.String("host-id"))
+		if err != nil {
+			return err
+		}
+		out.Host = newHostJSON(h)
+		out.Pools, err = e.poolRows(ctx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if c.Bool("json") {
+		err = printJSON(c.App.Writer, out)
+	} else {
+		err = printStatus(c.App.Writer, out)
+	}
+	if err != nil {
+		return err
+	}
+	return out.problem()
+}
+
+func newHostJSON(h etcdstore.HostLiveness) hostJSON {
+	out := hostJSON{Host: h.Host, State: h.State()}
+	if h.Live != nil {
+		out.Since, out.PID, out.LeaseLeft = h.Live.Since.UTC(), h.Live.PID, h.LeaseTTL.String()
+	}
+	if h.LastSeen != nil {
+		out.LastSeen = h.LastSeen.Seen.UTC()
+	}
+	return out
+}
+
+// problem is the exit status: what would make this host's allocations fail.
+func (s statusJSON) problem() error {
+	var bad []string
+	for _, ep := range s.Etcd {
+		if ep.Version == "" {
+			bad = append(bad, "etcd "+ep.Endpoint+" does not answer")
+		}
+	}
+	if s.Host.State != etcdstore.HostAlive {
+		bad = append(bad, fmt.Sprintf("the daemon of host %q is %s (is talkingdata-ipam running with --host-id %s?)", s.Host.Host, s.Host.State, s.Host.Host))
+	}
+	if len(bad) > 0 {
+		return fmt.Errorf("%s", strings.Join(bad, "; "))
+	}
+	return nil
+}
+
+func printStatus(w io.Writer, s statusJSON) error {
+	t := newTable(w, "ETCD ENDPOINT", "VERSION", "LEADER", "DB SIZE", "RAFT INDEX", "ERRORS")
+	for _, ep := range s.Etcd {
+		leader := "no"
+		if ep.Leader {
+			leader = "yes"
+		}
+		t.row(ep.Endpoint, dash(ep.Version), leader, fmt.Sprintf("%.1f MB", float64(ep.DBSize)/1e6),
+			strconv.FormatUint(ep.RaftIndex, 10), dash(strings.Join(ep.Errors, "; ")))
+	}
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	h := s.Host
+	t = newTable(w, "HOST", "DAEMON", "SINCE", "PID", "LEASE LEFT", "LAST SEEN")
+	pid := ""
+	if h.PID != 0 {
+		pid = strconv.Itoa(h.PID)
+	}
+	t.row(h.Host, h.State, dash(formatTime(h.Since)), dash(pid), dash(h.LeaseLeft), dash(formatTime(h.LastSeen)))
+	if err := t.flush(); err != nil {
+		return err
+	}
+	fmt.Fprintln(w)
+	return printPools(w, s.Pools)
+}

@@ -1,0 +1,76 @@
+package etcdstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// EndpointStatus is one etcd member as its client URL answers.
+type EndpointStatus struct {
+	Endpoint  string
+	Version   string
+	DBSize    int64 // bytes
+	Leader    bool
+	RaftIndex uint64
+	Errors    []string // the member's alarms, or why it did not answer
+}
+
+// Endpoints asks every endpoint of the client for its status, each
+// bounded by ctx; one that does not answer says why instead.
+func (s *Store) Endpoints(ctx context.Context) []EndpointStatus {
+	var out []EndpointStatus
+	for _, ep := range s.cli.Endpoints() {
+		st := EndpointStatus{Endpoint: ep}
+		r, err := s.cli.Status(ctx, ep)
+		if err != nil {
+			st.Errors = []string{err.Error()}
+		} else {
+			st.Version, st.DBSize, st.RaftIndex = r.Version, r.DbSize, r.RaftIndex
+			st.Leader = r.Leader == r.Header.MemberId
+			st.Errors = r.Errors
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// HostLiveness is one host's liveness as etcd holds it now.
+type HostLiveness struct {
+	HostStatus
+	// LeaseTTL is how long the lease of the host's record has left: the
+	// daemon must renew it before then or be taken for gone. Zero without
+	// a live record.
+	LeaseTTL time.Duration
+}
+
+// Host reads one host's liveness: its lease-bound record and lastseen.
+func (s *Store) Host(ctx context.Context, host string) (HostLiveness, error) {
+	r, err := s.cli.Txn(ctx).Then(clientv3.OpGet(s.k.host(host)), clientv3.OpGet(s.k.lastSeen(host))).Commit()
+	if err != nil {
+		return HostLiveness{}, fmt.Errorf("reading host %s: %w", host, err)
+	}
+	h := HostLiveness{HostStatus: HostStatus{Host: host}}
+	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+		h.Live = &HostRecord{}
+		if err := json.Unmarshal(kvs[0].Value, h.Live); err != nil {
+			return h, fmt.Errorf("malformed host record at %s: %w", kvs[0].Key, err)
+		}
+		ttl, err := s.cli.TimeToLive(ctx, clientv3.LeaseID(kvs[0].Lease))
+		if err != nil {
+			return h, fmt.Errorf("reading the lease of host %s: %w", host, err)
+		}
+		h.LeaseTTL = time.Duration(ttl.TTL) * time.Second
+	}
+	if kvs := r.Responses[1].GetResponseRange().Kvs; len(kvs) > 0 {
+		h.LastSeen = &LastSeen{}
+		if err := json.Unmarshal(kvs[0].Value, h.LastSeen); err != nil {
+			return h, fmt.Errorf("malformed last-seen record at %s: %w", kvs[0].Key, err)
+		}
+		h.SeenRev = kvs[0].ModRevision
+	}
+	return h, nil
+}
