@@ -60,15 +60,17 @@ func usedCount(t *testing.T, s *etcdtest.SecureServer, prefix string) int64 {
 func mustFail(t *testing.T, what string, fn func(ctx context.Context) error) error {
 	t.Helper()
 	// Generous for a loaded CI machine (-race, packages in parallel): the
-	// TLS cause is only known once a handshake attempt has ended.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	// TLS cause is only known once a handshake attempt has ended, and after
+	// an attempt cut short gRPC waits out its reconnect backoff (1 s, then
+	// 1.6 times longer each time) before the next one.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
 	err := fn(ctx)
 	if err == nil {
 		t.Fatalf("%s succeeded", what)
 	}
-	if d := time.Since(start); d > 8*time.Second {
+	if d := time.Since(start); d > 13*time.Second {
 		t.Fatalf("%s took %v to fail", what, d)
 	}
 	t.Logf("%s: %v", what, err)
