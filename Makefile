@@ -6,7 +6,7 @@ FUZZTIME  ?= 10s
 # `make run` flags, e.g. make run RUN_ARGS="--etcd-endpoints http://10.0.0.5:2379"
 RUN_ARGS  ?=
 
-.PHONY: all build run test test-deps vet fuzz bench clean plugin install
+.PHONY: all build run test test-deps vet fuzz bench clean compose-test plugin install
 
 all: build
 
@@ -59,6 +59,12 @@ test: test-deps vet
 
 test-deps:
 	scripts/install-test-deps.sh
+
+# docker-compose.test.yml (etcd and the plugin as containers) and
+# docker-compose.test-app.yml (test containers on a talkingdata network) on a
+# private dockerd, addresses checked in etcd; also part of `make test`.
+compose-test: test-deps
+	CI=$${CI:-true} $(GO) test -count=1 -v -run '^TestCompose$$' ./e2e
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed"; exit 1; }

@@ -6,7 +6,7 @@
 # It never starts the system dockerd or etcd: the tests start private ones.
 set -euo pipefail
 
-pkgs=(docker.io etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux systemd)
+pkgs=(docker.io docker-compose etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux systemd)
 
 missing=()
 for p in "${pkgs[@]}"; do
