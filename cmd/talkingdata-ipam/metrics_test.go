@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strconv"
@@ -13,6 +12,7 @@ import (
 	"time"
 
 	"github.com/talkingdata/ipam/internal/etcdtest"
+	"github.com/talkingdata/ipam/internal/testproc"
 )
 
 // TestMetricsAndHealth runs the daemon with --metrics-addr against a real
@@ -24,7 +24,7 @@ func TestMetricsAndHealth(t *testing.T) {
 	dir := t.TempDir()
 	bin := buildDaemon(t, dir)
 	sock := filepath.Join(dir, "td.sock")
-	addr := freeTCPAddr(t)
+	addr := testproc.FreeLoopbackAddr(t)
 	startDaemon(t, bin, sock, filepath.Join(dir, "data"), "--etcd-endpoints", srv.Endpoints()[0], "--metrics-addr", addr)
 
 	const id = "198.18.0.0/28" // 14 addresses
@@ -88,16 +88,6 @@ func TestMetricsAndHealth(t *testing.T) {
 	if failed == 0 {
 		t.Error("no failed etcd call counted after etcd stopped")
 	}
-}
-
-func freeTCPAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 func get(t *testing.T, url string) (int, string) {

@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -84,8 +83,8 @@ func (s *Server) launch(t testing.TB) {
 	// Free ports are picked by binding :0 and closing, so another process can grab one before
 	// etcd binds it: retry with new ports when that happens.
 	for attempt := 1; ; attempt++ {
-		s.client = s.scheme + "://" + freeAddr(t)
-		s.peer = "http://" + freeAddr(t)
+		s.client = s.scheme + "://" + testproc.FreeLoopbackAddr(t)
+		s.peer = "http://" + testproc.FreeLoopbackAddr(t)
 		err := s.start()
 		if err == nil {
 			return
@@ -210,14 +209,4 @@ func waitHealthy(clientURL string, tc *tls.Config, exited <-chan struct{}) error
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }

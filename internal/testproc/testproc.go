@@ -5,6 +5,7 @@ package testproc
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"runtime"
@@ -155,4 +156,16 @@ func InNetNS(path string, f func() error) error {
 		errc <- ferr
 	}()
 	return <-errc
+}
+
+// FreeLoopbackAddr returns a 127.0.0.1 address with a port nobody listens
+// on now, for a server the test starts next.
+func FreeLoopbackAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
 }
