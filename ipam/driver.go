@@ -42,8 +42,25 @@ const (
 	GatewayRouter = "router"
 )
 
-// AddressSpace is the only address space: pools are named by subnet.
-const AddressSpace = "talkingdata"
+// AddressSpace is where every pool talkingdata serves lives; pools are named
+// by subnet. GlobalAddressSpace is the one swarm's managers allocate in
+// (swarmkit's cnmallocator takes a driver's global default), which
+// talkingdata refuses: there the managers allocate each task's address
+// and every node then requests that same address again for its endpoint,
+// which a pool shared by all nodes must refuse as taken. Swarm services get
+// their addresses from the nodes instead, through --config-from networks,
+// which request pools in the local address space.
+const (
+	AddressSpace       = "talkingdata"
+	GlobalAddressSpace = "talkingdata-global"
+)
+
+// errSwarmAllocated names the fix for a pool requested by swarm's
+// allocator; dockerd logs it as "Failed allocation for network …".
+var errSwarmAllocated = errors.New("talkingdata does not serve networks whose addresses swarm's managers allocate " +
+	"(overlay, or --scope swarm without --config-from): each node would request its tasks' addresses again from the shared pool. " +
+	"Create a --config-only network with --ipam-driver talkingdata on every node (ipamctl network create --config-only) " +
+	"and the swarm network with docker network create --scope swarm --config-from; see docs/OPERATIONS.md, Swarm")
 
 var _ api.Ipam = (*Driver)(nil)
 
@@ -85,7 +102,7 @@ func (d *Driver) GetCapabilities() (*api.CapabilitiesResponse, error) {
 }
 
 func (d *Driver) GetDefaultAddressSpaces() (*api.AddressSpacesResponse, error) {
-	return &api.AddressSpacesResponse{LocalDefaultAddressSpace: AddressSpace, GlobalDefaultAddressSpace: AddressSpace}, nil
+	return &api.AddressSpacesResponse{LocalDefaultAddressSpace: AddressSpace, GlobalDefaultAddressSpace: GlobalAddressSpace}, nil
 }
 
 // PoolRef is what a PoolID names: the network, and whether its gateway is
@@ -143,6 +160,10 @@ func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolRespons
 	// talkingdata has no default pools: dockerd asks for one (Pool "")
 	// when a network has no --subnet of that family, IPv6 included.
 	switch {
+	case r.AddressSpace == GlobalAddressSpace:
+		return nil, errSwarmAllocated
+	case r.AddressSpace != AddressSpace && r.AddressSpace != "":
+		return nil, fmt.Errorf("unknown address space %q: talkingdata serves only %q", r.AddressSpace, AddressSpace)
 	case r.Pool == "" && r.V6:
 		return nil, errors.New("an IPv6 subnet is required with --ipv6: add --subnet 2001:db8:…/64 --ip-range 2001:db8:…/112 (a /64 is too large to seed whole)")
 	case r.Pool == "":

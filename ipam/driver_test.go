@@ -100,7 +100,12 @@ func TestDockerSequenceOnTwoHosts(t *testing.T) {
 	if out := a.ok("IpamDriver.GetCapabilities", ""); out["RequiresMACAddress"] != true {
 		t.Fatalf("capabilities: %v", out)
 	}
-	a.ok("IpamDriver.GetDefaultAddressSpaces", "")
+	if out := a.ok("IpamDriver.GetDefaultAddressSpaces", ""); out["LocalDefaultAddressSpace"] != "talkingdata" || out["GlobalDefaultAddressSpace"] != "talkingdata-global" {
+		t.Fatalf("address spaces: %v", out)
+	}
+	// Swarm's managers allocate in the global space: refused, naming the way that works.
+	a.refused("IpamDriver.RequestPool", map[string]any{"AddressSpace": "talkingdata-global", "Pool": "198.18.0.0/24"}, "--config-from")
+	a.refused("IpamDriver.RequestPool", map[string]any{"AddressSpace": "other", "Pool": "198.18.0.0/24"}, `unknown address space "other"`)
 	req := map[string]any{"AddressSpace": "talkingdata", "Pool": "198.18.0.0/24", "SubPool": "198.18.0.128/25"}
 	idA := a.ok("IpamDriver.RequestPool", req)["PoolID"]
 	idB := b.ok("IpamDriver.RequestPool", req)["PoolID"]
