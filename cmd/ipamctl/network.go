@@ -55,7 +55,12 @@ With --subnet6 the network is dual-stack (--ipv6): the same for IPv6, with
 --router6 as the IPv6 router; on a bridge the host's own IPv6 address on the
 bridge is the IPv6 gateway (dockerd deletes the bridge's other global IPv6
 addresses). Free addresses are seeded one etcd key each, so a /64 pool not
-yet seeded by init-range needs --ip-range6 (such as a /112).`,
+yet seeded by init-range needs --ip-range6 (such as a /112).
+
+--config-only makes the same network as a swarm configuration instead: run
+it on every node (each with its own gateway), then once on a manager
+docker network create -d DRIVER --scope swarm --config-from NAME SWARMNAME.
+Each node's plugin then allocates its tasks' addresses from the shared pool.`,
 			ArgsUsage: " ",
 			Flags: []cli.Flag{
 				&cli.StringFlag{Name: "name", Required: true, Usage: "Docker network name"},
@@ -71,6 +76,7 @@ yet seeded by init-range needs --ip-range6 (such as a /112).`,
 				&cli.StringFlag{Name: "ipvlan-mode", Value: "l2", Usage: "with --driver ipvlan: l2 (the only mode with containers on the segment)"},
 				&cli.StringFlag{Name: "ipam-driver", Value: "talkingdata", Usage: "IPAM driver name (talkingdata/ipam:latest for the managed plugin)"},
 				&cli.StringFlag{Name: "docker-host", EnvVars: []string{"DOCKER_HOST"}, Value: "unix:///var/run/docker.sock", Usage: "Docker API socket"},
+				&cli.BoolFlag{Name: "config-only", Usage: "create this node's configuration of a swarm network (docker network create --config-only) instead of a network"},
 				&cli.BoolFlag{Name: "print", Usage: "print the equivalent docker command instead of running it"},
 			},
 			Action: networkCreate,
@@ -81,10 +87,13 @@ yet seeded by init-range needs --ip-range6 (such as a /112).`,
 // networkSpec is one host's network, as docker network create takes it.
 type networkSpec struct {
 	Name, Driver, IPAMDriver string
-	Bridge                   string // bridge driver only
-	Parent, IPvlanMode       string // macvlan and ipvlan only
-	V4                       ipamConfig
-	V6                       ipamConfig // zero: no IPv6
+	// ConfigOnly: this node's configuration of a swarm network, which
+	// takes its driver from the --config-from network instead.
+	ConfigOnly         bool
+	Bridge             string // bridge driver only
+	Parent, IPvlanMode string // macvlan and ipvlan only
+	V4                 ipamConfig
+	V6                 ipamConfig // zero: no IPv6
 }
 
 // ipamConfig is one address family's part of a network.
@@ -172,7 +181,11 @@ func optionMap(opts []option) map[string]string {
 
 // command renders the docker CLI line doing the same, for --print.
 func (s networkSpec) command() string {
-	args := []string{"docker", "network", "create", "-d", s.Driver, "--ipam-driver", s.IPAMDriver}
+	args := []string{"docker", "network", "create", "-d", s.Driver}
+	if s.ConfigOnly {
+		args = []string{"docker", "network", "create", "--config-only"}
+	}
+	args = append(args, "--ipam-driver", s.IPAMDriver)
 	for _, o := range s.ipamOptions() {
 		args = append(args, "--ipam-opt", o.key+"="+o.value)
 	}
@@ -201,6 +214,10 @@ func (s networkSpec) request() map[string]any {
 	req := map[string]any{
 		"Name": s.Name, "CheckDuplicate": true, "Driver": s.Driver, "Options": optionMap(s.options()),
 		"IPAM": ipamCfg,
+	}
+	if s.ConfigOnly {
+		delete(req, "Driver")
+		req["ConfigOnly"] = true
 	}
 	if s.V6.Subnet.IsValid() {
 		req["EnableIPv6"] = true
@@ -243,7 +260,7 @@ func networkCreate(c *cli.Context) error {
 	if _, err := positional(c, 0, 0); err != nil {
 		return err
 	}
-	spec := networkSpec{Name: c.String("name"), IPAMDriver: c.String("ipam-driver")}
+	spec := networkSpec{Name: c.String("name"), IPAMDriver: c.String("ipam-driver"), ConfigOnly: c.Bool("config-only")}
 	if err := networkDriver(c, &spec); err != nil {
 		return err
 	}
@@ -283,12 +300,16 @@ func networkCreate(c *cli.Context) error {
 		return err
 	}
 	var msg string
-	if spec.Driver == driverBridge {
+	switch {
+	case spec.ConfigOnly:
+		msg = fmt.Sprintf("created config-only network %s (%s) for %s on %s, gateway %s; once all nodes have it, on a manager: "+
+			"docker network create -d %s --scope swarm --config-from %s NAME", spec.Name, shortID(id), spec.Driver, on, spec.V4.Gateway, spec.Driver, spec.Name)
+	case spec.Driver == driverBridge:
 		msg = fmt.Sprintf("created network %s (%s) on %s, gateway %s, router %s", spec.Name, shortID(id), on, spec.V4.Gateway, spec.V4.Router)
 		if spec.V6.Subnet.IsValid() {
 			msg += fmt.Sprintf("; IPv6 gateway %s, router %s", spec.V6.Gateway, spec.V6.Router)
 		}
-	} else {
+	default:
 		msg = fmt.Sprintf("created %s network %s (%s) on %s, gateway %s (the LAN router)", spec.Driver, spec.Name, shortID(id), on, spec.V4.Gateway)
 		if spec.V6.Subnet.IsValid() {
 			msg += fmt.Sprintf("; IPv6 gateway %s", spec.V6.Gateway)

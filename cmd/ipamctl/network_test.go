@@ -19,6 +19,8 @@ func TestNetworkSpecRendering(t *testing.T) {
 	vlan := networkSpec{Name: "v8", Driver: "macvlan", Parent: "eth0.8", IPAMDriver: "talkingdata", V4: ipamConfig{
 		Subnet: netip.MustParsePrefix("198.18.8.0/24"), IPRange: netip.MustParsePrefix("198.18.8.128/26"),
 		Gateway: netip.MustParseAddr("198.18.8.1"), Router: netip.MustParseAddr("198.18.8.1")}}
+	lanConfig := lan
+	lanConfig.Name, lanConfig.ConfigOnly = "lan-config", true
 	ipvlan := vlan
 	ipvlan.Driver, ipvlan.IPvlanMode, ipvlan.V4.IPRange = "ipvlan", "l2", netip.Prefix{}
 	ipvlan.V6 = ipamConfig{Subnet: netip.MustParsePrefix("2001:db8:8::/64"), IPRange: netip.MustParsePrefix("2001:db8:8::1:0/112"),
@@ -33,6 +35,11 @@ func TestNetworkSpecRendering(t *testing.T) {
 				" --gateway 198.18.0.11 --aux-address DefaultGatewayIPv4=198.18.0.1 -o com.docker.network.bridge.name=br0" +
 				" -o com.docker.network.bridge.enable_ip_masquerade=false lan",
 			`{"CheckDuplicate":true,"Driver":"bridge","IPAM":{"Config":[{"AuxiliaryAddresses":{"DefaultGatewayIPv4":"198.18.0.1"},"Gateway":"198.18.0.11","IPRange":"198.18.1.0/24","Subnet":"198.18.0.0/16"}],"Driver":"talkingdata"},"Name":"lan","Options":{"com.docker.network.bridge.enable_ip_masquerade":"false","com.docker.network.bridge.name":"br0"}}`},
+		{"swarm configuration of a bridge", lanConfig,
+			"docker network create --config-only --ipam-driver talkingdata --subnet 198.18.0.0/16 --ip-range 198.18.1.0/24" +
+				" --gateway 198.18.0.11 --aux-address DefaultGatewayIPv4=198.18.0.1 -o com.docker.network.bridge.name=br0" +
+				" -o com.docker.network.bridge.enable_ip_masquerade=false lan-config",
+			`{"CheckDuplicate":true,"ConfigOnly":true,"IPAM":{"Config":[{"AuxiliaryAddresses":{"DefaultGatewayIPv4":"198.18.0.1"},"Gateway":"198.18.0.11","IPRange":"198.18.1.0/24","Subnet":"198.18.0.0/16"}],"Driver":"talkingdata"},"Name":"lan-config","Options":{"com.docker.network.bridge.enable_ip_masquerade":"false","com.docker.network.bridge.name":"br0"}}`},
 		{"dual-stack bridge", dual,
 			"docker network create -d bridge --ipam-driver talkingdata --ipv6 --subnet 198.18.0.0/16" +
 				" --gateway 198.18.0.11 --aux-address DefaultGatewayIPv4=198.18.0.1" +
