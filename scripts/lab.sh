@@ -37,8 +37,9 @@
 #                          talkingdata-ipam --host-id hK (socket /tmp/tdlab-ID/hK/plugins/talkingdata.sock)
 #                          dockerd (socket /tmp/tdlab-ID/hK/docker.sock), in its own mount namespace
 #                          where /tmp/tdlab-ID/hK/plugins is /run/docker/plugins; --bridge=none
-#                          --iptables=false, containers under cgroup parent /tdlab-ID-hK;
-#                          image tdlab/busybox:latest imported.
+#                          --iptables=false, default address pools in 198.19.128.0/18, containers
+#                          under cgroup parent /tdlab-ID-hK;
+#                          image tdlab/busybox:latest, the same image ID on every host.
 #   /tmp/tdlab-ID/         state: env, logs, pid files, data. No br0 and no docker network is made.
 #
 # Environment:
@@ -663,7 +664,9 @@ cmd_up() {
 	# dockerd, each in the host's netns and a private mount namespace.
 	for ((k = 1; k <= NHOSTS; k++)); do
 		local d="$S/h$k"
-		echo '{}' >"$d/daemon.json" # so the machine's /etc/docker/daemon.json cannot change it
+		# Its own file, so the machine's /etc/docker/daemon.json cannot change it. Networks dockerd
+		# numbers itself (swarm's docker_gwbridge) stay inside the lab's 198.18.0.0/15.
+		echo '{"default-address-pools": [{"base": "198.19.128.0/18", "size": 24}]}' >"$d/daemon.json"
 		spawn "$d/dockerd.log" "$d/dockerd.pid" nsenter --net="$(ns_path "h$k")" -- \
 			unshare -m --propagation private -- /bin/sh -c "$DOCKERD_SH" sh "$d/plugins" "tdlab-$ID-h$k" \
 			"$DOCKERD" --config-file "$d/daemon.json" --data-root "$d/data" --exec-root "$d/exec" \
@@ -690,16 +693,24 @@ cmd_up() {
 	done
 	say "lab $ID: dockerd answering on ${hosts[*]} ($(elapsed)s, storage driver $driver)"
 
-	local -a imports=()
-	for ((k = 1; k <= NHOSTS; k++)); do
+	# Imported once and loaded into the other hosts, so that every host has the same image ID: a
+	# swarm service naming the image by ID runs it from the local store, where a name would make
+	# each node try a registry first.
+	DOCKER_CONFIG="$S/cli" timeout 120 "$DOCKER" -H "unix://$S/h1/docker.sock" \
+		import --change 'CMD ["/bin/sh"]' - "$IMAGE" <"$S/busybox.tar" >"$S/h1/import.log" 2>&1 ||
+		fail_up "docker import on h1 failed" "$S/h1/import.log"
+	DOCKER_CONFIG="$S/cli" timeout 120 "$DOCKER" -H "unix://$S/h1/docker.sock" save -o "$S/image.tar" "$IMAGE" \
+		>>"$S/h1/import.log" 2>&1 || fail_up "docker save on h1 failed" "$S/h1/import.log"
+	local -a loads=()
+	for ((k = 2; k <= NHOSTS; k++)); do
 		DOCKER_CONFIG="$S/cli" timeout 120 "$DOCKER" -H "unix://$S/h$k/docker.sock" \
-			import --change 'CMD ["/bin/sh"]' - "$IMAGE" <"$S/busybox.tar" >"$S/h$k/import.log" 2>&1 &
-		imports+=($!)
+			load -i "$S/image.tar" >"$S/h$k/import.log" 2>&1 &
+		loads+=($!)
 	done
-	for ((k = 1; k <= NHOSTS; k++)); do
-		wait "${imports[k - 1]}" || fail_up "docker import on h$k failed" "$S/h$k/import.log"
+	for ((k = 2; k <= NHOSTS; k++)); do
+		wait "${loads[k - 2]}" || fail_up "docker load on h$k failed" "$S/h$k/import.log"
 	done
-	rm -f "$S/busybox.tar"
+	rm -f "$S/busybox.tar" "$S/image.tar"
 
 	touch "$S/ready"
 	say "lab $ID: up in $(elapsed)s"

@@ -427,8 +427,9 @@ func (l *Lab) prefix(router netip.Addr, lenVar string) netip.Prefix {
 	return netip.PrefixFrom(router, bits).Masked()
 }
 
-// Image is the busybox image imported into every dockerd (tdlab/busybox:latest). busybox sleep
-// as PID 1 ignores SIGTERM: run long-lived containers with --init or --stop-timeout 1.
+// Image is the busybox image in every dockerd (tdlab/busybox:latest), with the same image ID
+// everywhere: a swarm service names it by that ID, as a name would make each node try a registry.
+// busybox sleep as PID 1 ignores SIGTERM: run long-lived containers with --init or --stop-timeout 1.
 func (l *Lab) Image() string { return l.env["TDLAB_IMAGE"] }
 
 // DockerHost is host i's -H / DOCKER_HOST value.
