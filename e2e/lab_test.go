@@ -33,10 +33,10 @@ func labCtl(t *testing.T, l *lab.Lab) func(host int, args ...string) string {
 	}
 }
 
-// flatL2 brings up a lab and sets it up as a network team would: br0 on
-// every host, the pool seeded with the hosts' addresses recorded, and the
-// Docker network "lan" on every host. ctl runs ipamctl on a host.
-func flatL2(t *testing.T) (l *lab.Lab, ctl func(host int, args ...string) string) {
+// seededLAN brings up a lab and sets it up as a network team would: br0
+// on every host and the pool seeded with the hosts' addresses recorded.
+// ctl runs ipamctl on a host.
+func seededLAN(t *testing.T) (l *lab.Lab, ctl func(host int, args ...string) string) {
 	t.Helper()
 	l = lab.Up(t)
 	ctl = labCtl(t, l)
@@ -47,6 +47,13 @@ func flatL2(t *testing.T) (l *lab.Lab, ctl func(host int, args ...string) string
 	}
 	ctl(1, "init-range", "--subnet", lanSubnet, "--range", lanRange)
 	ctl(1, "host-range", "--subnet", lanSubnet, "--range", hostsRange)
+	return l, ctl
+}
+
+// flatL2 is seededLAN with the Docker network "lan" on every host.
+func flatL2(t *testing.T) (l *lab.Lab, ctl func(host int, args ...string) string) {
+	t.Helper()
+	l, ctl = seededLAN(t)
 	for h := 1; h <= 3; h++ {
 		ctl(h, "network", "create", "--name", "lan", "--subnet", lanSubnet, "--ip-range", lanRange,
 			"--router", lanRouter, "--docker-host", l.DockerHost(h))
@@ -114,16 +121,7 @@ func TestThreeHostsFlatL2(t *testing.T) {
 
 	// etcd holds exactly the containers, the hosts' addresses (claimed as
 	// their gateways) and the router.
-	type addr struct {
-		Address string
-		Kind    string
-		Host    string
-		Holders map[string]int
-	}
-	var used []addr
-	if err := json.Unmarshal([]byte(ctl(1, "addr", "ls", lanSubnet, "--json")), &used); err != nil {
-		t.Fatal(err)
-	}
+	used := usedAddrs(t, ctl)
 	kinds := map[string]int{}
 	for _, u := range used {
 		kinds[u.Kind]++
@@ -157,6 +155,33 @@ func TestThreeHostsFlatL2(t *testing.T) {
 		l.Docker(t, h, names...)
 		l.Docker(t, h, "network", "rm", "lan")
 	}
+	assertOnlyHostsUsed(t, ctl)
+}
+
+// usedAddr is an entry of ipamctl addr ls --json.
+type usedAddr struct {
+	Address string
+	Kind    string
+	Host    string
+	MAC     string
+	Holders map[string]int
+}
+
+// usedAddrs lists lanSubnet's used addresses, as recorded in etcd.
+func usedAddrs(t *testing.T, ctl func(host int, args ...string) string) []usedAddr {
+	t.Helper()
+	var used []usedAddr
+	if err := json.Unmarshal([]byte(ctl(1, "addr", "ls", lanSubnet, "--json")), &used); err != nil {
+		t.Fatal(err)
+	}
+	return used
+}
+
+// assertOnlyHostsUsed checks, once containers and networks are gone, that
+// every seeded address of lanRange is free again and only the 3 hosts'
+// own addresses are used.
+func assertOnlyHostsUsed(t *testing.T, ctl func(host int, args ...string) string) {
+	t.Helper()
 	var show struct {
 		Size       int64
 		Free       int64

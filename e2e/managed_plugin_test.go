@@ -24,25 +24,12 @@ const managedPlugin = "talkingdata/ipam:latest"
 // The plugin runs in dockerd's network namespace; each etcd reaches it through a forwarded
 // loopback port there.
 func TestManagedPlugin(t *testing.T) {
-	_, err := exec.LookPath("make")
-	testproc.Require(t, err == nil, "no make (Debian package make)")
 	etcd1, etcd2 := etcdtest.Start(t), etcdtest.Start(t)
 	d := dockertest.Start(t, dockertest.Options{})
 	image := d.ImportBusybox(t)
 
-	dir := t.TempDir()
-	mk := exec.Command("make", "-C", "..", "plugin", "PLUGIN_DIR="+filepath.Join(dir, "plugin"))
-	mk.Env = append(testproc.EnvWithout("DOCKER_"), "DOCKER_HOST="+d.Host(), "DOCKER_CONFIG="+filepath.Join(dir, "cli"))
-	if out, err := mk.CombinedOutput(); err != nil {
-		t.Fatalf("make plugin: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { d.Docker("plugin", "rm", "-f", managedPlugin) })
-	// The TLS mount's default source, /etc/talkingdata-ipam, need not exist on a test machine.
-	tls := filepath.Join(dir, "tls")
-	if err := os.Mkdir(tls, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	d.MustDocker(t, "plugin", "set", managedPlugin, "tls.source="+tls, "IPAM_HOST_ID="+host, "IPAM_LOG_LEVEL=debug")
+	makePlugin(t, d.Host(), d.Docker)
+	d.MustDocker(t, "plugin", "set", managedPlugin, "IPAM_HOST_ID="+host)
 
 	// No endpoints: the plugin exits with the fix in its message, dockerd gives up on it.
 	if out, err := d.Docker("plugin", "enable", managedPlugin); err == nil {
@@ -111,4 +98,28 @@ func TestManagedPlugin(t *testing.T) {
 	d.MustDocker(t, "plugin", "disable", managedPlugin)
 	useEtcd(etcd2)
 	t.Logf("with etcd 2: containers got %v", runOn(st2, st1))
+}
+
+// makePlugin creates the managed plugin, disabled, on the dockerd at dockerHost with `make
+// plugin`, set to log at debug level, and removes it when the test ends; docker runs the docker
+// CLI against that dockerd.
+func makePlugin(t *testing.T, dockerHost string, docker func(args ...string) (string, error)) {
+	t.Helper()
+	_, err := exec.LookPath("make")
+	testproc.Require(t, err == nil, "no make (Debian package make)")
+	dir := t.TempDir()
+	mk := exec.Command("make", "-C", "..", "plugin", "PLUGIN_DIR="+filepath.Join(dir, "plugin"))
+	mk.Env = append(testproc.EnvWithout("DOCKER_"), "DOCKER_HOST="+dockerHost, "DOCKER_CONFIG="+filepath.Join(dir, "cli"))
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("make plugin: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { docker("plugin", "rm", "-f", managedPlugin) })
+	// The TLS mount's default source, /etc/talkingdata-ipam, need not exist on a test machine.
+	tls := filepath.Join(dir, "tls")
+	if err := os.Mkdir(tls, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := docker("plugin", "set", managedPlugin, "tls.source="+tls, "IPAM_LOG_LEVEL=debug"); err != nil {
+		t.Fatalf("docker plugin set: %v %s", err, out)
+	}
 }
