@@ -43,16 +43,7 @@ func TestDualStackOnTwoHosts(t *testing.T) {
 		}
 	}
 
-	ipRange := netip.MustParsePrefix("2001:db8:1::1:0/120")
-	seen := map[string]bool{}
-	for i := range 10 {
-		got := []plugin{a, b}[i%2].ok("IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Options": mac(i)})["Address"].(string)
-		pfx := netip.MustParsePrefix(got)
-		if seen[got] || pfx.Bits() != 64 || !ipRange.Contains(pfx.Addr()) {
-			t.Fatalf("container address %s: duplicate, or not a /64 in the ip-range", got)
-		}
-		seen[got] = true
-	}
+	// The --ip6 addresses before any random pick, which could take them.
 	fixed := map[string]any{"PoolID": id, "Address": "2001:db8:1::1:99", "Options": mac(99)} // --ip6
 	if got := a.ok("IpamDriver.RequestAddress", fixed)["Address"]; got != "2001:db8:1::1:99/64" {
 		t.Fatalf("--ip6: %v", got)
@@ -67,6 +58,17 @@ func TestDualStackOnTwoHosts(t *testing.T) {
 
 	a.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": id, "Address": "2001:db8:1::1:99"})
 	b.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Address": "2001:db8:1::1:98", "Options": mac(98)})
+
+	ipRange := netip.MustParsePrefix("2001:db8:1::1:0/120")
+	seen := map[string]bool{}
+	for i := range 10 {
+		got := []plugin{a, b}[i%2].ok("IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Options": mac(i)})["Address"].(string)
+		pfx := netip.MustParsePrefix(got)
+		if seen[got] || pfx.Bits() != 64 || !ipRange.Contains(pfx.Addr()) {
+			t.Fatalf("container address %s: duplicate, or not a /64 in the ip-range", got)
+		}
+		seen[got] = true
+	}
 	for _, p := range []plugin{a, b} {
 		p.ok("IpamDriver.ReleaseAddress", map[string]any{"PoolID": id, "Address": "2001:db8:1::1"})
 		p.ok("IpamDriver.ReleasePool", map[string]any{"PoolID": id})
