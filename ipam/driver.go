@@ -57,10 +57,10 @@ const (
 
 // errSwarmAllocated names the fix for a pool requested by swarm's
 // allocator; dockerd logs it as "Failed allocation for network …".
-var errSwarmAllocated = errors.New("talkingdata does not serve networks whose addresses swarm's managers allocate " +
-	"(overlay, or --scope swarm without --config-from): each node would request its tasks' addresses again from the shared pool. " +
-	"Create a --config-only network with --ipam-driver talkingdata on every node (ipamctl network create --config-only) " +
-	"and the swarm network with docker network create --scope swarm --config-from; see docs/OPERATIONS.md, Swarm")
+var errSwarmAllocated = errors.New("talkingdata does not serve networks whose addresses swarm's managers allocate (overlay): " +
+	"each node would request its tasks' addresses again from the shared pool. Instead, on every node create a --config-only network " +
+	"with --ipam-driver talkingdata/ipam:latest (ipamctl network create --config-only), then on a manager " +
+	"docker network create -d bridge (or macvlan, ipvlan) --scope swarm --config-from; see docs/OPERATIONS.md, Swarm")
 
 var _ api.Ipam = (*Driver)(nil)
 
