@@ -181,9 +181,11 @@ func optionMap(opts []option) map[string]string {
 
 // command renders the docker CLI line doing the same, for --print.
 func (s networkSpec) command() string {
-	args := []string{"docker", "network", "create", "-d", s.Driver}
+	args := []string{"docker", "network", "create"}
 	if s.ConfigOnly {
-		args = []string{"docker", "network", "create", "--config-only"}
+		args = append(args, "--config-only")
+	} else {
+		args = append(args, "-d", s.Driver)
 	}
 	args = append(args, "--ipam-driver", s.IPAMDriver)
 	for _, o := range s.ipamOptions() {
@@ -299,21 +301,24 @@ func networkCreate(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	network := "network"
+	if spec.ConfigOnly {
+		network = "config-only network"
+	}
 	var msg string
-	switch {
-	case spec.ConfigOnly:
-		msg = fmt.Sprintf("created config-only network %s (%s) for %s on %s, gateway %s; once all nodes have it, on a manager: "+
-			"docker network create -d %s --scope swarm --config-from %s NAME", spec.Name, shortID(id), spec.Driver, on, spec.V4.Gateway, spec.Driver, spec.Name)
-	case spec.Driver == driverBridge:
-		msg = fmt.Sprintf("created network %s (%s) on %s, gateway %s, router %s", spec.Name, shortID(id), on, spec.V4.Gateway, spec.V4.Router)
+	if spec.Driver == driverBridge {
+		msg = fmt.Sprintf("created %s %s (%s) on %s, gateway %s, router %s", network, spec.Name, shortID(id), on, spec.V4.Gateway, spec.V4.Router)
 		if spec.V6.Subnet.IsValid() {
 			msg += fmt.Sprintf("; IPv6 gateway %s, router %s", spec.V6.Gateway, spec.V6.Router)
 		}
-	default:
-		msg = fmt.Sprintf("created %s network %s (%s) on %s, gateway %s (the LAN router)", spec.Driver, spec.Name, shortID(id), on, spec.V4.Gateway)
+	} else {
+		msg = fmt.Sprintf("created %s %s %s (%s) on %s, gateway %s (the LAN router)", spec.Driver, network, spec.Name, shortID(id), on, spec.V4.Gateway)
 		if spec.V6.Subnet.IsValid() {
 			msg += fmt.Sprintf("; IPv6 gateway %s", spec.V6.Gateway)
 		}
+	}
+	if spec.ConfigOnly {
+		msg += fmt.Sprintf("; once every node has it, on a manager: docker network create -d %s --scope swarm --config-from %s NAME", spec.Driver, spec.Name)
 	}
 	_, err = fmt.Fprintln(c.App.Writer, msg)
 	return err
