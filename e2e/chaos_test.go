@@ -31,8 +31,8 @@ func TestChaos(t *testing.T) {
 	cfg.Concurrency = 32
 	cfg.MinLeaderKills = 3
 	cfg.MinPluginKills = 4
-	// A stop for a load that hangs, not a speed target: the load takes 30–50 s here, longer
-	// while other test packages share the 2 cores under -race.
+	// A stop for a load that hangs, not a speed target: the load takes 30–50 s, longer while
+	// other test packages share the machine under -race.
 	cfg.MaxDuration = 2 * time.Minute
 	cfg.Logf = t.Logf
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -27,8 +27,9 @@
 #   scripts/lab.sh exec h2 docker run --rm tdlab/busybox ip addr
 #   scripts/lab.sh exec sw etcdctl --endpoints http://198.18.0.21:2379 member list
 #
-# Topology of lab ID, everything in 198.18.0.0/16 and 2001:db8::/64 inside namespaces the lab
-# creates (nothing is added to the machine's own network namespace):
+# Topology of lab ID, everything in 198.18.0.0/16 (dockerd's own networks in 198.19.128.0/18) and
+# 2001:db8::/64 inside namespaces the lab creates (nothing is added to the machine's own network
+# namespace):
 #
 #   netns tdlab-ID-sw      bridge sw0; veth "router" on it with 198.18.0.1/16 and 2001:db8::1/64
 #   netns tdlab-ID-etcdK   eth0 198.18.0.2K/16 on sw0; etcd member etcdK, client http://198.18.0.2K:2379
@@ -665,7 +666,7 @@ cmd_up() {
 	for ((k = 1; k <= NHOSTS; k++)); do
 		local d="$S/h$k"
 		# Its own file, so the machine's /etc/docker/daemon.json cannot change it. Networks dockerd
-		# numbers itself (swarm's docker_gwbridge) stay inside the lab's 198.18.0.0/15.
+		# numbers itself (swarm's docker_gwbridge) stay inside 198.18.0.0/15.
 		echo '{"default-address-pools": [{"base": "198.19.128.0/18", "size": 24}]}' >"$d/daemon.json"
 		spawn "$d/dockerd.log" "$d/dockerd.pid" nsenter --net="$(ns_path "h$k")" -- \
 			unshare -m --propagation private -- /bin/sh -c "$DOCKERD_SH" sh "$d/plugins" "tdlab-$ID-h$k" \

@@ -6,9 +6,9 @@
 // any Docker network is created: tests do that, e.g. with `ipamctl bridge setup --nic eth0`
 // through Exec.
 //
-// Everything lives in 198.18.0.0/16 and 2001:db8::/64 inside namespaces the lab creates; the
-// machine's own network namespace is never touched. Several labs (also from parallel test
-// binaries) run at once.
+// Everything lives in 198.18.0.0/16 (dockerd's own networks, such as swarm's docker_gwbridge, in
+// 198.19.128.0/18) and 2001:db8::/64 inside namespaces the lab creates; the machine's own
+// network namespace is never touched. Several labs (also from parallel test binaries) run at once.
 //
 //	l := lab.Up(t)
 //	l.Exec(t, 1, "ipamctl", "bridge", "setup", "--nic", "eth0")
