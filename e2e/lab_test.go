@@ -92,23 +92,15 @@ func TestThreeHostsFlatL2(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r := netip.MustParsePrefix(lanRange)
 	holder := map[netip.Addr]string{}
 	for h := 1; h <= 3; h++ {
 		for i := range perHost {
 			name := fmt.Sprintf("c%d", i)
-			out := l.Docker(t, h, "inspect", "-f", `{{(index .NetworkSettings.Networks "lan").IPAddress}}`, name)
-			a, err := netip.ParseAddr(strings.TrimSpace(out))
-			if err != nil || !r.Contains(a) {
-				t.Fatalf("host %d %s has address %q, want one in %s", h, name, out, lanRange)
-			}
+			a := lanAddr(t, l, h, name)
 			if other, dup := holder[a]; dup {
 				t.Fatalf("%s handed to host %d %s and to %s", a, h, name, other)
 			}
 			holder[a] = fmt.Sprintf("host %d %s", h, name)
-			if route := l.Docker(t, h, "exec", name, "ip", "route"); !strings.Contains(route, "default via "+lanRouter) {
-				t.Fatalf("host %d %s does not route via the router:\n%s", h, name, route)
-			}
 		}
 	}
 	t.Logf("%d containers on 3 hosts got %d distinct addresses in %s", 3*perHost, len(holder), lanRange)
@@ -156,6 +148,22 @@ func TestThreeHostsFlatL2(t *testing.T) {
 		l.Docker(t, h, "network", "rm", "lan")
 	}
 	assertOnlyHostsUsed(t, ctl)
+}
+
+// lanAddr returns the address of container on host h in network "lan",
+// failing the test unless it is in lanRange and the container's default
+// route is the LAN router.
+func lanAddr(t *testing.T, l *lab.Lab, h int, container string) netip.Addr {
+	t.Helper()
+	out := l.Docker(t, h, "inspect", "-f", `{{(index .NetworkSettings.Networks "lan").IPAddress}}`, container)
+	a, err := netip.ParseAddr(out)
+	if err != nil || !netip.MustParsePrefix(lanRange).Contains(a) {
+		t.Fatalf("host %d %s has address %q, want one in %s", h, container, out, lanRange)
+	}
+	if route := l.Docker(t, h, "exec", container, "ip", "route"); !strings.Contains(route, "default via "+lanRouter) {
+		t.Fatalf("host %d %s does not route via the router:\n%s", h, container, route)
+	}
+	return a
 }
 
 // usedAddr is an entry of ipamctl addr ls --json.
