@@ -392,6 +392,13 @@ find_tool() { # VAR NAME PACKAGE [OVERRIDE]
 	printf -v "$1" %s "$p"
 }
 
+# host_docker K SECONDS ARGS…: the docker CLI against host K's dockerd, given SECONDS to answer.
+host_docker() {
+	local k=$1 secs=$2
+	shift 2
+	DOCKER_CONFIG="$S/cli" timeout "$secs" "$DOCKER" -H "unix://$S/h$k/docker.sock" "$@"
+}
+
 docker_cli() {
 	if [[ -n ${TDLAB_DOCKER_CLI:-} ]]; then
 		echo "$TDLAB_DOCKER_CLI"
@@ -682,7 +689,7 @@ cmd_up() {
 			[[ -z ${ready[$k]:-} ]] || continue
 			alive "$S/h$k/dockerd.pid" || fail_up "dockerd of h$k exited" "$S/h$k/dockerd.log"
 			if [[ -S $S/h$k/docker.sock ]] &&
-				DOCKER_CONFIG="$S/cli" timeout 5 "$DOCKER" -H "unix://$S/h$k/docker.sock" version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+				host_docker "$k" 5 version --format '{{.Server.Version}}' >/dev/null 2>&1; then
 				ready[$k]=1
 			else
 				pending=1
@@ -697,15 +704,13 @@ cmd_up() {
 	# Imported once and loaded into the other hosts, so that every host has the same image ID: a
 	# swarm service naming the image by ID runs it from the local store, where a name would make
 	# each node try a registry first.
-	DOCKER_CONFIG="$S/cli" timeout 120 "$DOCKER" -H "unix://$S/h1/docker.sock" \
-		import --change 'CMD ["/bin/sh"]' - "$IMAGE" <"$S/busybox.tar" >"$S/h1/import.log" 2>&1 ||
+	host_docker 1 120 import --change 'CMD ["/bin/sh"]' - "$IMAGE" <"$S/busybox.tar" >"$S/h1/import.log" 2>&1 ||
 		fail_up "docker import on h1 failed" "$S/h1/import.log"
-	DOCKER_CONFIG="$S/cli" timeout 120 "$DOCKER" -H "unix://$S/h1/docker.sock" save -o "$S/image.tar" "$IMAGE" \
-		>>"$S/h1/import.log" 2>&1 || fail_up "docker save on h1 failed" "$S/h1/import.log"
+	host_docker 1 120 save -o "$S/image.tar" "$IMAGE" >>"$S/h1/import.log" 2>&1 ||
+		fail_up "docker save on h1 failed" "$S/h1/import.log"
 	local -a loads=()
 	for ((k = 2; k <= NHOSTS; k++)); do
-		DOCKER_CONFIG="$S/cli" timeout 120 "$DOCKER" -H "unix://$S/h$k/docker.sock" \
-			load -i "$S/image.tar" >"$S/h$k/import.log" 2>&1 &
+		host_docker "$k" 120 load -i "$S/image.tar" >"$S/h$k/import.log" 2>&1 &
 		loads+=($!)
 	done
 	for ((k = 2; k <= NHOSTS; k++)); do
