@@ -48,6 +48,9 @@ type Options struct {
 	// NetNS is an existing netns name (/run/netns/NAME) to run dockerd in. Empty: a fresh one
 	// named "tdtest-<random>" is created (with lo up) and deleted on cleanup.
 	NetNS string
+	// Engine is the dockerd build to run and the CLI to talk to it (LookupEngine,
+	// MatrixEngines). The zero value is the system's Debian dockerd 20.10 and its CLI.
+	Engine Engine
 }
 
 // Daemon is one private dockerd.
@@ -59,6 +62,7 @@ type Daemon struct {
 	ownNetNS bool
 	driver   string // storage driver, fixed for the life of the data root
 	tools    tools
+	engine   Engine // opts.Engine, or the system's when that is zero
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -72,7 +76,12 @@ type Daemon struct {
 // removed when the test ends, also when the test fails midway.
 func Start(t testing.TB, opts Options) *Daemon {
 	t.Helper()
-	d := &Daemon{opts: opts, tools: findTools(t)}
+	d := &Daemon{opts: opts, tools: findTools(t, opts.Engine.IsZero())}
+	d.engine = opts.Engine
+	if d.engine.IsZero() {
+		d.engine = SystemEngine()
+		d.engine.Dockerd, d.engine.Docker = d.tools.dockerd, d.tools.docker
+	}
 	root, err := os.MkdirTemp("/tmp", "tdtest-")
 	if err != nil {
 		t.Fatal(err)
@@ -114,6 +123,10 @@ func Start(t testing.TB, opts Options) *Daemon {
 // Host is the -H / DOCKER_HOST value for this daemon.
 func (d *Daemon) Host() string { return "unix://" + filepath.Join(d.root, "docker.sock") }
 
+// Engine is the engine this daemon runs: Options.Engine, or the system's (Name "20.10") when
+// that was zero.
+func (d *Daemon) Engine() Engine { return d.engine }
+
 // NetNS is the name of the network namespace dockerd runs in (see `ip netns`).
 func (d *Daemon) NetNS() string { return d.netns }
 
@@ -134,7 +147,7 @@ func (d *Daemon) MustDocker(t testing.TB, args ...string) string {
 func (d *Daemon) docker(stdin io.Reader, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), cliTimeout)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, d.tools.docker, append([]string{"-H", d.Host()}, args...)...)
+	cmd := exec.CommandContext(ctx, d.engine.Docker, append([]string{"-H", d.Host()}, args...)...)
 	// Drop DOCKER_HOST/DOCKER_CONTEXT/…, and keep the CLI away from the user's ~/.docker.
 	cmd.Env = append(testproc.EnvWithout("DOCKER_"), "DOCKER_CONFIG="+filepath.Join(d.root, "cli"))
 	var stdout, stderr bytes.Buffer
@@ -211,7 +224,7 @@ func (d *Daemon) start(t testing.TB) {
 	args := []string{"-m", "--propagation", "private", "--", "/bin/sh", "-c", startScript, "sh",
 		d.root, d.opts.PluginDir,
 		d.tools.nsenter, "--net=/proc/self/fd/3",
-		d.tools.dockerd,
+		d.engine.Dockerd,
 		"--config-file", filepath.Join(d.root, "daemon.json"),
 		"--data-root", filepath.Join(d.root, "data"),
 		"--exec-root", filepath.Join(d.root, "exec"),
@@ -224,12 +237,14 @@ func (d *Daemon) start(t testing.TB) {
 		// Containers get their own cgroup parent, so cleanup can find their processes.
 		"--cgroup-parent", "/" + d.token,
 	}
+	args = append(args, d.engine.Args...)
 	cmd := exec.Command(d.tools.unshare, args...)
 	cmd.ExtraFiles = []*os.File{nsf} // fd 3
 	cmd.Dir = d.root
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// dockerd finds containerd, runc and docker-init on PATH: prefer the ones beside it.
-	cmd.Env = append(testproc.EnvWithout("PATH="), "PATH="+filepath.Dir(d.tools.dockerd)+":/usr/sbin:/usr/bin:/sbin:/bin:"+os.Getenv("PATH"))
+	// dockerd finds containerd, runc and docker-init on PATH: prefer the engine's own, then
+	// the ones beside dockerd.
+	cmd.Env = append(testproc.EnvWithout("PATH="), "PATH="+d.engine.pathFor())
 	// Own process group for Stop; Pdeathsig so a test binary that dies without running its
 	// cleanups (e.g. a -timeout panic) takes dockerd and its containerd with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}

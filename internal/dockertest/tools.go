@@ -15,8 +15,9 @@ type tools struct {
 	dockerd, docker, unshare, nsenter, ip string
 }
 
-// findTools skips (or, in CI, fails) the test when dockerd or a namespace tool is missing.
-func findTools(t testing.TB) tools {
+// findTools skips (or, in CI, fails) the test when a namespace tool is missing, or, with
+// systemDocker, the system's dockerd or docker CLI (an Engine brings its own).
+func findTools(t testing.TB, systemDocker bool) tools {
 	t.Helper()
 	testproc.Require(t, os.Geteuid() == 0, "dockertest: needs root (namespaces, mounts, dockerd)")
 	var tl tools
@@ -31,6 +32,9 @@ func findTools(t testing.TB) tools {
 		{&tl.nsenter, "nsenter", "util-linux"},
 		{&tl.ip, "ip", "iproute2"},
 	} {
+		if !systemDocker && (x.name == "dockerd" || x.name == "docker") {
+			continue
+		}
 		*x.dst = lookTool(x.name)
 		testproc.Require(t, *x.dst != "", "dockertest: no "+x.name+" (Debian package "+x.pkg+")")
 	}
