@@ -43,6 +43,8 @@ declare -A debs=(
 declare -A gobuilds=(
 	[29]="github.com/moby/moby/v2/cmd/dockerd@$MOBY29_VERSION github.com/moby/moby/v2/cmd/docker-proxy@$MOBY29_VERSION github.com/opencontainers/runc@$RUNC_VERSION"
 )
+# Symlinks made in a root (forky's docker-init comes with docker.io, which 29 does not take).
+declare -A links=([29]="usr/bin/docker-init=tini-static")
 all=(28.5 26.1 29 etcd-3.5)
 
 log="$(mktemp)"
@@ -112,7 +114,7 @@ fetch_debs() {
 # install NAME: (re)builds one root unless its stamp matches the recipe.
 install() {
 	local name="$1" root="$dir/$1"
-	local recipe="suite=${suite[$name]} debs=${debs[$name]} go=${gobuilds[$name]:-}"
+	local recipe="suite=${suite[$name]} debs=${debs[$name]} go=${gobuilds[$name]:-} links=${links[$name]:-}"
 	if [[ -f "$root/.installed" && "$(cat "$root/.installed")" == "$recipe" ]]; then
 		return
 	fi
@@ -137,6 +139,10 @@ install() {
 				"$GO" install "${tags[@]}" "$m"
 		done
 	fi
+	local l
+	for l in ${links[$name]:-}; do
+		ln -sfn "${l#*=}" "$root.new/${l%%=*}"
+	done
 	echo "$recipe" >"$root.new/.installed"
 	rm -rf "$root"
 	mv "$root.new" "$root"

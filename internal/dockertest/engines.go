@@ -28,8 +28,10 @@ type Engine struct {
 	// Compose is a Docker Compose v2 binary that goes with this engine (run it directly, as
 	// `docker-compose`), or "" where there is none: 20.10 has Debian's docker-compose 1.29 on PATH.
 	Compose string
-	// APIVersion is the API version this engine's daemon speaks at most ("1.41" for 20.10). A
-	// moby-module build (29) reports no release version, so this is what identifies it.
+	// APIVersion is the highest API version the first release of this engine speaks ("1.41" for
+	// 20.10, "1.52" for 29.0); later patch releases may speak more (the v2.0.0-beta.18 module
+	// build of 29 speaks 1.55). A moby-module build reports no release version
+	// ("library-import"), so this is what identifies it.
 	APIVersion string
 }
 
