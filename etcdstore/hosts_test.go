@@ -2,7 +2,6 @@ package etcdstore_test
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"os"
 	"testing"
@@ -211,8 +210,8 @@ func TestReleaseListedGuards(t *testing.T) {
 			t.Fatalf("second release of %s: released=%v err=%v", a, ok, err)
 		}
 	}
-	if _, err := other.Allocate(ctx, n, addr("198.18.0.131"), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:01:83"}); !errors.Is(err, pool.ErrUnavailable) {
-		t.Fatalf("claiming .131 within the reuse delay gc gave it: %v", err)
+	if c, err := s.Claim(ctx, n.Subnet, addr("198.18.0.131"), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:01:83", Since: time.Now()}, false); err != nil || c.Taken || c.DelayedUntil.IsZero() {
+		t.Fatalf("automatic claim of .131 within the reuse delay gc gave it: %+v, %v; want it refused as delayed", c, err)
 	}
 	_, listed = census()
 	if len(listed) != 1 || listed[addr("198.18.0.130")].Allocation.Host != "other" {

@@ -148,7 +148,7 @@ func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta,
 	return cur, false, err
 }
 
-func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a pool.Allocation) (pool.Claim, error) {
+func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a pool.Allocation, delayed bool) (pool.Claim, error) {
 	free, used, meta, owner := s.k.free(subnet, addr), s.k.used(subnet, addr), s.k.meta(subnet), s.k.owner(subnet, &a)
 	value, err := json.Marshal(a)
 	if err != nil {
@@ -163,12 +163,16 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		since = time.Now()
 	}
 	now := reuseStamp(since)
+	// Exists, and past its reuse delay: a free key's value is the time it
+	// may be claimed again ("" at once, stamps are digits); a missing key
+	// fails any value compare.
+	claimableBefore := now
+	if delayed {
+		claimableBefore = "~" // after every stamp
+	}
 	t := subTxn{
 		cmps: []clientv3.Cmp{
-			// Exists, and past its reuse delay: a free key's value is the
-			// time it may be claimed again ("" at once); a missing key
-			// fails any value compare.
-			clientv3.Compare(clientv3.Value(free), "<", now),
+			clientv3.Compare(clientv3.Value(free), "<", claimableBefore),
 			clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(meta), ">", 0),
 		},
@@ -198,7 +202,7 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		}
 	}
 	c.NoPool = r.Responses[1].GetResponseRange().Count == 0
-	if kvs := r.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) >= now {
+	if kvs := r.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) >= claimableBefore {
 		if c.DelayedUntil, err = parseReuseStamp(kvs[0].Value); err != nil {
 			return c, fmt.Errorf("free key %s: %w", free, err)
 		}

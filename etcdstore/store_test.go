@@ -211,7 +211,7 @@ func TestClaimReportsHolderAndExhaustion(t *testing.T) {
 	if _, err := p.Allocate(ctx, n, first, pool.Allocation{Kind: pool.KindContainer}); err != nil {
 		t.Fatal(err)
 	}
-	c, err := s.Claim(ctx, n.Subnet, first, pool.Allocation{Kind: pool.KindContainer})
+	c, err := s.Claim(ctx, n.Subnet, first, pool.Allocation{Kind: pool.KindContainer}, false)
 	if err != nil || c.Taken || c.Holder == nil || c.Holder.Host != "h" {
 		t.Fatalf("claim of a used address: %+v, %v", c, err)
 	}
@@ -380,8 +380,8 @@ func TestPoolRemovedWhileSeeding(t *testing.T) {
 }
 
 // TestReuseDelayAgainstEtcd: addresses in their reuse delay are refused
-// by the claim and skipped by the free set, and an all-delayed range is
-// reported as such.
+// by an automatic claim and skipped by the free set, an explicit request
+// takes one, and an all-delayed range is reported as such.
 func TestReuseDelayAgainstEtcd(t *testing.T) {
 	srv := etcdtest.Start(t)
 	ctx := ctxT(t, time.Minute)
@@ -404,9 +404,14 @@ func TestReuseDelayAgainstEtcd(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c, err := s.Claim(ctx, n.Subnet, netip.MustParseAddr("198.18.0.1"), pool.Allocation{Kind: pool.KindContainer, Since: time.Now()})
+	c, err := s.Claim(ctx, n.Subnet, netip.MustParseAddr("198.18.0.1"), pool.Allocation{Kind: pool.KindContainer, Since: time.Now()}, false)
 	if err != nil || c.Taken || c.DelayedUntil.IsZero() {
 		t.Fatalf("claim at a delayed address: %+v, %v; want it refused as delayed", c, err)
+	}
+	// An explicit request (--ip) takes a delayed address at once.
+	explicit := netip.MustParseAddr("198.18.0.2")
+	if got, err := p.Allocate(ctx, n, explicit, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:04:01"}); err != nil || got != explicit {
+		t.Fatalf("--ip of a delayed address: %s, %v; want it taken", got, err)
 	}
 	for i := range 20 {
 		got, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: fmt.Sprintf("02:42:00:00:02:%02x", i)})

@@ -217,6 +217,13 @@ func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, t
 
 // Allocate takes an address for a, from n's range, or want if it is valid.
 //
+// The reuse delay holds back automatic allocation only. An endpoint that
+// names its address (`--ip`) is that address's service coming back: a
+// restart, a recreate, a reconnect, a move to another host. The delay
+// exists so that a container that did not choose an address does not
+// inherit traffic meant for another; the one that asked for it by name is
+// the one that traffic is for, and Docker's own IPAM hands it out at once.
+//
 // The address to claim comes from the pool's local free-set copy, at a
 // random point of the range rather than the lowest free one: hosts sharing
 // a pool would otherwise all race for the same key. So the claim's
@@ -228,7 +235,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		if err := CheckHostAddr(n.Subnet, want); err != nil {
 			return netip.Addr{}, err
 		}
-		c, err := p.store.Claim(ctx, n.Subnet, want, a)
+		c, err := p.store.Claim(ctx, n.Subnet, want, a, true)
 		if err != nil {
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err))
 		}
@@ -244,8 +251,6 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
 		case c.Holder != nil && (c.Holder.Kind == KindReserved || c.Holder.Kind == KindAnycast):
 			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
-		case !c.DelayedUntil.IsZero():
-			return netip.Addr{}, fmt.Errorf("%w: %s was released less than %s ago (--reuse-delay); neighbours may still send its traffic to the old container's MAC", ErrUnavailable, want, p.cfg.ReuseDelay)
 		}
 		return netip.Addr{}, unavailable(n.Subnet, want, c.Holder)
 	}
@@ -261,7 +266,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		case !ok:
 			return netip.Addr{}, fmt.Errorf("%w in pool %s", ErrNoFree, n)
 		}
-		c, err := p.store.Claim(ctx, n.Subnet, addr, a)
+		c, err := p.store.Claim(ctx, n.Subnet, addr, a, false)
 		if err != nil {
 			free.Add(addr, time.Time{}) // the claim may not have reached the store; if it did, the store's update follows
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming an address in pool %s: %w", n, err))

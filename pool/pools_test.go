@@ -421,8 +421,8 @@ type commitThenFail struct {
 	gate chan struct{}
 }
 
-func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) (Claim, error) {
-	c, err := s.memStore.Claim(ctx, subnet, addr, a)
+func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, delayed bool) (Claim, error) {
+	c, err := s.memStore.Claim(ctx, subnet, addr, a, delayed)
 	if err == nil && c.Taken {
 		return Claim{}, context.DeadlineExceeded
 	}
@@ -486,37 +486,68 @@ func TestRetryAfterFailedAttemptKeepsTheAddress(t *testing.T) {
 }
 
 // TestReuseDelay: a released container address is not handed out again
-// until the delay has passed, neither automatically nor by --ip.
+// automatically until the delay has passed, while a request that names it
+// (`--ip`: a restart, a recreate, a reconnect, a move to another host)
+// takes it at once.
 func TestReuseDelay(t *testing.T) {
-	ctx := context.Background()
-	s := newMemStore()
-	n := mustNetwork(t, "198.18.0.0/30", "") // two addresses
-	p := New(s, Config{Host: "a", ReuseDelay: time.Minute})
-	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	p.now = func() time.Time { return clock }
-	if err := p.Attach(ctx, n); err != nil {
-		t.Fatal(err)
-	}
-	x, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.Release(ctx, n.Subnet, x); err != nil {
-		t.Fatal(err)
-	}
-	y, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02"})
-	if err != nil || y == x {
-		t.Fatalf("allocation after a release: %s, %v; want the other address", y, err)
-	}
-	if _, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"}); !errors.Is(err, ErrNoFree) || !strings.Contains(err.Error(), "--reuse-delay") {
-		t.Fatalf("only a delayed address left: %v", err)
-	}
-	if _, err := p.Allocate(ctx, n, x, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"}); err == nil || !strings.Contains(err.Error(), "released less than 1m0s ago") {
-		t.Fatalf("--ip of a delayed address: %v", err)
-	}
-	clock = clock.Add(time.Minute + time.Second)
-	if got, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"}); err != nil || got != x {
-		t.Fatalf("after the delay: %s, %v; want %s", got, err, x)
+	const (
+		released = "198.18.0.1" // the first address of the /30, released at the start of each case
+		other    = "198.18.0.2"
+	)
+	for _, tc := range []struct {
+		name      string
+		host      string        // who asks
+		want      string        // "" for automatic allocation
+		after     time.Duration // how long after the release
+		takeOther bool          // the other address is taken first, so only the released one is free
+		got       string        // the address handed out, or "" when refused
+		err       string        // part of the refusal
+	}{
+		{name: "automatic, within the delay", host: "a", after: time.Second, got: other},
+		{name: "automatic, only the delayed one left", host: "a", after: time.Second, takeOther: true, err: "released less than 1m0s ago (--reuse-delay)"},
+		{name: "automatic, after the delay", host: "a", after: time.Minute + time.Second, takeOther: true, got: released},
+		{name: "explicit, same host (restart, recreate, reconnect)", host: "a", want: released, after: time.Millisecond, got: released},
+		{name: "explicit, another host (a move)", host: "b", want: released, after: time.Second, got: released},
+		{name: "explicit, after the delay", host: "b", want: released, after: time.Hour, got: released},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			s := newMemStore()
+			n := mustNetwork(t, "198.18.0.0/30", "") // two addresses
+			clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+			ps := map[string]*Pools{}
+			for _, h := range []string{"a", "b"} {
+				ps[h] = New(s, Config{Host: h, ReuseDelay: time.Minute})
+				ps[h].now = func() time.Time { return clock }
+				if err := ps[h].Attach(ctx, n); err != nil {
+					t.Fatal(err)
+				}
+			}
+			x := netip.MustParseAddr(released)
+			if _, err := ps["a"].Allocate(ctx, n, x, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ps["a"].Release(ctx, n.Subnet, x); err != nil {
+				t.Fatal(err)
+			}
+			if tc.takeOther {
+				if _, err := ps["a"].Allocate(ctx, n, netip.MustParseAddr(other), Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02"}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			clock = clock.Add(tc.after)
+			var want netip.Addr
+			if tc.want != "" {
+				want = netip.MustParseAddr(tc.want)
+			}
+			got, err := ps[tc.host].Allocate(ctx, n, want, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"})
+			switch {
+			case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+				t.Fatalf("got %s, %v; want a refusal saying %q", got, err, tc.err)
+			case tc.err == "" && (err != nil || got != netip.MustParseAddr(tc.got)):
+				t.Fatalf("got %s, %v; want %s", got, err, tc.got)
+			}
+		})
 	}
 }
 

@@ -176,7 +176,8 @@ type Claim struct {
 	// Holder is the address's record when it was used by someone.
 	Holder *Allocation
 	// DelayedUntil is set when the address is free but still in its
-	// reuse delay: the time it may be claimed again.
+	// reuse delay, and the claim did not take delayed addresses: the time
+	// it may be claimed again.
 	DelayedUntil time.Time
 }
 
@@ -199,10 +200,11 @@ type Store interface {
 	// nor used, and reports how many it added. progress may be nil.
 	Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error)
 	// Claim moves addr from free to used, recorded as a, unless a's
-	// endpoint (host and MAC) already holds an address in the pool or addr
-	// is still in its reuse delay at a.Since. When it does not take addr it
-	// returns who holds it and the endpoint's existing address.
-	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) (Claim, error)
+	// endpoint (host and MAC) already holds an address in the pool, or
+	// addr is still in its reuse delay at a.Since and delayed is false.
+	// When it does not take addr it returns who holds it and the
+	// endpoint's existing address.
+	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, delayed bool) (Claim, error)
 	// FreeSet returns the pool's free set as a copy the store keeps
 	// current, loading it on first use. It may lag behind other hosts by
 	// moments; Claim decides.
