@@ -252,7 +252,10 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		case c.Holder != nil && (c.Holder.Kind == KindReserved || c.Holder.Kind == KindAnycast):
 			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
 		}
-		return netip.Addr{}, unavailable(n.Subnet, want, c.Holder)
+		if c.Holder != nil {
+			return netip.Addr{}, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, want, c.Holder.Describe())
+		}
+		return netip.Addr{}, p.unseeded(ctx, n.Subnet, want)
 	}
 	free, err := p.store.FreeSet(ctx, n.Subnet)
 	if err != nil {
@@ -376,12 +379,22 @@ func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
 	return err
 }
 
-func unavailable(subnet netip.Prefix, a netip.Addr, holder *Allocation) error {
-	if holder != nil {
-		return fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, a, holder.Describe())
+// unseeded explains why a, neither free nor used, cannot be had. Docker's
+// own IPAM hands out any address of the subnet by --ip; on a LAN shared
+// with hosts and routers only the seeded ranges are the plugin's to give,
+// so the refusal names the command that adds a.
+func (p *Pools) unseeded(ctx context.Context, subnet netip.Prefix, a netip.Addr) error {
+	m, ok, err := p.store.Meta(ctx, subnet)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %s is not in the free set of pool %s (reading its ranges: %v)", ErrUnavailable, a, subnet, err)
+	case !ok:
+		return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
+	case !m.Ranges.Contains(a):
+		return fmt.Errorf("%w: %s is outside the seeded ranges of pool %s (%s); to hand it out, seed it with `ipamctl init-range --subnet %s --range %s`",
+			ErrUnavailable, a, subnet, FormatRanges(m.Ranges), subnet, a)
 	}
-	return fmt.Errorf("%w: %s is not in the free set of pool %s (never seeded, or excluded; see `ipamctl pool show %s`)",
-		ErrUnavailable, a, subnet, subnet)
+	return fmt.Errorf("%w: %s is seeded in pool %s but neither free nor used; run `ipamctl check`", ErrUnavailable, a, subnet)
 }
 
 // Gateway records addr as this host's gateway in n's pool. With no addr it

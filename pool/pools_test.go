@@ -95,8 +95,8 @@ func TestAllocateSpecificAddress(t *testing.T) {
 	want := netip.MustParseAddr("198.18.0.200") // outside the ip-range, as Docker allows for --ip
 	if _, err := ps[0].Allocate(ctx, n, want, Allocation{Kind: KindContainer}); err == nil {
 		t.Fatal("--ip of an address never seeded was granted")
-	} else if !strings.Contains(err.Error(), "not in the free set") {
-		t.Fatalf("unseeded --ip: %v", err)
+	} else if !strings.Contains(err.Error(), "outside the seeded ranges of pool 198.18.0.0/24 (198.18.0.1-198.18.0.127); to hand it out, seed it with `ipamctl init-range --subnet 198.18.0.0/24 --range 198.18.0.200`") {
+		t.Fatalf("unseeded --ip: %v; want the ranges and the command that seeds it", err)
 	}
 	want = netip.MustParseAddr("198.18.0.10")
 	if got, err := ps[0].Allocate(ctx, n, want, Allocation{Kind: KindContainer, MAC: "02:00:00:00:00:0a", Endpoint: "web"}); err != nil || got != want {
