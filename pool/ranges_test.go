@@ -21,6 +21,8 @@ func TestParseSubnet(t *testing.T) {
 		{in: "fe80::%eth0/64", err: "invalid subnet"},
 		{in: "::ffff:198.18.0.0/112", err: "plain IPv4 form"},
 		{in: "", err: `invalid subnet ""`},
+		{in: "0.0.0.0/24", err: "picks no subnet for you"}, // dockerd 29: any /24
+		{in: "::/64", err: "picks no subnet for you"},
 	} {
 		got, err := ParseSubnet(tc.in)
 		if tc.err != "" {
