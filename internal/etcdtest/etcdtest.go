@@ -51,6 +51,23 @@ type Server struct {
 	done chan struct{} // closed when cmd has exited
 }
 
+// etcdBinary is $TALKINGDATA_ETCD (`make test` also runs the etcd tests with etcd 3.5 from the
+// engine cache that way), else etcd on PATH (Debian bookworm's 3.4). It returns what is missing
+// instead when there is none.
+func etcdBinary() (bin, missing string) {
+	if bin = os.Getenv("TALKINGDATA_ETCD"); bin != "" {
+		if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return "", fmt.Sprintf("etcdtest: TALKINGDATA_ETCD=%s is not an executable (`make test-deps` puts etcd 3.5 in .cache/engines/etcd-3.5/usr/bin/etcd)", bin)
+		}
+		return bin, ""
+	}
+	bin, err := exec.LookPath("etcd")
+	if err != nil {
+		return "", "etcdtest: no etcd binary (Debian package etcd-server)"
+	}
+	return bin, ""
+}
+
 // Start runs a fresh etcd and waits until it reports healthy. It is stopped when the test ends;
 // if the test failed, the tail of etcd's log is printed first.
 func Start(t testing.TB) *Server {
@@ -64,8 +81,8 @@ func Start(t testing.TB) *Server {
 // when the test ends; launch starts it.
 func newServer(t testing.TB) *Server {
 	t.Helper()
-	bin, err := exec.LookPath("etcd")
-	testproc.Require(t, err == nil, "etcdtest: no etcd binary (Debian package etcd-server)")
+	bin, miss := etcdBinary()
+	testproc.Require(t, miss == "", miss)
 	s := &Server{bin: bin, dir: t.TempDir(), scheme: "http"}
 	s.logPath = filepath.Join(s.dir, "etcd.log")
 	t.Cleanup(func() {
