@@ -46,19 +46,33 @@ install: build
 	test -e $(DESTDIR)/etc/default/talkingdata-ipam || install -m 0600 scripts/systemd/talkingdata-ipam.default $(DESTDIR)/etc/default/talkingdata-ipam
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
 
+# The Docker engines of the test matrix (20.10 is the system's docker.io; 26.1, 28.5 and 29 live
+# here, put by scripts/install-engines.sh) and etcd 3.5. Tests find them through this variable;
+# TALKINGDATA_ENGINES picks the matrix (default 20.10,28.5,29).
+export TALKINGDATA_ENGINE_DIR ?= $(CURDIR)/.cache/engines
+ETCD35 := $(TALKINGDATA_ENGINE_DIR)/etcd-3.5/usr/bin/etcd
+
 # Everything, with real etcd, real dockerd and real netlink: run as root.
 # Tests that this kernel cannot run (a missing kernel option) skip, and are
-# listed at the end under NOT RUN.
+# listed at the end under NOT RUN. The etcd tests run with Debian's etcd 3.4,
+# then ./etcdstore again with etcd 3.5.
 NOT_RUN   := $(CURDIR)/.not-run
 test: test-deps vet
 	@rm -f $(NOT_RUN)
 	@status=0; CI=$${CI:-true} TALKINGDATA_NOT_RUN=$(NOT_RUN) $(GO) test -race -count=1 -timeout 20m $(PKGS) || status=$$?; \
+	echo "etcdstore against etcd 3.5 ($(ETCD35)):"; \
+	CI=$${CI:-true} TALKINGDATA_ETCD=$(ETCD35) $(GO) test -race -count=1 -timeout 10m ./etcdstore || status=$$?; \
 	if [ -s $(NOT_RUN) ]; then echo "NOT RUN on this kernel (each says what it needs):"; sort -u $(NOT_RUN); fi; \
 	exit $$status
 	$(MAKE) fuzz
 
 test-deps:
-	scripts/install-test-deps.sh
+	GO=$(GO) scripts/install-test-deps.sh
+
+# The conformance suite (e2e TestConformance) on dockerd 26.1, which `make test` does not run.
+.PHONY: conformance-26
+conformance-26: test-deps
+	CI=$${CI:-true} TALKINGDATA_ENGINES=26.1 $(GO) test -count=1 -v -run '^TestConformance$$' ./e2e
 
 # docker-compose.test.yml (etcd and the plugin as containers) and
 # docker-compose.test-app.yml (test containers on a talkingdata network) on a

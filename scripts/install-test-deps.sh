@@ -2,7 +2,9 @@
 # Installs the Debian packages that the integration tests (internal/etcdtest, internal/dockertest)
 # need: a real etcd, a real dockerd, a static busybox for the offline test image, the netns and
 # mount-namespace tools, and systemd-analyze for the unit files `make install` puts in place.
-# Idempotent; prints one line per package it installs and nothing otherwise.
+# Then scripts/install-engines.sh puts the newer Docker engines of the test matrix (26.1, 28.5,
+# 29) and etcd 3.5 into the engine cache (.cache/engines), nothing of them system-wide.
+# Idempotent; prints one line per package or engine it installs and nothing otherwise.
 # It never starts the system dockerd or etcd: the tests start private ones.
 set -euo pipefail
 
@@ -23,7 +25,10 @@ if [[ "$(id -u)" == 0 ]] && command -v modprobe >/dev/null; then
 	done
 fi
 
-((${#missing[@]})) || exit 0
+here="$(dirname "${BASH_SOURCE[0]}")"
+if ((${#missing[@]} == 0)); then
+	exec "$here/install-engines.sh"
+fi
 
 sudo=()
 if [[ "$(id -u)" != 0 ]]; then
@@ -64,3 +69,4 @@ rm -f "$log"
 for p in "${missing[@]}"; do
 	echo "installed $p"
 done
+"$here/install-engines.sh"
