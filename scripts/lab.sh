@@ -22,7 +22,8 @@
 # HOST is h1…hN or 1…N. exec, docker and env need no id when exactly one lab exists. exec runs in
 # the machine's mount namespace with IPAM_ETCD_ENDPOINTS and TDLAB_ETCD_ENDPOINTS (the lab's
 # etcd), on a host also DOCKER_HOST and IPAM_HOST_ID, and the lab's ipamctl, talkingdata-ipam and
-# docker CLI (Debian's /usr/bin/docker, matching dockerd 20.10) first on PATH:
+# the host's docker CLI (Debian's /usr/bin/docker, matching dockerd 20.10, unless the host runs
+# another engine) first on PATH:
 #   scripts/lab.sh exec h1 ipamctl bridge setup --nic eth0
 #   scripts/lab.sh exec h2 docker run --rm tdlab/busybox ip addr
 #   scripts/lab.sh exec sw etcdctl --endpoints http://198.18.0.21:2379 member list
@@ -49,6 +50,13 @@
 #                     the working tree into the state dir)
 #   TDLAB_PLUGIN_ARGS extra daemon flags, split on spaces   TDLAB_OWNER_PID   see prune
 #   TDLAB_DOCKERD, TDLAB_ETCD, TDLAB_DOCKER_CLI, TDLAB_GO, TDLAB_STORAGE_DRIVER: override programs
+#   TDLAB_Hk_DOCKERD, TDLAB_Hk_DOCKER_CLI, TDLAB_Hk_DOCKERD_ARGS (split on spaces), TDLAB_Hk_PATH
+#                     (directories put first on that dockerd's PATH: its containerd, runc,
+#                     docker-init, docker-proxy): another engine on host k, e.g. a cluster in the
+#                     middle of a rolling upgrade; the engines of scripts/install-engines.sh:
+#                       e=.cache/engines/29; TDLAB_H3_DOCKERD=$e/usr/sbin/dockerd \
+#                       TDLAB_H3_DOCKER_CLI=$e/usr/bin/docker TDLAB_H3_PATH=$e/usr/sbin:$e/usr/bin \
+#                       TDLAB_H3_DOCKERD_ARGS=--seccomp-profile=unconfined scripts/lab.sh up
 #
 # Daemons outlive this script (setsid, nohup). `down` SIGKILLs everything of the lab (there is
 # nothing to save): processes whose command line names /tmp/tdlab-ID/ or tdlab-ID-, processes in
@@ -392,11 +400,20 @@ find_tool() { # VAR NAME PACKAGE [OVERRIDE]
 	printf -v "$1" %s "$p"
 }
 
-# host_docker K SECONDS ARGS…: the docker CLI against host K's dockerd, given SECONDS to answer.
+# host_docker K SECONDS ARGS…: host K's docker CLI (up's HCLI) against its dockerd, given
+# SECONDS to answer.
 host_docker() {
 	local k=$1 secs=$2
 	shift 2
-	DOCKER_CONFIG="$S/cli" timeout "$secs" "$DOCKER" -H "unix://$S/h$k/docker.sock" "$@"
+	DOCKER_CONFIG="$S/cli" timeout "$secs" "${HCLI[$k]:-$DOCKER}" -H "unix://$S/h$k/docker.sock" "$@"
+}
+
+# host_cli K: host K's docker CLI as up recorded it (a lab from an older lab.sh: docker_cli).
+host_cli() {
+	local c=""
+	[[ ! -r $S/env ]] || c=$(sed -n "s/^TDLAB_H$1_DOCKER_CLI=//p" "$S/env")
+	[[ -n $c ]] || c=$(docker_cli)
+	echo "$c"
 }
 
 docker_cli() {
@@ -540,6 +557,22 @@ cmd_up() {
 		command -v "${t%%:*}" >/dev/null || die "no ${t%%:*} (Debian package ${t#*:})"
 	done
 	DPATH="$(dirname "$DOCKERD"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	# Each host's engine: dockerd, CLI, extra flags and PATH (default: the lab's).
+	local v
+	local -a HDOCKERD=() HARGS=() HDPATH=()
+	declare -gA HCLI=()
+	for ((k = 1; k <= NHOSTS; k++)); do
+		v="TDLAB_H${k}_DOCKERD"
+		HDOCKERD[k]=${!v:-$DOCKERD}
+		[[ -x ${HDOCKERD[k]} ]] || die "$v=${HDOCKERD[k]} is not executable"
+		v="TDLAB_H${k}_DOCKER_CLI"
+		HCLI[$k]=${!v:-$DOCKER}
+		[[ -x ${HCLI[$k]} ]] || die "$v=${HCLI[$k]} is not executable"
+		v="TDLAB_H${k}_DOCKERD_ARGS"
+		HARGS[k]=${!v:-}
+		v="TDLAB_H${k}_PATH"
+		HDPATH[k]="${!v:+${!v}:}$(dirname "${HDOCKERD[k]}"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	done
 
 	mkdir -m 0755 "$S"
 	echo $$ >"$S/up.pid"
@@ -598,6 +631,8 @@ cmd_up() {
 			echo "TDLAB_H${k}_PLUGIN_SOCKET=$S/h$k/plugins/talkingdata.sock"
 			echo "TDLAB_H${k}_PLUGIN_LOG=$S/h$k/plugin.log"
 			echo "TDLAB_H${k}_DOCKERD_LOG=$S/h$k/dockerd.log"
+			echo "TDLAB_H${k}_DOCKERD=${HDOCKERD[k]}"
+			echo "TDLAB_H${k}_DOCKER_CLI=${HCLI[$k]}"
 		done
 	} >"$S/env"
 
@@ -647,10 +682,15 @@ cmd_up() {
 	for b in talkingdata-ipam ipamctl; do
 		[[ -x $BIN/$b ]] || fail_up "no $BIN/$b" "$S/build.log"
 	done
-	# PATH for exec: the lab's binaries and the docker CLI that matches dockerd.
+	# PATH for exec: the lab's binaries and the docker CLI that matches dockerd; on a host, that
+	# host's CLI first.
 	mkdir -p "$S/path"
 	ln -s "$BIN/talkingdata-ipam" "$BIN/ipamctl" "$S/path/"
 	ln -s "$DOCKER" "$S/path/docker"
+	for ((k = 1; k <= NHOSTS; k++)); do
+		mkdir -p "$S/h$k/path"
+		ln -s "${HCLI[$k]}" "$S/h$k/path/docker"
+	done
 
 	# Plugins, started before dockerd (which finds a legacy plugin's socket on first use anyway).
 	PLUGIN_ARGS=${TDLAB_PLUGIN_ARGS:-}
@@ -675,11 +715,13 @@ cmd_up() {
 		# Its own file, so the machine's /etc/docker/daemon.json cannot change it. Networks dockerd
 		# numbers itself (swarm's docker_gwbridge) stay inside 198.18.0.0/15.
 		echo '{"default-address-pools": [{"base": "198.19.128.0/18", "size": 24}]}' >"$d/daemon.json"
-		spawn "$d/dockerd.log" "$d/dockerd.pid" nsenter --net="$(ns_path "h$k")" -- \
+		local -a dargs=()
+		read -r -a dargs <<<"${HARGS[k]}"
+		DPATH=${HDPATH[k]} spawn "$d/dockerd.log" "$d/dockerd.pid" nsenter --net="$(ns_path "h$k")" -- \
 			unshare -m --propagation private -- /bin/sh -c "$DOCKERD_SH" sh "$d/plugins" "tdlab-$ID-h$k" \
-			"$DOCKERD" --config-file "$d/daemon.json" --data-root "$d/data" --exec-root "$d/exec" \
+			"${HDOCKERD[k]}" --config-file "$d/daemon.json" --data-root "$d/data" --exec-root "$d/exec" \
 			--pidfile "$d/exec/dockerd.pid" --host "unix://$d/docker.sock" --storage-driver "$driver" \
-			--bridge=none --iptables=false --ip6tables=false --cgroup-parent "/tdlab-$ID-h$k"
+			--bridge=none --iptables=false --ip6tables=false --cgroup-parent "/tdlab-$ID-h$k" "${dargs[@]}"
 	done
 	deadline=$((SECONDS + 60))
 	local -A ready=()
@@ -879,7 +921,7 @@ status_one() {
 		fi
 		if alive "$S/h$k/dockerd.pid"; then
 			dpid=$(cat "$S/h$k/dockerd.pid")
-			ver=$(DOCKER_CONFIG="$S/cli" timeout 3 "$(docker_cli)" -H "unix://$S/h$k/docker.sock" version --format '{{.Server.Version}}' 2>/dev/null) || {
+			ver=$(DOCKER_CONFIG="$S/cli" timeout 3 "$(host_cli "$k")" -H "unix://$S/h$k/docker.sock" version --format '{{.Server.Version}} (API {{.Server.APIVersion}})' 2>/dev/null) || {
 				ver="NOT ANSWERING"
 				bad=1
 			}
@@ -931,7 +973,7 @@ cmd_exec() {
 	export DOCKER_CONFIG="$S/cli" ETCDCTL_API=3 IPAM_ETCD_ENDPOINTS="$EPS" TDLAB_ETCD_ENDPOINTS="$EPS" \
 		TDLAB_ID="$ID" TDLAB_NODE="$n" PATH="$S/path:$PATH"
 	if [[ $n == h* ]]; then
-		export DOCKER_HOST="unix://$S/$n/docker.sock" IPAM_HOST_ID="$n"
+		export DOCKER_HOST="unix://$S/$n/docker.sock" IPAM_HOST_ID="$n" PATH="$S/$n/path:$PATH"
 	else
 		unset DOCKER_HOST IPAM_HOST_ID
 	fi
@@ -947,7 +989,7 @@ cmd_docker() {
 	shift
 	[[ $n == h* ]] || die "docker: $n is not a host"
 	exec env -u DOCKER_HOST -u DOCKER_CONTEXT -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH \
-		DOCKER_CONFIG="$S/cli" "$(docker_cli)" -H "unix://$S/$n/docker.sock" "$@"
+		DOCKER_CONFIG="$S/cli" "$(host_cli "${n#h}")" -H "unix://$S/$n/docker.sock" "$@"
 }
 
 usage() {

@@ -44,6 +44,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/talkingdata/ipam/internal/dockertest"
 	"github.com/talkingdata/ipam/internal/testproc"
 )
 
@@ -65,16 +66,24 @@ type Options struct {
 	// PluginArgs are extra talkingdata-ipam flags for every host (after --host-id,
 	// --etcd-endpoints, --socket and --log-level debug). No spaces inside an argument.
 	PluginArgs []string
+	// Engines[i] is the Docker engine of host i+1 (dockertest.LookupEngine), e.g. 20.10, 28.5
+	// and 29 for a cluster in the middle of a rolling upgrade; hosts beyond the slice, and zero
+	// Engines, run the system's dockerd 20.10. Each host is driven with its engine's own CLI.
+	// Empty: the engine names in $TALKINGDATA_LAB_ENGINES (comma-separated, one per host, e.g.
+	// "20.10,28.5,29"), so any lab test can run on a mixed cluster. No spaces inside an Args
+	// entry.
+	Engines []dockertest.Engine
 }
 
 // Lab is one running lab.
 type Lab struct {
-	ID     string // the lab id: names netns tdlab-ID-*, the directory /tmp/tdlab-ID, cgroups
-	Dir    string // /tmp/tdlab-ID: env file, logs, pid files, data
-	script string
-	env    map[string]string
-	hosts  int
-	down   bool
+	ID      string // the lab id: names netns tdlab-ID-*, the directory /tmp/tdlab-ID, cgroups
+	Dir     string // /tmp/tdlab-ID: env file, logs, pid files, data
+	engines []dockertest.Engine
+	script  string
+	env     map[string]string
+	hosts   int
+	down    bool
 }
 
 // Up builds a lab with three hosts and a fresh id; it is torn down when the test ends, after
@@ -106,6 +115,11 @@ func prepare(t testing.TB, o Options) *Lab {
 	testproc.Require(t, miss == "", miss)
 	if o.Hosts < 0 || o.Hosts > 9 {
 		t.Fatalf("lab: Options.Hosts = %d, want 1-9 (0: 3)", o.Hosts)
+	}
+	if len(o.Engines) == 0 {
+		for _, name := range envEngines() {
+			o.Engines = append(o.Engines, dockertest.LookupEngine(t, name))
+		}
 	}
 	l, err := newLab(o)
 	if err != nil {
@@ -164,6 +178,10 @@ func newLab(o Options) (*Lab, error) {
 	if o.Hosts != 0 {
 		l.hosts = o.Hosts
 	}
+	if len(o.Engines) > l.hosts {
+		return nil, fmt.Errorf("%d engines for %d hosts", len(o.Engines), l.hosts)
+	}
+	l.engines = o.Engines
 	return l, nil
 }
 
@@ -176,6 +194,15 @@ func Start(o Options) (*Lab, error) {
 	}
 	if o.Hosts < 0 || o.Hosts > 9 {
 		return nil, fmt.Errorf("lab: Options.Hosts = %d, want 1-9 (0: 3)", o.Hosts)
+	}
+	if len(o.Engines) == 0 {
+		for _, name := range envEngines() {
+			e, miss := dockertest.FindEngine(name)
+			if miss != "" {
+				return nil, errors.New(miss)
+			}
+			o.Engines = append(o.Engines, e)
+		}
 	}
 	l, err := newLab(o)
 	if err != nil {
@@ -282,7 +309,40 @@ func (l *Lab) upEnv(o Options) []string {
 	if len(o.PluginArgs) > 0 {
 		env = append(env, "TDLAB_PLUGIN_ARGS="+strings.Join(o.PluginArgs, " "))
 	}
+	for i, e := range l.engines { // o.Engines, or those of $TALKINGDATA_LAB_ENGINES
+		if e.IsZero() {
+			continue
+		}
+		h := "TDLAB_H" + strconv.Itoa(i+1) + "_"
+		env = append(env, h+"DOCKERD="+e.Dockerd, h+"DOCKER_CLI="+e.Docker,
+			h+"DOCKERD_ARGS="+strings.Join(e.Args, " "), h+"PATH="+strings.Join(e.Path, ":"))
+	}
 	return env
+}
+
+// envEngines are the engine names in $TALKINGDATA_LAB_ENGINES.
+func envEngines() []string {
+	var names []string
+	for _, n := range strings.Split(os.Getenv("TALKINGDATA_LAB_ENGINES"), ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+// Engine is host i's Docker engine (Options.Engines; the system's 20.10 where none was given).
+// For a lab attached with Open it has only Dockerd and Docker, and a Name for the system's.
+func (l *Lab) Engine(i int) dockertest.Engine {
+	if i := i - 1; i >= 0 && i < len(l.engines) && !l.engines[i].IsZero() {
+		return l.engines[i]
+	}
+	// A lab attached with Open: what its env file says (Name only when it is the system's).
+	e := dockertest.SystemEngine()
+	if d, cli := l.hostVar(i, "DOCKERD"), l.hostVar(i, "DOCKER_CLI"); d != "" && cli != "" && (d != e.Dockerd || cli != e.Docker) {
+		e = dockertest.Engine{Dockerd: d, Docker: cli}
+	}
+	return e
 }
 
 // Down tears the lab down (SIGKILL for everything; nothing is saved) and fails the test if
@@ -364,8 +424,9 @@ func (l *Lab) TryNode(node string, args ...string) (string, error) {
 	return out, nil
 }
 
-// Docker runs the docker CLI (Debian's, matching dockerd 20.10) against host's dockerd and
-// returns its stdout, trimmed; it fails the test on error.
+// Docker runs host's own docker CLI (Debian's, matching dockerd 20.10, unless Options.Engines
+// gave the host another engine) against host's dockerd and returns its stdout, trimmed; it fails
+// the test on error.
 func (l *Lab) Docker(t testing.TB, host int, args ...string) string {
 	t.Helper()
 	out, err := l.TryDocker(host, args...)
@@ -522,7 +583,8 @@ func (l *Lab) loadEnv() error {
 func (l *Lab) command(ctx context.Context, env []string, cmd string, args ...string) *exec.Cmd {
 	c := exec.CommandContext(ctx, "bash", append([]string{l.script, "-i", l.ID, cmd}, args...)...)
 	for _, kv := range os.Environ() {
-		if !hasAnyPrefix(kv, "TDLAB_ID=", "TDLAB_BIN=", "TDLAB_HOSTS=", "TDLAB_PLUGIN_ARGS=", "TDLAB_OWNER_PID=") {
+		// TDLAB_H: TDLAB_HOSTS and the per-host engine settings TDLAB_Hk_….
+		if !hasAnyPrefix(kv, "TDLAB_ID=", "TDLAB_BIN=", "TDLAB_H", "TDLAB_PLUGIN_ARGS=", "TDLAB_OWNER_PID=") {
 			c.Env = append(c.Env, kv)
 		}
 	}

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/talkingdata/ipam/internal/dockertest"
 )
 
 // TestLab brings a lab up, checks every part of it, and checks that down leaves nothing, also
@@ -296,4 +298,36 @@ func processAlive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i < 0 || !strings.HasPrefix(s[i:], ") Z") && !strings.HasPrefix(s[i:], ") X")
+}
+
+// Per-host engines reach lab.sh as TDLAB_Hk_* variables; zero Engines leave a host on the system's
+// dockerd, and more engines than hosts is an error.
+func TestEnginesEnv(t *testing.T) {
+	e29 := dockertest.Engine{Name: "29", Dockerd: "/e/29/usr/sbin/dockerd", Docker: "/e/29/usr/bin/docker",
+		Args: []string{"--seccomp-profile=unconfined"}, Path: []string{"/e/29/usr/sbin", "/e/29/usr/bin"}}
+	l, err := newLab(Options{Engines: []dockertest.Engine{{}, e29}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := strings.Join(l.upEnv(Options{}), "\n")
+	for _, want := range []string{"TDLAB_H2_DOCKERD=/e/29/usr/sbin/dockerd", "TDLAB_H2_DOCKER_CLI=/e/29/usr/bin/docker",
+		"TDLAB_H2_DOCKERD_ARGS=--seccomp-profile=unconfined", "TDLAB_H2_PATH=/e/29/usr/sbin:/e/29/usr/bin"} {
+		if !strings.Contains(env, want+"\n") && !strings.HasSuffix(env, want) {
+			t.Errorf("up's environment lacks %s:\n%s", want, env)
+		}
+	}
+	if strings.Contains(env, "TDLAB_H1_") || strings.Contains(env, "TDLAB_H3_") {
+		t.Errorf("hosts 1 and 3 run the system's dockerd, but:\n%s", env)
+	}
+	if got := l.Engine(2); got.Name != "29" {
+		t.Errorf("Engine(2) = %+v", got)
+	}
+	if _, err := newLab(Options{Hosts: 2, Engines: []dockertest.Engine{{}, e29, e29}}); err == nil {
+		t.Error("3 engines for 2 hosts: no error")
+	}
+
+	t.Setenv("TALKINGDATA_LAB_ENGINES", " 20.10, 29 ,")
+	if got := strings.Join(envEngines(), "|"); got != "20.10|29" {
+		t.Errorf("envEngines() = %q", got)
+	}
 }
