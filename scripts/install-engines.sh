@@ -47,6 +47,11 @@ declare -A gobuilds=(
 declare -A links=([29]="usr/bin/docker-init=tini-static")
 all=(28.5 26.1 29 etcd-3.5)
 
+mkdir -p "$dir"
+# One install at a time (two `make test-deps` at once would share the .new roots and lists).
+exec 9>"$dir/.lock"
+flock 9
+
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 # quietly runs a command with its output in $log, shown only when it fails.
