@@ -131,6 +131,7 @@ install() {
 	local f
 	for f in "$dir/.apt/${suite[$name]}/debs"/*.deb; do
 		quietly dpkg-deb -x "$f" "$root.new"
+		rm -f "$f" # unpacked; the index lists stay, so the next update fetches only what changed
 	done
 	if [[ -n "${gobuilds[$name]:-}" ]]; then
 		need_libseccomp
