@@ -4,7 +4,9 @@ package main
 import (
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 
 	"github.com/urfave/cli/v2"
 
@@ -14,10 +16,16 @@ import (
 
 func main() {
 	unsetEmpty("IPAM_")
+	var hold bool
 	app := &cli.App{
 		Name:  "talkingdata-ipam",
 		Usage: "Docker IPAM plugin that allocates addresses from etcd",
-		Flags: append(etcdflags.Flags(nil),
+		// hold-on-error comes first: flags are read in order, and a bad value in a later one
+		// must not keep it unset.
+		Flags: append(append([]cli.Flag{
+			&cli.BoolFlag{Name: "hold-on-error", EnvVars: []string{"IPAM_HOLD_ON_ERROR"}, Destination: &hold,
+				Usage: "when the daemon cannot start, log why and wait for SIGTERM instead of exiting: dockerd restarts a managed plugin that exits, which races with the next `docker plugin enable` (the managed plugin sets true)"},
+		}, etcdflags.Flags(nil)...),
 			&cli.StringFlag{Name: "socket", EnvVars: []string{"IPAM_SOCKET"}, Value: "talkingdata",
 				Usage: "plugin socket: a path, or a bare name for " + pluginDir + "/NAME.sock"},
 			&cli.StringFlag{Name: "socket-group", EnvVars: []string{"IPAM_SOCKET_GROUP"}, Value: "docker",
@@ -40,8 +48,31 @@ func main() {
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "talkingdata-ipam:", err)
+		if hold && !serving {
+			holdUntilStopped()
+		}
 		os.Exit(1)
 	}
+}
+
+// serving is set once the daemon has created its socket: an error after that still ends the
+// process, so that dockerd restarts the plugin.
+var serving bool
+
+// holdUntilStopped waits for SIGTERM or SIGINT. The managed plugin does this instead of
+// exiting when it cannot start. dockerd restarts a managed plugin whose process exits, also
+// during `docker plugin enable`, and handles the restarted process's exit after that enable
+// has already failed: the late handler deletes /run/docker/plugins/<id>/ (socket directory and
+// stdio FIFOs) and may start the plugin again, under the next `docker plugin enable`, which then
+// fails ("error mounting /run/docker/plugins/<id>", "opening file …-stdout", or on 20.10 "id
+// already in use"). A plugin that waits lets enable fail cleanly instead: dockerd finds no
+// socket after about 10 s, turns the restart off, stops the plugin with SIGTERM, and handles
+// its exit before enable returns.
+func holdUntilStopped() {
+	fmt.Fprintln(os.Stderr, "talkingdata-ipam: not serving; waiting to be stopped (--hold-on-error)")
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	<-sig
 }
 
 // unsetEmpty drops the empty variables whose names start with prefix, so that

@@ -72,20 +72,25 @@ func run(c *cli.Context) error {
 		StoreName:  "etcd " + strings.Join(cfg.Endpoints, ","),
 		Log:        log,
 	}
-	l, path, err := listen(c.String("socket"), c.String("socket-group"))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(path)
-	live := startLiveness(etcdstore.New(cli, c.String("etcd-prefix")), host, log)
-	defer live.stop() // after the calls in flight have drained
-	handler := ipam.Handler(driver, log)
 	if m != nil {
 		stopMetrics, err := serveMetrics(c.String("metrics-addr"), m, store, log)
 		if err != nil {
 			return err
 		}
 		defer stopMetrics()
+	}
+	// The socket comes last: once it exists, dockerd may take the daemon for started, so
+	// errors from here on end the process (see holdUntilStopped).
+	l, path, err := listen(c.String("socket"), c.String("socket-group"))
+	if err != nil {
+		return err
+	}
+	serving = true
+	defer os.Remove(path)
+	live := startLiveness(etcdstore.New(cli, c.String("etcd-prefix")), host, log)
+	defer live.stop() // after the calls in flight have drained
+	handler := ipam.Handler(driver, log)
+	if m != nil {
 		handler = m.instrument(handler)
 	}
 	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
