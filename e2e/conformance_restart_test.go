@@ -1,0 +1,166 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// restartCtr is a container that lives through the dockerd restarts.
+type restartCtr struct {
+	name  string
+	args  func(w *wf) []string
+	fixed bool
+}
+
+// restartCtrs: the fixed addresses first, so no random pick takes them.
+var restartCtrs = []restartCtr{
+	{name: "always-ip", args: func(w *wf) []string { return []string{"--restart", "always", "--ip", w.ip(0, 140)} }},
+	{name: "always-auto", args: func(w *wf) []string { return []string{"--restart", "always"} }},
+	{name: "ip", args: func(w *wf) []string { return []string{"--ip", w.ip(0, 141)} }},
+	{name: "auto", args: func(w *wf) []string { return nil }},
+}
+
+// daemonRestarts restarts dockerd three times, each shared by both IPAMs:
+// a clean restart, a restart with live-restore, and a crash (SIGKILL)
+// without live-restore. After each one, every container's state and
+// address is an outcome, and etcd must hold exactly the running
+// containers' addresses.
+func (c *conformance) daemonRestarts() {
+	t := c.t
+	began := time.Now()
+	k := len(workflows) * subnetsPerWorkflow
+	var ws []*wf
+	for _, s := range []side{dockerSide, tdSide} {
+		ws = append(ws, &wf{c: c, s: s, k: k, tag: s.short + "r"})
+	}
+	each := func(f func(w *wf)) {
+		var wg sync.WaitGroup
+		for _, w := range ws {
+			wg.Add(1)
+			go func() { defer wg.Done(); f(w) }()
+		}
+		wg.Wait()
+	}
+	// last is each container's address when it last ran: "same address"
+	// compares with it.
+	last := map[string]netip.Addr{}
+	var mu sync.Mutex
+	remember := func(w *wf, rc restartCtr) {
+		a, _ := w.addrs(rc.name, 0)
+		mu.Lock()
+		last[w.s.name+"/"+rc.name] = a
+		mu.Unlock()
+	}
+	remembered := func(w *wf, rc restartCtr) netip.Addr {
+		mu.Lock()
+		defer mu.Unlock()
+		return last[w.s.name+"/"+rc.name]
+	}
+	each(func(w *wf) {
+		if !w.create("create-restarts", 0, "--subnet", w.sub(0), "--ip-range", w.ip(0, 128)+"/25", "--gateway", w.ip(0, 1)) {
+			return
+		}
+		for _, rc := range restartCtrs {
+			if err := w.run(rc.name, 0, rc.args(w)...); err != nil {
+				w.refused("restarts-run/"+rc.name, err)
+				continue
+			}
+			a, _ := w.addrs(rc.name, 0)
+			w.set("restarts-run/"+rc.name, w.autoClass(0, []netip.Addr{a}, rangeLo, rangeHi))
+			remember(w, rc)
+		}
+	})
+	c.checkEtcd("before the dockerd restarts")
+
+	// observe records every container's state after event, once the
+	// --restart always ones run again (or 30 s passed).
+	observe := func(event string) {
+		deadline := time.Now().Add(30 * time.Second)
+		each(func(w *wf) {
+			for _, rc := range restartCtrs[:2] {
+				for time.Now().Before(deadline) {
+					if out, _ := w.docker("inspect", "-f", "{{.State.Running}}", w.ctr(rc.name)); out == "true" {
+						break
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+			}
+		})
+		time.Sleep(time.Second) // let dockerd finish what it does at start
+		each(func(w *wf) {
+			for _, rc := range restartCtrs {
+				out, err := w.docker("inspect", "-f", "{{.State.Running}} {{.State.Error}}", w.ctr(rc.name))
+				running, stateErr, _ := strings.Cut(out, " ")
+				switch {
+				case err != nil:
+					w.c.record(w.s, event+"/"+rc.name, "gone", oneLine(err))
+				case running != "true":
+					w.c.record(w.s, event+"/"+rc.name, "not running", stateErr)
+				default:
+					w.set(event+"/"+rc.name, "running, "+strings.TrimPrefix(w.sameAddr(rc.name, 0, remembered(w, rc)), "ok, "))
+					remember(w, rc)
+				}
+			}
+		})
+		c.checkEtcd("after " + event)
+		t.Logf("%s observed after %s", event, time.Since(began).Round(100*time.Millisecond))
+	}
+	// startStopped starts what a restart left stopped, as a user would.
+	startStopped := func(event string) {
+		each(func(w *wf) {
+			for _, rc := range restartCtrs {
+				if out, _ := w.docker("inspect", "-f", "{{.State.Running}}", w.ctr(rc.name)); out == "true" {
+					continue
+				}
+				if _, err := w.docker("start", w.ctr(rc.name)); err != nil {
+					w.refused(event+"/"+rc.name, err)
+					continue
+				}
+				w.set(event+"/"+rc.name, w.sameAddr(rc.name, 0, remembered(w, rc)))
+				remember(w, rc)
+			}
+		})
+	}
+
+	pools := []map[string]any{{"base": "198.18.192.0/18", "size": 24}}
+	c.d.StopDaemonOnly(t, syscall.SIGTERM)
+	c.d.StartAgain(t)
+	observe("dockerd-restart")
+	startStopped("start-after-dockerd-restart")
+
+	c.d.SetDaemonConfig(t, map[string]any{"default-address-pools": pools, "live-restore": true})
+	c.d.Reload(t)
+	waitLiveRestore(c, "true")
+	c.d.StopDaemonOnly(t, syscall.SIGTERM)
+	c.d.StartAgain(t)
+	observe("dockerd-live-restore")
+	startStopped("start-after-live-restore")
+
+	c.d.SetDaemonConfig(t, map[string]any{"default-address-pools": pools, "live-restore": false})
+	c.d.Reload(t)
+	waitLiveRestore(c, "false")
+	c.d.StopDaemonOnly(t, syscall.SIGKILL)
+	c.d.StartAgain(t)
+	observe("dockerd-kill9")
+	startStopped("start-after-kill9")
+	c.checkEtcd("after starting the stopped containers")
+
+	each(func(w *wf) { w.cleanup() })
+	t.Logf("dockerd restarts took %s", time.Since(began).Round(100*time.Millisecond))
+}
+
+// waitLiveRestore waits until `docker info` reports live-restore as want
+// after a reload.
+func waitLiveRestore(c *conformance, want string) {
+	var out string
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if out, _ = c.d.Docker("info", "-f", "{{.LiveRestoreEnabled}}"); out == want {
+			return
+		}
+	}
+	c.t.Fatal(fmt.Sprintf("live-restore is %q after SIGHUP, want %s\n%s", out, want, c.d.LogTail(20)))
+}
