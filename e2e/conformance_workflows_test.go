@@ -53,16 +53,28 @@ var workflows = []workflow{
 		if !w.create("create-ip-range", 0, "--subnet", w.sub(0), "--ip-range", w.ip(0, 128)+"/25") {
 			return
 		}
-		gw := w.gateway(0)
-		switch off := w.offset(gw, 0); {
-		case off == "offset 1":
-			w.set("gateway-auto", "first address of the subnet")
-		case off == "offset 128" || off == "offset 129":
-			w.set("gateway-auto", "first address of the range")
-		case strings.HasPrefix(off, "offset"):
-			w.set("gateway-auto", "another address of the range")
-		default:
-			w.set("gateway-auto", off)
+		// Two networks alike: a random pick lands on the range's first
+		// addresses in both only once in some 4000 runs.
+		var where []string
+		for j := range 2 {
+			if j == 1 && !w.create("create-ip-range-2", 1, "--subnet", w.sub(1), "--ip-range", w.ip(1, 128)+"/25") {
+				return
+			}
+			switch off := w.offset(w.gateway(j), j); {
+			case off == "offset 1":
+				where = append(where, "first address of the subnet")
+			case off == "offset 128" || off == "offset 129":
+				where = append(where, "first address of the range")
+			case strings.HasPrefix(off, "offset"):
+				where = append(where, "another address of the range")
+			default:
+				where = append(where, off)
+			}
+		}
+		if where[0] == where[1] {
+			w.set("gateway-auto", where[0])
+		} else {
+			w.set("gateway-auto", strings.Join(where, ", then "))
 		}
 		var addrs []netip.Addr
 		for i := range 3 {
