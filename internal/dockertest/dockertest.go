@@ -7,7 +7,8 @@
 //	unshare -m --propagation private -- sh -c '
 //	    mount tmpfs on /run                      # hides the host's /run/docker, /run/containerd
 //	    bind PluginDir on /run/docker/plugins    # where dockerd looks for NAME.sock
-//	    exec nsenter --net=/proc/self/fd/3 dockerd …'   # fd 3 = /run/netns/NAME
+//	    exec sleep infinity'                     # holds the mount namespace between starts
+//	nsenter --mount=/proc/SLEEP/ns/mnt --net=/proc/self/fd/3 dockerd …   # fd 3 = /run/netns/NAME
 //
 // `ip netns exec` is not used for dockerd because it remounts /sys, which hides the cgroup
 // mounts runc needs. A plugin under test runs in the test's own namespaces and puts its socket in
@@ -67,6 +68,7 @@ type Daemon struct {
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	done    chan struct{} // closed when dockerd has exited
+	keeper  *exec.Cmd     // holds dockerd's mount namespace between starts (see mountNS)
 	imgOnce sync.Once
 	img     string
 	imgErr  error
@@ -169,14 +171,17 @@ func (d *Daemon) Stop(t testing.TB) {
 	t.Helper()
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.cmd == nil {
+	if d.cmd == nil && d.keeper == nil {
 		return
 	}
-	if pid := d.cmd.Process.Pid; testproc.Terminate(pid, d.done, stopTimeout) {
-		t.Logf("dockertest: dockerd (pid %d) still running %v after SIGTERM; killed it\n%s",
-			pid, stopTimeout, d.LogTail(logTailLines))
+	if d.cmd != nil {
+		if pid := d.cmd.Process.Pid; testproc.Terminate(pid, d.done, stopTimeout) {
+			t.Logf("dockertest: dockerd (pid %d) still running %v after SIGTERM; killed it\n%s",
+				pid, stopTimeout, d.LogTail(logTailLines))
+		}
+		d.cmd = nil
 	}
-	d.cmd = nil
+	d.dropMountNS()
 	if n := d.killStrays(); n > 0 {
 		t.Logf("dockertest: killed %d leftover processes of %s", n, d.root)
 	}
@@ -210,6 +215,7 @@ exec "$@"
 
 func (d *Daemon) start(t testing.TB) {
 	t.Helper()
+	keeper := d.mountNS(t)
 	nsf, err := os.Open(filepath.Join("/run/netns", d.netns))
 	if err != nil {
 		t.Fatalf("dockertest: netns %s: %v", d.netns, err)
@@ -221,9 +227,7 @@ func (d *Daemon) start(t testing.TB) {
 	}
 	defer logf.Close() // the child has its own descriptor
 
-	args := []string{"-m", "--propagation", "private", "--", "/bin/sh", "-c", startScript, "sh",
-		d.root, d.opts.PluginDir,
-		d.tools.nsenter, "--net=/proc/self/fd/3",
+	args := []string{fmt.Sprintf("--mount=/proc/%d/ns/mnt", keeper), "--net=/proc/self/fd/3",
 		d.engine.Dockerd,
 		"--config-file", filepath.Join(d.root, "daemon.json"),
 		"--data-root", filepath.Join(d.root, "data"),
@@ -238,7 +242,7 @@ func (d *Daemon) start(t testing.TB) {
 		"--cgroup-parent", "/" + d.token,
 	}
 	args = append(args, d.engine.Args...)
-	cmd := exec.Command(d.tools.unshare, args...)
+	cmd := exec.Command(d.tools.nsenter, args...)
 	cmd.ExtraFiles = []*os.File{nsf} // fd 3
 	cmd.Dir = d.root
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -260,6 +264,47 @@ func (d *Daemon) start(t testing.TB) {
 	if err := d.waitReady(done); err != nil {
 		t.Fatalf("dockertest: %v\ndockerd log tail (%s):\n%s", err, d.root, d.LogTail(logTailLines))
 	}
+}
+
+// mountNS returns the pid of a process (`sleep`) whose private mount namespace startScript has
+// set up, starting it when there is none. dockerd runs in that namespace, and it outlives
+// dockerd: a dockerd started again after StopDaemonOnly finds what the previous one mounted
+// (containers' network namespaces under /run/docker/netns, containerd's shim sockets), as on a
+// real host, which live-restore needs. Stop ends it, so that a Restart starts afresh.
+func (d *Daemon) mountNS(t testing.TB) int {
+	t.Helper()
+	if d.keeper != nil && alive(d.keeper.Process.Pid) {
+		return d.keeper.Process.Pid
+	}
+	sleep := lookTool("sleep")
+	cmd := exec.Command(d.tools.unshare, "-m", "--propagation", "private", "--", "/bin/sh", "-c", startScript, "sh",
+		d.root, d.opts.PluginDir, sleep, "infinity")
+	cmd.Dir = d.root
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := testproc.Start(cmd); err != nil {
+		t.Fatalf("dockertest: mount namespace for dockerd: %v", err)
+	}
+	d.keeper = cmd
+	pid := cmd.Process.Pid
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		// The script ends by exec'ing sleep: then the mounts are in place.
+		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && filepath.Base(exe) == filepath.Base(sleep) {
+			return pid
+		}
+		if !alive(pid) || time.Now().After(deadline) {
+			t.Fatalf("dockertest: the mount namespace for dockerd was not set up")
+		}
+	}
+}
+
+// dropMountNS ends the process holding dockerd's mount namespace, if any.
+func (d *Daemon) dropMountNS() {
+	if d.keeper == nil {
+		return
+	}
+	_ = d.keeper.Process.Kill()
+	_ = d.keeper.Wait()
+	d.keeper = nil
 }
 
 func (d *Daemon) waitReady(exited <-chan struct{}) error {
