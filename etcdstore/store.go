@@ -148,7 +148,7 @@ func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta,
 	return cur, false, err
 }
 
-func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a pool.Allocation, delayed bool) (pool.Claim, error) {
+func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a pool.Allocation, takeDelayed bool) (pool.Claim, error) {
 	free, used, meta, owner := s.k.free(subnet, addr), s.k.used(subnet, addr), s.k.meta(subnet), s.k.owner(subnet, &a)
 	value, err := json.Marshal(a)
 	if err != nil {
@@ -167,8 +167,8 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	// may be claimed again ("" at once, stamps are digits); a missing key
 	// fails any value compare.
 	claimableBefore := now
-	if delayed {
-		claimableBefore = "~" // after every stamp
+	if takeDelayed {
+		claimableBefore = afterEveryStamp
 	}
 	t := subTxn{
 		cmps: []clientv3.Cmp{
@@ -216,6 +216,10 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	}
 	return c, nil
 }
+
+// afterEveryStamp sorts after every reuse stamp (digits): a claim that
+// compares the free key's value with it only asks that the key exist.
+const afterEveryStamp = "~"
 
 // reuseStamp encodes t so that free keys' values compare in time order:
 // zero-padded Unix milliseconds. Seeded and instantly reusable addresses

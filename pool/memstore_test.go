@@ -111,7 +111,7 @@ func (s *memStore) Seed(_ context.Context, subnet netip.Prefix, set *netipx.IPSe
 	return added, nil
 }
 
-func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, delayed bool) (Claim, error) {
+func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, takeDelayed bool) (Claim, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p, ok := s.pools[subnet]
@@ -121,7 +121,7 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	owner := ownerKey(&a)
 	existing, holds := p.owners[owner]
 	_, free := p.free[addr]
-	claimable := free && (delayed || p.after[addr].Before(a.Since))
+	claimable := free && (takeDelayed || p.after[addr].Before(a.Since))
 	if claimable && !holds {
 		if _, used := p.used[addr]; !used {
 			s.rev++

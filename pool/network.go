@@ -21,6 +21,11 @@ func NewNetwork(subnet, ipRange string) (Network, error) {
 	if err != nil {
 		return Network{}, err
 	}
+	// dockerd 29 reads --subnet 0.0.0.0/24 as "any /24 of my default
+	// pools" and passes it on unchanged; talkingdata has no default pools.
+	if s.Addr().IsUnspecified() {
+		return Network{}, fmt.Errorf("invalid subnet %q: talkingdata picks no subnet for you; give the LAN's own subnet, such as 198.18.0.0/24", subnet)
+	}
 	n := Network{Subnet: s}
 	if ipRange == "" {
 		return n, nil

@@ -387,12 +387,14 @@ func (p *Pools) unseeded(ctx context.Context, subnet netip.Prefix, a netip.Addr)
 	m, ok, err := p.store.Meta(ctx, subnet)
 	switch {
 	case err != nil:
-		return fmt.Errorf("%w: %s is not in the free set of pool %s (reading its ranges: %v)", ErrUnavailable, a, subnet, err)
+		return fmt.Errorf("%w: %s is not in the free set of pool %s (reading its ranges: %w)", ErrUnavailable, a, subnet, err)
 	case !ok:
 		return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
 	case !m.Ranges.Contains(a):
 		return fmt.Errorf("%w: %s is outside the seeded ranges of pool %s (%s); to hand it out, seed it with `ipamctl init-range --subnet %s --range %s`",
 			ErrUnavailable, a, subnet, FormatRanges(m.Ranges), subnet, a)
+	case m.Seeding:
+		return fmt.Errorf("%w: %s is not free yet: pool %s is still being seeded; try again in a moment", ErrUnavailable, a, subnet)
 	}
 	return fmt.Errorf("%w: %s is seeded in pool %s but neither free nor used; run `ipamctl check`", ErrUnavailable, a, subnet)
 }

@@ -421,8 +421,8 @@ type commitThenFail struct {
 	gate chan struct{}
 }
 
-func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, delayed bool) (Claim, error) {
-	c, err := s.memStore.Claim(ctx, subnet, addr, a, delayed)
+func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, takeDelayed bool) (Claim, error) {
+	c, err := s.memStore.Claim(ctx, subnet, addr, a, takeDelayed)
 	if err == nil && c.Taken {
 		return Claim{}, context.DeadlineExceeded
 	}

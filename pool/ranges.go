@@ -30,11 +30,6 @@ func ParseSubnet(s string) (netip.Prefix, error) {
 	if p != p.Masked() {
 		return netip.Prefix{}, fmt.Errorf("invalid subnet %q: host bits set, did you mean %s?", s, p.Masked())
 	}
-	// dockerd 29 reads --subnet 0.0.0.0/24 as "any /24 of my default
-	// pools" and passes it on unchanged; talkingdata has no default pools.
-	if p.Addr().IsUnspecified() {
-		return netip.Prefix{}, fmt.Errorf("invalid subnet %q: talkingdata picks no subnet for you; give the LAN's own subnet, such as 198.18.0.0/24", s)
-	}
 	return p, nil
 }
 

@@ -201,10 +201,10 @@ type Store interface {
 	Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error)
 	// Claim moves addr from free to used, recorded as a, unless a's
 	// endpoint (host and MAC) already holds an address in the pool, or
-	// addr is still in its reuse delay at a.Since and delayed is false.
+	// addr is still in its reuse delay at a.Since and takeDelayed is false.
 	// When it does not take addr it returns who holds it and the
 	// endpoint's existing address.
-	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, delayed bool) (Claim, error)
+	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, takeDelayed bool) (Claim, error)
 	// FreeSet returns the pool's free set as a copy the store keeps
 	// current, loading it on first use. It may lag behind other hosts by
 	// moments; Claim decides.
