@@ -158,12 +158,6 @@ func checkDefaultMounts(t *testing.T, d *dockertest.Daemon) {
 	}
 }
 
-// makePlugin is makePluginWith for the docker CLI on PATH.
-func makePlugin(t *testing.T, dockerHost string, docker func(args ...string) (string, error)) {
-	t.Helper()
-	makePluginWith(t, "docker", dockerHost, docker)
-}
-
 // makePluginWith creates the managed plugin, disabled, on the dockerd at dockerHost with `make
 // plugin DOCKER=cli`, set to log at debug level, and removes it when the test ends; docker runs
 // the docker CLI against that dockerd. Its mounts keep their defaults: what a fresh host gets.

@@ -44,7 +44,8 @@ func TestSwarm(t *testing.T) {
 	if err := l.KillPlugin(1); err != nil {
 		t.Fatal(err)
 	}
-	makePlugin(t, l.DockerHost(1), func(args ...string) (string, error) { return l.TryDocker(1, args...) })
+	// With h1's own CLI: Docker 29 refuses the 20.10 CLI's API version.
+	makePluginWith(t, l.Engine(1).Docker, l.DockerHost(1), func(args ...string) (string, error) { return l.TryDocker(1, args...) })
 	l.Docker(t, 1, "plugin", "set", managedPlugin, "IPAM_HOST_ID=h1", "IPAM_ETCD_ENDPOINTS="+strings.Join(l.Etcd(), ","))
 	l.Docker(t, 1, "plugin", "enable", managedPlugin)
 
