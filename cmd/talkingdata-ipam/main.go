@@ -2,6 +2,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -46,11 +47,16 @@ func main() {
 		),
 		Action: run,
 	}
-	if err := app.Run(os.Args); err != nil {
+	// One signal context for the daemon and for holding, so that a SIGTERM that came during
+	// start-up is not waited for again.
+	stopped, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := app.RunContext(stopped, os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "talkingdata-ipam:", err)
 		if hold && !serving {
-			holdUntilStopped()
+			holdUntilStopped(stopped)
 		}
+		stop()
 		os.Exit(1)
 	}
 }
@@ -59,7 +65,7 @@ func main() {
 // process, so that dockerd restarts the plugin.
 var serving bool
 
-// holdUntilStopped waits for SIGTERM or SIGINT. The managed plugin does this instead of
+// holdUntilStopped waits for SIGTERM or SIGINT (stopped). The managed plugin does this instead of
 // exiting when it cannot start. dockerd restarts a managed plugin whose process exits, also
 // during `docker plugin enable`, and handles the restarted process's exit after that enable
 // has already failed: the late handler deletes /run/docker/plugins/<id>/ (socket directory and
@@ -68,11 +74,9 @@ var serving bool
 // already in use"). A plugin that waits lets enable fail cleanly instead: dockerd finds no
 // socket after about 10 s, turns the restart off, stops the plugin with SIGTERM, and handles
 // its exit before enable returns.
-func holdUntilStopped() {
+func holdUntilStopped(stopped context.Context) {
 	fmt.Fprintln(os.Stderr, "talkingdata-ipam: not serving; waiting to be stopped (--hold-on-error)")
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	<-sig
+	<-stopped.Done()
 }
 
 // unsetEmpty drops the empty variables whose names start with prefix, so that

@@ -9,9 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -36,8 +34,7 @@ func run(c *cli.Context) error {
 	if c.Duration("request-timeout") <= 0 {
 		return fmt.Errorf("invalid --request-timeout %s: must be positive", c.Duration("request-timeout"))
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
+	ctx := c.Context // ends with SIGINT or SIGTERM (main)
 
 	cfg := etcdflags.Config(c)
 	if len(cfg.Endpoints) == 0 && !c.Bool("embedded-etcd") {
