@@ -50,7 +50,8 @@ install: build
 # here, put by scripts/install-engines.sh) and etcd 3.5. Tests find them through this variable;
 # TALKINGDATA_ENGINES picks the matrix (default 20.10,28.5,29).
 export TALKINGDATA_ENGINE_DIR ?= $(CURDIR)/.cache/engines
-ETCD35 := $(TALKINGDATA_ENGINE_DIR)/etcd-3.5/usr/bin/etcd
+# etcd 3.5 is where its root's engine.env says. Expanded when a recipe runs, after test-deps wrote it.
+ETCD35 = $(TALKINGDATA_ENGINE_DIR)/etcd-3.5/$(shell sed -n 's/^ETCD=//p' $(TALKINGDATA_ENGINE_DIR)/etcd-3.5/engine.env 2>/dev/null)
 
 # Everything, with real etcd, real dockerd and real netlink: run as root.
 # Tests that this kernel cannot run (a missing kernel option) skip, and are
@@ -69,10 +70,11 @@ test: test-deps vet
 test-deps:
 	GO=$(GO) scripts/install-test-deps.sh
 
-# The conformance suite (e2e TestConformance) on dockerd 26.1, which `make test` does not run.
-.PHONY: conformance-26
-conformance-26: test-deps
-	CI=$${CI:-true} TALKINGDATA_ENGINES=26.1 $(GO) test -count=1 -v -run '^TestConformance$$' ./e2e
+# The tests that run on every engine of the matrix (the conformance suite, the managed plugin) on
+# dockerd 26.1, which `make test` does not run.
+.PHONY: test-26
+test-26: test-deps
+	CI=$${CI:-true} TALKINGDATA_ENGINES=26.1 $(GO) test -count=1 -timeout 20m -v -run '^(TestConformance|TestManagedPlugin)$$' ./e2e
 
 # docker-compose.test.yml (etcd and the plugin as containers) and
 # docker-compose.test-app.yml (test containers on a talkingdata network) on a

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
 # Puts the Docker engines of the test matrix, and etcd 3.5, into a cache folder, each under its
 # own private root; nothing is installed system-wide (except Debian's libseccomp-dev, which the
-# runc build needs). internal/dockertest.LookupEngine finds them there.
+# runc build needs).
 #
-#   <dir>/28.5/      Debian forky's dockerd 28.5, docker CLI, containerd 2.1, docker-init,
-#                    Compose v2 (usr/libexec/docker/cli-plugins/docker-compose)
+#   <dir>/28.5/      Debian forky's dockerd 28.5, docker CLI, containerd 2.1, docker-init, Compose v2
 #   <dir>/26.1/      the same from Debian trixie (dockerd 26.1, containerd 1.7, Compose 2.26)
 #   <dir>/29/        dockerd and docker-proxy built from the moby v2 module (MOBY29_VERSION),
 #                    runc built from source (RUNC_VERSION), forky's containerd, docker-init and
 #                    docker CLI (Docker 29 refuses API versions below 1.44: the 20.10 CLI cannot
 #                    talk to it)
-#   <dir>/etcd-3.5/  Debian forky's etcd-server (usr/bin/etcd)
+#   <dir>/etcd-3.5/  Debian forky's etcd-server
+#
+# Each root's engine.env says what is where, as KEY=VALUE lines with paths relative to the root,
+# so that nothing else needs to know the layout: DOCKERD, DOCKER, COMPOSE (only where there is
+# one), DOCKERD_ARGS (extra dockerd flags, split on spaces), PATH (directories, ':'-separated, to
+# put first on dockerd's PATH) and API_VERSION for an engine (internal/dockertest.FindEngine reads
+# them); ETCD for etcd (the Makefile reads it). It is written last: a root without it is not
+# installed completely.
 #
 # 20.10 is the system's docker.io, installed by install-test-deps.sh. Each root keeps bookworm's
 # runc except 29 (forky's runc needs glibc 2.38; bookworm's runc 1.1.5 cannot start Docker 29's
@@ -18,9 +24,9 @@
 # with suite forky or trixie, through private index lists, never the system's.
 #
 # <dir> is $TALKINGDATA_ENGINE_DIR, default <repo>/.cache/engines. Arguments name the roots to
-# install (default: all). Idempotent: a root is complete when its .installed stamp matches its
-# recipe, and then nothing is fetched or built; it prints one line per root it installs and
-# nothing otherwise.
+# install (default: all; --list prints them). Idempotent: a root whose .installed stamp matches
+# its recipe is not fetched or built again, only its engine.env rewritten if that changed; it
+# prints one line per root it installs or updates and nothing otherwise.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -46,6 +52,19 @@ declare -A gobuilds=(
 # Symlinks made in a root (forky's docker-init comes with docker.io, which 29 does not take).
 declare -A links=([29]="usr/bin/docker-init=tini-static")
 all=(28.5 26.1 29 etcd-3.5)
+
+# For engine.env: extra dockerd flags, and the highest API version of the engine's first
+# release (a moby-module build reports no release version: this is what identifies it).
+declare -A dockerd_args=(
+	# Bookworm's libseccomp does not know syscalls in Docker 29's default profile.
+	[29]="--seccomp-profile=unconfined"
+)
+declare -A api=([26.1]=1.45 [28.5]=1.51 [29]=1.52)
+
+if [[ "${1:-}" == --list ]]; then
+	echo "${all[*]}"
+	exit 0
+fi
 
 mkdir -p "$dir"
 # One install at a time (two `make test-deps` at once would share the .new roots and lists).
@@ -116,14 +135,28 @@ fetch_debs() {
 	(cd "$d/debs" && rm -f ./*.deb && quietly apt-get download -q $(apt_opts "$s") "$@")
 }
 
-# install NAME: (re)builds one root unless its stamp matches the recipe.
+# install NAME: (re)builds one root unless its stamp matches the recipe, then writes its
+# engine.env if that is missing or stale.
 install() {
-	local name="$1" root="$dir/$1"
+	local name="$1" root="$dir/$1" start=$SECONDS what="engine.env written"
 	local recipe="suite=${suite[$name]} debs=${debs[$name]} go=${gobuilds[$name]:-} links=${links[$name]:-}"
-	if [[ -f "$root/.installed" && "$(cat "$root/.installed")" == "$recipe" ]]; then
+	if [[ ! -f "$root/.installed" || "$(cat "$root/.installed")" != "$recipe" ]]; then
+		build "$name" "$recipe"
+		what="installed ($((SECONDS - start))s)"
+	fi
+	local m
+	m="$(manifest "$name")"
+	if [[ "$(cat "$root/engine.env" 2>/dev/null)" == "$m" ]]; then
 		return
 	fi
-	local start=$SECONDS
+	echo "$m" >"$root/engine.env.new"
+	mv "$root/engine.env.new" "$root/engine.env"
+	echo "install-engines: $name $what in $root: $(version "$name")"
+}
+
+# build NAME RECIPE: a fresh root, swapped in whole.
+build() {
+	local name="$1" root="$dir/$1"
 	rm -rf "$root.new"
 	mkdir -p "$root.new"
 	# shellcheck disable=SC2086
@@ -149,18 +182,30 @@ install() {
 	for l in ${links[$name]:-}; do
 		ln -sfn "${l#*=}" "$root.new/${l%%=*}"
 	done
-	echo "$recipe" >"$root.new/.installed"
+	echo "$2" >"$root.new/.installed"
 	rm -rf "$root"
 	mv "$root.new" "$root"
-	echo "install-engines: $name in $root ($((SECONDS - start))s): $(version "$name")"
 }
 
+# manifest NAME prints the engine.env of root NAME (see the top of this file).
+manifest() {
+	if [[ "$1" == etcd-* ]]; then
+		echo "ETCD=usr/bin/etcd"
+		return
+	fi
+	local compose=usr/libexec/docker/cli-plugins/docker-compose
+	echo "DOCKERD=usr/sbin/dockerd"
+	echo "DOCKER=usr/bin/docker"
+	[[ ! -x "$dir/$1/$compose" ]] || echo "COMPOSE=$compose"
+	echo "DOCKERD_ARGS=${dockerd_args[$1]:-}"
+	echo "PATH=usr/sbin:usr/bin"
+	echo "API_VERSION=${api[$1]}"
+}
+
+# version NAME: the first line of --version of root NAME's dockerd or etcd.
 version() {
 	local r="$dir/$1"
-	case "$1" in
-	etcd-*) "$r/usr/bin/etcd" --version | head -n1 ;;
-	*) "$r/usr/sbin/dockerd" --version ;;
-	esac
+	"$r/$(sed -n 's/^\(DOCKERD\|ETCD\)=//p' "$r/engine.env")" --version | head -n1
 }
 
 need_libseccomp() {

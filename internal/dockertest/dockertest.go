@@ -270,13 +270,20 @@ func (d *Daemon) start(t testing.TB) {
 // set up, starting it when there is none. dockerd runs in that namespace, and it outlives
 // dockerd: a dockerd started again after StopDaemonOnly finds what the previous one mounted
 // (containers' network namespaces under /run/docker/netns, containerd's shim sockets), as on a
-// real host, which live-restore needs. Stop ends it, so that a Restart starts afresh.
+// real host, which live-restore needs. Stop ends it, so that a Restart starts afresh; only
+// StopDaemonOnly leaves one, so one that has died since fails the test (StartAgain in a fresh
+// namespace would fail live-restore checks confusingly).
 func (d *Daemon) mountNS(t testing.TB) int {
 	t.Helper()
-	if d.keeper != nil && alive(d.keeper.Process.Pid) {
-		return d.keeper.Process.Pid
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.keeper != nil {
+		if pid := d.keeper.Process.Pid; alive(pid) {
+			return pid
+		}
+		t.Fatalf("dockertest: the mount namespace of the stopped dockerd is gone (its keeper, pid %d, exited)", d.keeper.Process.Pid)
 	}
-	sleep := lookTool("sleep")
+	sleep := LookTool("sleep")
 	cmd := exec.Command(d.tools.unshare, "-m", "--propagation", "private", "--", "/bin/sh", "-c", startScript, "sh",
 		d.root, d.opts.PluginDir, sleep, "infinity")
 	cmd.Dir = d.root
@@ -297,7 +304,7 @@ func (d *Daemon) mountNS(t testing.TB) int {
 	}
 }
 
-// dropMountNS ends the process holding dockerd's mount namespace, if any.
+// dropMountNS ends the process holding dockerd's mount namespace, if any. Call it with d.mu held.
 func (d *Daemon) dropMountNS() {
 	if d.keeper == nil {
 		return

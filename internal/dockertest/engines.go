@@ -15,39 +15,29 @@ import (
 //
 // The zero Engine is the system's Debian docker.io (dockerd 20.10, found on PATH as before).
 // The others live in private roots that scripts/install-engines.sh (run by `make test-deps`)
-// puts in the engine cache: nothing of them is installed system-wide.
+// puts in the engine cache, each described by the engine.env it writes there: nothing of them
+// is installed system-wide.
 type Engine struct {
-	Name    string   // "20.10", "26.1", "28.5", "29"
-	Dockerd string   // path of dockerd; containerd, runc, docker-init… are found beside it first, then in Path, then on PATH
+	Name    string   // one of KnownEngines
+	Dockerd string   // path of dockerd; containerd, runc, docker-init… are found in Path first, then beside it, then on PATH
 	Docker  string   // the docker CLI for it
-	Args    []string // extra dockerd flags (29: --seccomp-profile=unconfined)
+	Args    []string // extra dockerd flags
 	// Path holds directories put first on dockerd's PATH: the engine root's containerd,
-	// containerd-shim-runc-v2, docker-init, docker-proxy and (29) runc. Where a root has no runc,
-	// bookworm's /usr/sbin/runc is used.
+	// containerd-shim-runc-v2, docker-init, docker-proxy and, where the root has one, runc
+	// (else bookworm's /usr/sbin/runc is used).
 	Path []string
 	// Compose is a Docker Compose v2 binary that goes with this engine (run it directly, as
 	// `docker-compose`), or "" where there is none: 20.10 has Debian's docker-compose 1.29 on PATH.
 	Compose string
-	// APIVersion is the highest API version the first release of this engine speaks ("1.41" for
-	// 20.10, "1.52" for 29.0); later patch releases may speak more (the v2.0.0-beta.18 module
-	// build of 29 speaks 1.55). A moby-module build reports no release version
-	// ("library-import"), so this is what identifies it.
+	// APIVersion is the highest API version the first release of this engine speaks ("1.41"
+	// for 20.10); later patch releases and moby-module builds may speak more. A moby-module
+	// build reports no release version ("library-import"), so this is what identifies it.
 	APIVersion string
 }
 
-// engineSpecs are the engines of the matrix: where each lives and what identifies it.
-type engineSpec struct {
-	name, api string
-	args      []string
-}
-
-var engineSpecs = []engineSpec{
-	{name: "20.10", api: "1.41"},
-	{name: "26.1", api: "1.45"},
-	{name: "28.5", api: "1.51"},
-	// Bookworm's libseccomp does not know syscalls in Docker 29's default profile.
-	{name: "29", api: "1.52", args: []string{"--seccomp-profile=unconfined"}},
-}
+// KnownEngines returns the names of the engines of the matrix, oldest first: the system's 20.10
+// and the roots of scripts/install-engines.sh (TestKnownEngines checks that they agree).
+func KnownEngines() []string { return []string{"20.10", "26.1", "28.5", "29"} }
 
 // DefaultEngines is the matrix `make test` runs when TALKINGDATA_ENGINES is unset.
 const DefaultEngines = "20.10,28.5,29"
@@ -55,7 +45,7 @@ const DefaultEngines = "20.10,28.5,29"
 // SystemEngine is the Debian docker.io installed on the machine (20.10 on bookworm): what the
 // zero Engine means. "" paths mean it is not installed.
 func SystemEngine() Engine {
-	return Engine{Name: "20.10", Dockerd: lookTool("dockerd"), Docker: lookTool("docker"), APIVersion: "1.41"}
+	return Engine{Name: "20.10", Dockerd: LookTool("dockerd"), Docker: LookTool("docker"), APIVersion: "1.41"}
 }
 
 // IsZero reports whether e is the zero Engine (the system's).
@@ -86,11 +76,9 @@ func EngineDir() string {
 // FindEngine returns the named engine and "" if it is installed, or a zero Engine and what is
 // missing. For programs that are not tests; tests use LookupEngine.
 func FindEngine(name string) (Engine, string) {
-	i := slices.IndexFunc(engineSpecs, func(s engineSpec) bool { return s.name == name })
-	if i < 0 {
-		return Engine{}, "dockertest: unknown engine " + strings.TrimSpace(name) + " (known: " + knownEngines() + ")"
+	if !slices.Contains(KnownEngines(), name) {
+		return Engine{}, "dockertest: unknown engine " + name + " (known: " + strings.Join(KnownEngines(), ", ") + ")"
 	}
-	spec := engineSpecs[i]
 	if name == "20.10" {
 		e := SystemEngine()
 		if e.Dockerd == "" || e.Docker == "" {
@@ -100,26 +88,49 @@ func FindEngine(name string) (Engine, string) {
 	}
 	dir := EngineDir()
 	root := filepath.Join(dir, name)
+	// The installer writes engine.env last: a root without it was not installed completely.
+	m, err := readManifest(filepath.Join(root, "engine.env"))
+	if err != nil {
+		return Engine{}, "dockertest: engine " + name + " is not installed in " + dir + " (" + err.Error() +
+			"): run `make test-deps` (scripts/install-engines.sh)"
+	}
+	in := func(key string) string {
+		if m[key] == "" {
+			return ""
+		}
+		return filepath.Join(root, m[key])
+	}
 	e := Engine{
 		Name:       name,
-		Dockerd:    filepath.Join(root, "usr", "sbin", "dockerd"),
-		Docker:     filepath.Join(root, "usr", "bin", "docker"),
-		Args:       slices.Clone(spec.args),
-		Path:       []string{filepath.Join(root, "usr", "sbin"), filepath.Join(root, "usr", "bin")},
-		Compose:    filepath.Join(root, "usr", "libexec", "docker", "cli-plugins", "docker-compose"),
-		APIVersion: spec.api,
+		Dockerd:    in("DOCKERD"),
+		Docker:     in("DOCKER"),
+		Args:       strings.Fields(m["DOCKERD_ARGS"]),
+		Compose:    in("COMPOSE"),
+		APIVersion: m["API_VERSION"],
 	}
-	// The stamp is written last: a root without it was not installed completely.
-	for _, p := range []string{filepath.Join(root, ".installed"), e.Dockerd, e.Docker} {
-		if _, err := os.Stat(p); err != nil {
-			return Engine{}, "dockertest: engine " + name + " is not installed in " + dir +
-				" (no " + p + "): run `make test-deps` (scripts/install-engines.sh)"
-		}
+	for _, p := range filepath.SplitList(m["PATH"]) {
+		e.Path = append(e.Path, filepath.Join(root, p))
 	}
-	if _, err := os.Stat(e.Compose); err != nil {
-		e.Compose = ""
+	if e.Dockerd == "" || e.Docker == "" {
+		return Engine{}, "dockertest: engine " + name + ": " + filepath.Join(root, "engine.env") +
+			" names no DOCKERD or DOCKER: run `make test-deps` (scripts/install-engines.sh)"
 	}
 	return e, ""
+}
+
+// readManifest reads an engine.env: KEY=VALUE lines.
+func readManifest(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	m := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok {
+			m[k] = v
+		}
+	}
+	return m, nil
 }
 
 // LookupEngine returns the named engine ("20.10", "26.1", "28.5", "29"). When it is not
@@ -148,10 +159,15 @@ func MatrixEngines(t testing.TB) []Engine {
 
 // MatrixEngineNames are the names in $TALKINGDATA_ENGINES, default DefaultEngines.
 func MatrixEngineNames() []string {
-	list := os.Getenv("TALKINGDATA_ENGINES")
-	if strings.TrimSpace(list) == "" {
-		list = DefaultEngines
+	if names := ParseEngineNames(os.Getenv("TALKINGDATA_ENGINES")); len(names) > 0 {
+		return names
 	}
+	return ParseEngineNames(DefaultEngines)
+}
+
+// ParseEngineNames splits a comma-separated list of engine names, such as $TALKINGDATA_ENGINES,
+// dropping spaces and empty entries. It does not check the names: FindEngine does.
+func ParseEngineNames(list string) []string {
 	var names []string
 	for _, n := range strings.Split(list, ",") {
 		if n = strings.TrimSpace(n); n != "" {
@@ -159,14 +175,6 @@ func MatrixEngineNames() []string {
 		}
 	}
 	return names
-}
-
-func knownEngines() string {
-	var names []string
-	for _, s := range engineSpecs {
-		names = append(names, s.name)
-	}
-	return strings.Join(names, ", ")
 }
 
 // pathFor is dockerd's PATH: the engine's own directories, dockerd's, then the system's.

@@ -2,7 +2,9 @@ package dockertest
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -56,13 +58,18 @@ func apiAtLeast(v, min string) bool {
 }
 
 func TestEngineLookup(t *testing.T) {
+	if got := strings.Join(ParseEngineNames(" 28.5 ,29,,"), "|"); got != "28.5|29" {
+		t.Errorf("ParseEngineNames = %q", got)
+	}
 	t.Setenv("TALKINGDATA_ENGINES", " 28.5 ,29,")
 	if got := strings.Join(MatrixEngineNames(), "|"); got != "28.5|29" {
 		t.Errorf("MatrixEngineNames = %q", got)
 	}
-	t.Setenv("TALKINGDATA_ENGINES", "")
-	if got := strings.Join(MatrixEngineNames(), ","); got != DefaultEngines {
-		t.Errorf("MatrixEngineNames with no env = %q, want %q", got, DefaultEngines)
+	for _, env := range []string{"", " , "} {
+		t.Setenv("TALKINGDATA_ENGINES", env)
+		if got := strings.Join(MatrixEngineNames(), ","); got != DefaultEngines {
+			t.Errorf("MatrixEngineNames with TALKINGDATA_ENGINES=%q: %q, want %q", env, got, DefaultEngines)
+		}
 	}
 
 	if _, miss := FindEngine("27.0"); !strings.Contains(miss, "unknown engine 27.0") {
@@ -73,7 +80,7 @@ func TestEngineLookup(t *testing.T) {
 	if _, miss := FindEngine("28.5"); !strings.Contains(miss, "make test-deps") || !strings.Contains(miss, empty) {
 		t.Errorf("FindEngine(28.5) in an empty cache: %q", miss)
 	}
-	// A root with binaries but no stamp was not installed completely.
+	// A root with binaries but no engine.env was not installed completely.
 	root := filepath.Join(empty, "29")
 	for _, p := range []string{"usr/sbin/dockerd", "usr/bin/docker"} {
 		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
@@ -83,14 +90,16 @@ func TestEngineLookup(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, miss := FindEngine("29"); !strings.Contains(miss, ".installed") {
-		t.Errorf("FindEngine(29) without a stamp: %q", miss)
+	if _, miss := FindEngine("29"); !strings.Contains(miss, "engine.env") {
+		t.Errorf("FindEngine(29) without engine.env: %q", miss)
 	}
-	if err := os.WriteFile(filepath.Join(root, ".installed"), []byte("x\n"), 0o644); err != nil {
+	manifest := "DOCKERD=usr/sbin/dockerd\nDOCKER=usr/bin/docker\nDOCKERD_ARGS=--a --b\nPATH=usr/sbin:usr/bin\nAPI_VERSION=1.52\n"
+	if err := os.WriteFile(filepath.Join(root, "engine.env"), []byte(manifest), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	e, miss := FindEngine("29")
-	if miss != "" || e.Dockerd != filepath.Join(root, "usr/sbin/dockerd") || len(e.Args) != 1 || e.Compose != "" {
+	if miss != "" || e.Dockerd != filepath.Join(root, "usr/sbin/dockerd") || e.Docker != filepath.Join(root, "usr/bin/docker") ||
+		strings.Join(e.Args, "|") != "--a|--b" || e.Compose != "" || e.APIVersion != "1.52" {
 		t.Errorf("FindEngine(29) = %+v, %q", e, miss)
 	}
 	if p := e.pathFor(); !strings.HasPrefix(p, filepath.Join(root, "usr/sbin")+":"+filepath.Join(root, "usr/bin")+":") {
@@ -101,5 +110,18 @@ func TestEngineLookup(t *testing.T) {
 	wd, _ := os.Getwd()
 	if got, want := EngineDir(), filepath.Join(filepath.Dir(filepath.Dir(wd)), ".cache", "engines"); got != want {
 		t.Errorf("EngineDir() = %q, want %q", got, want)
+	}
+}
+
+// KnownEngines are the system's 20.10 and the engine roots scripts/install-engines.sh installs.
+func TestKnownEngines(t *testing.T) {
+	out, err := exec.Command("bash", "../../scripts/install-engines.sh", "--list").Output()
+	if err != nil {
+		t.Fatalf("install-engines.sh --list: %v", err)
+	}
+	roots := slices.DeleteFunc(strings.Fields(string(out)), func(r string) bool { return strings.HasPrefix(r, "etcd-") })
+	slices.Sort(roots)
+	if got, want := strings.Join(roots, ","), strings.Join(KnownEngines()[1:], ","); got != want || KnownEngines()[0] != SystemEngine().Name {
+		t.Errorf("install-engines.sh installs engines %s, KnownEngines are %v (want %s, then those)", got, KnownEngines(), SystemEngine().Name)
 	}
 }

@@ -86,9 +86,16 @@ func alive(pid int) bool {
 }
 
 // StartAgain starts dockerd after StopDaemonOnly, with the same roots in the same network and
-// mount namespaces, so that it finds what the previous dockerd left running (live-restore).
+// mount namespaces, so that it finds what the previous dockerd left running (live-restore). It
+// fails the test if that mount namespace is gone.
 func (d *Daemon) StartAgain(t testing.TB) {
 	t.Helper()
+	d.mu.Lock()
+	stopped := d.cmd == nil && d.keeper != nil
+	d.mu.Unlock()
+	if !stopped {
+		t.Fatal("dockertest: StartAgain without StopDaemonOnly before it")
+	}
 	d.start(t)
 }
 

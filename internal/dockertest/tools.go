@@ -35,16 +35,16 @@ func findTools(t testing.TB, systemDocker bool) tools {
 		if !systemDocker && (x.name == "dockerd" || x.name == "docker") {
 			continue
 		}
-		*x.dst = lookTool(x.name)
+		*x.dst = LookTool(x.name)
 		testproc.Require(t, *x.dst != "", "dockertest: no "+x.name+" (Debian package "+x.pkg+")")
 	}
 	return tl
 }
 
-// lookTool finds a program on PATH or in the sbin directories a non-login root PATH may lack.
-// For docker it prefers Debian's /usr/bin/docker, which matches Debian's dockerd, over a newer
-// client that may come first on PATH.
-func lookTool(name string) string {
+// LookTool finds a program on PATH or in the sbin directories a non-login root PATH may lack,
+// or returns "". For docker it prefers Debian's /usr/bin/docker, which matches Debian's dockerd,
+// over a newer client that may come first on PATH.
+func LookTool(name string) string {
 	if name == "docker" {
 		if _, err := os.Stat("/usr/bin/docker"); err == nil {
 			return "/usr/bin/docker"
@@ -97,6 +97,6 @@ func overlayWorks() bool {
 		}
 	}
 	opts := "lowerdir=" + dir + "/lower,upperdir=" + dir + "/upper,workdir=" + dir + "/work"
-	return exec.Command(lookTool("unshare"), "-m", "--propagation", "private",
+	return exec.Command(LookTool("unshare"), "-m", "--propagation", "private",
 		"mount", "-t", "overlay", "overlay", "-o", opts, dir+"/merged").Run() == nil
 }

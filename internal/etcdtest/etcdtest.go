@@ -57,7 +57,7 @@ type Server struct {
 func etcdBinary() (bin, missing string) {
 	if bin = os.Getenv("TALKINGDATA_ETCD"); bin != "" {
 		if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-			return "", fmt.Sprintf("etcdtest: TALKINGDATA_ETCD=%s is not an executable (`make test-deps` puts etcd 3.5 in .cache/engines/etcd-3.5/usr/bin/etcd)", bin)
+			return "", fmt.Sprintf("etcdtest: TALKINGDATA_ETCD=%s is not an executable (`make test` sets it to etcd 3.5 of the engine cache, which `make test-deps` installs)", bin)
 		}
 		return bin, ""
 	}
