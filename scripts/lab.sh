@@ -53,10 +53,9 @@
 #   TDLAB_Hk_DOCKERD, TDLAB_Hk_DOCKER_CLI, TDLAB_Hk_DOCKERD_ARGS (split on spaces), TDLAB_Hk_PATH
 #                     (directories put first on that dockerd's PATH: its containerd, runc,
 #                     docker-init, docker-proxy): another engine on host k, e.g. a cluster in the
-#                     middle of a rolling upgrade; the engines of scripts/install-engines.sh:
-#                       e=.cache/engines/29; TDLAB_H3_DOCKERD=$e/usr/sbin/dockerd \
-#                       TDLAB_H3_DOCKER_CLI=$e/usr/bin/docker TDLAB_H3_PATH=$e/usr/sbin:$e/usr/bin \
-#                       TDLAB_H3_DOCKERD_ARGS=--seccomp-profile=unconfined scripts/lab.sh up
+#                     middle of a rolling upgrade. For an engine of scripts/install-engines.sh they
+#                     are DOCKERD, DOCKER, DOCKERD_ARGS and PATH of its root's engine.env (paths
+#                     relative to the root); internal/lab sets them from $TALKINGDATA_LAB_ENGINES.
 #
 # Daemons outlive this script (setsid, nohup). `down` SIGKILLs everything of the lab (there is
 # nothing to save): processes whose command line names /tmp/tdlab-ID/ or tdlab-ID-, processes in
@@ -254,6 +253,12 @@ resolve_id() {
 # ---------------------------------------------------------------------------------------------
 # daemons: how up starts etcd members and plugins, and how the fault commands restart them
 
+# dockerd_path DOCKERD [DIRS]: the PATH a dockerd runs with: DIRS (its engine's own, ':'-separated),
+# then dockerd's directory (its containerd, runc, docker-init), then the system's.
+dockerd_path() {
+	echo "${2:+$2:}$(dirname "$1"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+}
+
 # start_etcd K: spawn member K. On a restart its data dir exists and etcd ignores the
 # --initial-cluster* flags, rejoining the cluster as the member it was. Needs ETCD and DPATH.
 start_etcd() {
@@ -291,7 +296,7 @@ restart_env() {
 	if [[ -z $DPATH ]]; then
 		local dockerd
 		find_tool dockerd dockerd docker.io "${TDLAB_DOCKERD:-}"
-		DPATH="$(dirname "$dockerd"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+		DPATH=$(dockerd_path "$dockerd")
 	fi
 }
 
@@ -556,7 +561,7 @@ cmd_up() {
 	for t in ip:iproute2 nsenter:util-linux unshare:util-linux setsid:util-linux etcdctl:etcd-client tar:tar; do
 		command -v "${t%%:*}" >/dev/null || die "no ${t%%:*} (Debian package ${t#*:})"
 	done
-	DPATH="$(dirname "$DOCKERD"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	DPATH=$(dockerd_path "$DOCKERD")
 	# Each host's engine: dockerd, CLI, extra flags and PATH (default: the lab's).
 	local v
 	local -a HDOCKERD=() HARGS=() HDPATH=()
@@ -571,7 +576,7 @@ cmd_up() {
 		v="TDLAB_H${k}_DOCKERD_ARGS"
 		HARGS[k]=${!v:-}
 		v="TDLAB_H${k}_PATH"
-		HDPATH[k]="${!v:+${!v}:}$(dirname "${HDOCKERD[k]}"):/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+		HDPATH[k]=$(dockerd_path "${HDOCKERD[k]}" "${!v:-}")
 	done
 
 	mkdir -m 0755 "$S"

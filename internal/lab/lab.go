@@ -69,9 +69,10 @@ type Options struct {
 	// Engines[i] is the Docker engine of host i+1 (dockertest.LookupEngine), e.g. 20.10, 28.5
 	// and 29 for a cluster in the middle of a rolling upgrade; hosts beyond the slice, and zero
 	// Engines, run the system's dockerd 20.10. Each host is driven with its engine's own CLI.
-	// Empty: the engine names in $TALKINGDATA_LAB_ENGINES (comma-separated, one per host, e.g.
-	// "20.10,28.5,29"), so any lab test can run on a mixed cluster. No spaces inside an Args
-	// entry.
+	// Empty: the engine names in $TALKINGDATA_LAB_ENGINES (comma-separated, one per host from h1,
+	// e.g. "20.10,28.5,29"; names beyond the last host are left out, so a two-host lab of that
+	// list runs 20.10 and 28.5), so a lab test can run on a mixed cluster. No spaces inside an
+	// Args entry.
 	Engines []dockertest.Engine
 }
 
@@ -117,7 +118,7 @@ func prepare(t testing.TB, o Options) *Lab {
 		t.Fatalf("lab: Options.Hosts = %d, want 1-9 (0: 3)", o.Hosts)
 	}
 	if len(o.Engines) == 0 {
-		for _, name := range envEngines() {
+		for _, name := range envEngines(o) {
 			o.Engines = append(o.Engines, dockertest.LookupEngine(t, name))
 		}
 	}
@@ -150,7 +151,7 @@ func missing(o Options) string {
 		{"setsid", "util-linux"}, {"dockerd", "docker.io"}, {"docker", "docker.io"},
 		{"etcd", "etcd-server"}, {"etcdctl", "etcd-client"}, {"ping", "iputils-ping"},
 	} {
-		if lookTool(tool.name) == "" {
+		if dockertest.LookTool(tool.name) == "" {
 			return "lab: no " + tool.name + " (Debian package " + tool.pkg + ")"
 		}
 	}
@@ -174,10 +175,7 @@ func newLab(o Options) (*Lab, error) {
 		return nil, err
 	}
 	id := hex.EncodeToString(b[:])
-	l := &Lab{ID: id, Dir: "/tmp/tdlab-" + id, script: filepath.Join(repo, "scripts", "lab.sh"), hosts: 3}
-	if o.Hosts != 0 {
-		l.hosts = o.Hosts
-	}
+	l := &Lab{ID: id, Dir: "/tmp/tdlab-" + id, script: filepath.Join(repo, "scripts", "lab.sh"), hosts: o.hostCount()}
 	if len(o.Engines) > l.hosts {
 		return nil, fmt.Errorf("%d engines for %d hosts", len(o.Engines), l.hosts)
 	}
@@ -196,7 +194,7 @@ func Start(o Options) (*Lab, error) {
 		return nil, fmt.Errorf("lab: Options.Hosts = %d, want 1-9 (0: 3)", o.Hosts)
 	}
 	if len(o.Engines) == 0 {
-		for _, name := range envEngines() {
+		for _, name := range envEngines(o) {
 			e, miss := dockertest.FindEngine(name)
 			if miss != "" {
 				return nil, errors.New(miss)
@@ -320,15 +318,18 @@ func (l *Lab) upEnv(o Options) []string {
 	return env
 }
 
-// envEngines are the engine names in $TALKINGDATA_LAB_ENGINES.
-func envEngines() []string {
-	var names []string
-	for _, n := range strings.Split(os.Getenv("TALKINGDATA_LAB_ENGINES"), ",") {
-		if n = strings.TrimSpace(n); n != "" {
-			names = append(names, n)
-		}
+// hostCount is the number of hosts o asks for.
+func (o Options) hostCount() int {
+	if o.Hosts == 0 {
+		return 3
 	}
-	return names
+	return o.Hosts
+}
+
+// envEngines are the engine names in $TALKINGDATA_LAB_ENGINES for o's hosts.
+func envEngines(o Options) []string {
+	names := dockertest.ParseEngineNames(os.Getenv("TALKINGDATA_LAB_ENGINES"))
+	return names[:min(len(names), o.hostCount())]
 }
 
 // Engine is host i's Docker engine (Options.Engines; the system's 20.10 where none was given).
@@ -655,19 +656,6 @@ func goTool() string {
 	}
 	if p := filepath.Join(runtime.GOROOT(), "bin", "go"); fileExists(p) {
 		return p
-	}
-	return ""
-}
-
-// lookTool finds a program on PATH or in the sbin directories a non-login root PATH may lack.
-func lookTool(name string) string {
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		if p := filepath.Join(dir, name); fileExists(p) {
-			return p
-		}
 	}
 	return ""
 }

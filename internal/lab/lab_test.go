@@ -146,7 +146,7 @@ func TestLab(t *testing.T) {
 			}
 		}
 		// Also through curl, as a test would from a host (curl is not among the test deps).
-		if lookTool("curl") == "" {
+		if dockertest.LookTool("curl") == "" {
 			return
 		}
 		if out := l.Exec(t, 3, "curl", "-sf", "--unix-socket", l.PluginSocket(3), "-X", "POST", "http://x/Plugin.Activate"); !strings.Contains(out, "IpamDriver") {
@@ -301,17 +301,18 @@ func processAlive(pid int) bool {
 }
 
 // Per-host engines reach lab.sh as TDLAB_Hk_* variables; zero Engines leave a host on the system's
-// dockerd, and more engines than hosts is an error.
+// dockerd, and more engines than hosts is an error, while $TALKINGDATA_LAB_ENGINES names beyond
+// the last host are left out.
 func TestEnginesEnv(t *testing.T) {
 	e29 := dockertest.Engine{Name: "29", Dockerd: "/e/29/usr/sbin/dockerd", Docker: "/e/29/usr/bin/docker",
-		Args: []string{"--seccomp-profile=unconfined"}, Path: []string{"/e/29/usr/sbin", "/e/29/usr/bin"}}
+		Args: []string{"--debug"}, Path: []string{"/e/29/usr/sbin", "/e/29/usr/bin"}}
 	l, err := newLab(Options{Engines: []dockertest.Engine{{}, e29}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := strings.Join(l.upEnv(Options{}), "\n")
 	for _, want := range []string{"TDLAB_H2_DOCKERD=/e/29/usr/sbin/dockerd", "TDLAB_H2_DOCKER_CLI=/e/29/usr/bin/docker",
-		"TDLAB_H2_DOCKERD_ARGS=--seccomp-profile=unconfined", "TDLAB_H2_PATH=/e/29/usr/sbin:/e/29/usr/bin"} {
+		"TDLAB_H2_DOCKERD_ARGS=--debug", "TDLAB_H2_PATH=/e/29/usr/sbin:/e/29/usr/bin"} {
 		if !strings.Contains(env, want+"\n") && !strings.HasSuffix(env, want) {
 			t.Errorf("up's environment lacks %s:\n%s", want, env)
 		}
@@ -326,8 +327,11 @@ func TestEnginesEnv(t *testing.T) {
 		t.Error("3 engines for 2 hosts: no error")
 	}
 
-	t.Setenv("TALKINGDATA_LAB_ENGINES", " 20.10, 29 ,")
-	if got := strings.Join(envEngines(), "|"); got != "20.10|29" {
-		t.Errorf("envEngines() = %q", got)
+	t.Setenv("TALKINGDATA_LAB_ENGINES", " 20.10, 29 ,28.5")
+	if got := strings.Join(envEngines(Options{}), "|"); got != "20.10|29|28.5" {
+		t.Errorf("envEngines for 3 hosts = %q", got)
+	}
+	if got := strings.Join(envEngines(Options{Hosts: 2}), "|"); got != "20.10|29" {
+		t.Errorf("envEngines for 2 hosts = %q", got)
 	}
 }
