@@ -2,8 +2,10 @@ package dockertest
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -51,26 +53,41 @@ func SystemEngine() Engine {
 // IsZero reports whether e is the zero Engine (the system's).
 func (e Engine) IsZero() bool { return e.Name == "" && e.Dockerd == "" }
 
-// EngineDir is the engine cache: $TALKINGDATA_ENGINE_DIR, else .cache/engines in the module root
-// (found from the working directory upwards; go test runs in the package's directory). "" when
-// neither is known.
+// EngineDir is the engine cache: $TALKINGDATA_ENGINE_DIR, else .cache/engines in RepoRoot. ""
+// when neither is known.
 func EngineDir() string {
 	if d := os.Getenv("TALKINGDATA_ENGINE_DIR"); d != "" {
 		return d
 	}
-	wd, err := os.Getwd()
+	root, err := RepoRoot()
 	if err != nil {
 		return ""
 	}
-	for d := wd; ; d = filepath.Dir(d) {
-		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil &&
-			bytes.HasPrefix(b, []byte("module github.com/talkingdata/ipam\n")) {
-			return filepath.Join(d, ".cache", "engines")
-		}
-		if filepath.Dir(d) == d {
-			return ""
+	return filepath.Join(root, ".cache", "engines")
+}
+
+// RepoRoot finds this module's root from the working directory upwards (go test runs in the
+// package's directory), else from this source file's location (a program run from elsewhere).
+func RepoRoot() (string, error) {
+	var starts []string
+	if wd, err := os.Getwd(); err == nil {
+		starts = append(starts, wd)
+	}
+	if _, file, _, ok := runtime.Caller(0); ok {
+		starts = append(starts, filepath.Dir(file))
+	}
+	for _, dir := range starts {
+		for d := dir; ; d = filepath.Dir(d) {
+			if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil &&
+				bytes.HasPrefix(b, []byte("module github.com/talkingdata/ipam\n")) {
+				return d, nil
+			}
+			if filepath.Dir(d) == d {
+				break
+			}
 		}
 	}
+	return "", errors.New("dockertest: cannot find the repository (go.mod of github.com/talkingdata/ipam)")
 }
 
 // FindEngine returns the named engine and "" if it is installed, or a zero Engine and what is

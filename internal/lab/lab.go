@@ -624,30 +624,16 @@ func hasAnyPrefix(s string, prefixes ...string) bool {
 	return false
 }
 
-// repoRoot finds the module root from the working directory (go test runs in the package's
-// directory), falling back to this file's location.
+// repoRoot is the repository holding scripts/lab.sh.
 func repoRoot() (string, error) {
-	var starts []string
-	if wd, err := os.Getwd(); err == nil {
-		starts = append(starts, wd)
+	root, err := dockertest.RepoRoot()
+	if err != nil {
+		return "", err
 	}
-	if _, file, _, ok := runtime.Caller(0); ok {
-		starts = append(starts, filepath.Dir(file))
+	if _, err := os.Stat(filepath.Join(root, "scripts", "lab.sh")); err != nil {
+		return "", err
 	}
-	for _, dir := range starts {
-		for d := dir; ; d = filepath.Dir(d) {
-			if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil &&
-				bytes.Contains(b, []byte("module github.com/talkingdata/ipam\n")) {
-				if _, err := os.Stat(filepath.Join(d, "scripts", "lab.sh")); err == nil {
-					return d, nil
-				}
-			}
-			if filepath.Dir(d) == d {
-				break
-			}
-		}
-	}
-	return "", errors.New("cannot find the repository (go.mod of github.com/talkingdata/ipam with scripts/lab.sh)")
+	return root, nil
 }
 
 func goTool() string {

@@ -224,7 +224,9 @@ func TestDownAfterFailedUp(t *testing.T) {
 	t.Parallel()
 	o := Options{Hosts: 2}
 	l := prepare(t, o)
-	out, err := l.run(upTimeout, append(l.upEnv(o), "TDLAB_DOCKERD=/bin/false"), "up")
+	// Host 1's, which wins over the lab's default and over an engine of $TALKINGDATA_LAB_ENGINES
+	// (of two values of a variable, exec uses the last).
+	out, err := l.run(upTimeout, append(l.upEnv(o), "TDLAB_H1_DOCKERD=/bin/false"), "up")
 	if err == nil || !strings.Contains(err.Error(), "dockerd of h") {
 		t.Fatalf("up with a failing dockerd: %v\n%s", err, out)
 	}
