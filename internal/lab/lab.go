@@ -425,8 +425,8 @@ func (l *Lab) TryNode(node string, args ...string) (string, error) {
 	return out, nil
 }
 
-// Docker runs host's own docker CLI (Debian's, matching dockerd 20.10, unless Options.Engines
-// gave the host another engine) against host's dockerd and returns its stdout, trimmed; it fails
+// Docker runs host's own docker CLI (Debian's, matching dockerd 20.10, unless the host runs
+// another engine) against host's dockerd and returns its stdout, trimmed; it fails
 // the test on error.
 func (l *Lab) Docker(t testing.TB, host int, args ...string) string {
 	t.Helper()
