@@ -14,8 +14,28 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 )
+
+// How the client finds its way back to etcd. gRPC's defaults back off
+// reconnects up to 2 minutes, so a restarted etcd went unnoticed for
+// seconds after it answered again; and without keepalive a frozen member
+// (SIGSTOP, a hung VM) keeps its TCP connection and is picked forever.
+const (
+	// One connection attempt (TCP, TLS, HTTP/2 preface) to a host that
+	// drops packets or a member that is frozen gives up after this and
+	// starts afresh, rather than after gRPC's 20s.
+	minConnectTimeout = 2 * time.Second
+	// 10s is gRPC's floor for pings (shorter is raised to it), and pings
+	// are sent only while a call is open, as etcd's server counts pings
+	// on an idle connection as abuse.
+	keepAliveTime, keepAliveTimeout = 10 * time.Second, 3 * time.Second
+)
+
+// Retrying a refused connection is cheap, so retries are at most 0.8s
+// apart; the jitter (±20%) spreads many daemons' retries.
+var reconnectBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 800 * time.Millisecond}
 
 // Config says how to reach etcd.
 type Config struct {
@@ -35,8 +55,12 @@ type Config struct {
 // for up to DialTimeout, and fails only if etcd refuses the password.
 func Dial(cfg Config) (*clientv3.Client, error) {
 	c := clientv3.Config{
-		Endpoints:   cfg.Endpoints,
-		DialTimeout: cfg.DialTimeout,
+		Endpoints:            cfg.Endpoints,
+		DialTimeout:          cfg.DialTimeout,
+		DialKeepAliveTime:    keepAliveTime,
+		DialKeepAliveTimeout: keepAliveTimeout,
+		DialOptions: []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: reconnectBackoff, MinConnectTimeout: minConnectTimeout})},
 		// The client's own zap logger is chatty about every reconnect; our
 		// errors already name the endpoints.
 		Logger: zap.NewNop(),
