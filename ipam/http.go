@@ -41,6 +41,16 @@ func Handler(d api.Ipam, log *slog.Logger) http.Handler {
 	return logged(mux, log)
 }
 
+// Server serves h (a Handler) so that no connection outlives timeout
+// (--request-timeout) without a call running on it. The handler reads the
+// body before the call's own deadline starts, so the read needs its own:
+// a client that sends headers and then stalls is cut off after timeout,
+// as is one that keeps a connection idle. dockerd sends each request whole
+// at once, far within that.
+func Server(h http.Handler, timeout time.Duration) *http.Server {
+	return &http.Server{Handler: h, ReadTimeout: timeout, IdleTimeout: timeout}
+}
+
 // call decodes a bounded JSON body into Req and replies with fn's answer.
 func call[Req, Res any](fn func(*Req) (Res, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
