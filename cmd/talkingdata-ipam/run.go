@@ -90,7 +90,7 @@ func run(c *cli.Context) error {
 	if m != nil {
 		handler = m.instrument(handler)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	srv := ipam.Server(handler, driver.Timeout)
 	// Calls in flight finish before etcd is closed: a call cut off after
 	// its transaction committed would be retried by dockerd and allocate
 	// twice.
@@ -105,7 +105,7 @@ func run(c *cli.Context) error {
 		}
 	}()
 	log.Info("serving", "socket", path, "host", host, "etcd", cfg.Endpoints, "prefix", c.String("etcd-prefix"))
-	if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(limitConns(l, maxConns)); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serving %s: %w", path, err)
 	}
 	<-drained

@@ -10,11 +10,17 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
 // pluginDir is where dockerd looks for legacy plugin sockets.
 const pluginDir = "/run/docker/plugins"
+
+// maxConns caps the plugin socket's open connections. dockerd holds a few
+// (one per call in flight, two kept idle); a burst of container starts
+// reaches tens.
+const maxConns = 128
 
 // socketPath resolves --socket: a bare name means pluginDir/NAME.sock.
 func socketPath(s string) string {
@@ -71,4 +77,39 @@ func removeStale(path string) error {
 		return fmt.Errorf("%s is in use by a running daemon; stop it first", path)
 	}
 	return os.Remove(path)
+}
+
+// limitConns lets at most n of l's connections be open at once. Beyond
+// that, new connections wait in the socket's backlog until one closes,
+// rather than being refused: dockerd does not send a failed call again,
+// so a burst is better late than failed, and ipam.Server closes every
+// connection within --request-timeout, so the wait is bounded.
+func limitConns(l net.Listener, n int) net.Listener {
+	return &limitListener{Listener: l, slots: make(chan struct{}, n)}
+}
+
+type limitListener struct {
+	net.Listener
+	slots chan struct{}
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	l.slots <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.slots
+		return nil, err
+	}
+	return &limitConn{Conn: c, free: sync.OnceFunc(func() { <-l.slots })}, nil
+}
+
+// limitConn frees its slot on the first Close; net/http may close twice.
+type limitConn struct {
+	net.Conn
+	free func()
+}
+
+func (c *limitConn) Close() error {
+	defer c.free()
+	return c.Conn.Close()
 }

@@ -1,11 +1,17 @@
 package main
 
 import (
+	"context"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/talkingdata/ipam/ipam"
 )
 
 func TestSocketPath(t *testing.T) {
@@ -56,5 +62,42 @@ func TestListenReplacesOnlyStaleSockets(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(regular); string(b) != "keep me" {
 		t.Fatal("the file behind the symlink was touched")
+	}
+}
+
+// Connections beyond the cap wait for a slot rather than being refused,
+// and stalled connections give their slots up at the request timeout.
+func TestConnectionCapQueues(t *testing.T) {
+	const timeout, slots = time.Second, 2
+	sock := filepath.Join(t.TempDir(), "cap.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := ipam.Server(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "{}") }), timeout)
+	go srv.Serve(limitConns(l, slots))
+	defer srv.Close()
+
+	for range slots {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		io.WriteString(c, "POST /Plugin.Activate HTTP/1.1\r\nHost: plugin\r\nContent-Length: 2\r\n\r\n") // and no body
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+	}}}
+	start := time.Now()
+	resp, err := hc.Post("http://plugin/Plugin.Activate", "application/json", strings.NewReader("{}"))
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("a call beyond the cap failed after %v: %v", took, err)
+	}
+	resp.Body.Close()
+	// It waited for a stalled client to be cut off, and no longer.
+	if took < timeout/2 || took > timeout+2*time.Second {
+		t.Fatalf("a call beyond the cap was answered after %v, want about %v", took, timeout)
 	}
 }
