@@ -11,24 +11,46 @@ import (
 
 // restartCtr is a container that lives through the dockerd restarts.
 type restartCtr struct {
-	name  string
-	args  func(w *wf) []string
-	fixed bool
+	name   string
+	always bool // --restart always: dockerd starts it again itself
+	ip     int  // --ip at this host offset; 0: an automatic address
 }
 
 // restartCtrs: the fixed addresses first, so no random pick takes them.
 var restartCtrs = []restartCtr{
-	{name: "always-ip", fixed: true, args: func(w *wf) []string { return []string{"--restart", "always", "--ip", w.ip(0, 140)} }},
-	{name: "always-auto", args: func(w *wf) []string { return []string{"--restart", "always"} }},
-	{name: "ip", fixed: true, args: func(w *wf) []string { return []string{"--ip", w.ip(0, 141)} }},
-	{name: "auto", args: func(w *wf) []string { return nil }},
+	{name: "always-ip", always: true, ip: 140},
+	{name: "ip", ip: 141},
+	{name: "always-auto", always: true},
+	{name: "auto"},
 }
 
-// daemonRestarts restarts dockerd three times, each shared by both IPAMs:
-// a clean restart, a restart with live-restore, and a crash (SIGKILL)
-// without live-restore. After each one, every container's state and
-// address is an outcome, and etcd must hold exactly the running
-// containers' addresses.
+func (rc restartCtr) args(w *wf) []string {
+	var args []string
+	if rc.always {
+		args = append(args, "--restart", "always")
+	}
+	if rc.ip != 0 {
+		args = append(args, "--ip", w.ip(0, rc.ip))
+	}
+	return args
+}
+
+// dockerdRestarts are the ways dockerd goes down and comes back; step
+// names the outcomes observed after it, and start-after-<step> those of
+// starting what it left stopped.
+var dockerdRestarts = []struct {
+	liveRestore bool
+	signal      syscall.Signal
+	step        string
+}{
+	{false, syscall.SIGTERM, "dockerd-restart"},
+	{true, syscall.SIGTERM, "dockerd-live-restore"},
+	{false, syscall.SIGKILL, "dockerd-kill9"},
+}
+
+// daemonRestarts goes through dockerdRestarts, each shared by both IPAMs.
+// After each one, every container's state and address is an outcome, and
+// etcd must hold exactly the running containers' addresses.
 func (c *conformance) daemonRestarts() {
 	t := c.t
 	began := time.Now()
@@ -70,7 +92,7 @@ func (c *conformance) daemonRestarts() {
 				continue
 			}
 			a, _ := w.addrs(rc.name, 0)
-			if rc.fixed {
+			if rc.ip != 0 {
 				w.set("restarts-run/"+rc.name, "ok, "+w.offset(a, 0))
 			} else {
 				w.set("restarts-run/"+rc.name, w.autoClass(0, []netip.Addr{a}, rangeLo, rangeHi))
@@ -85,8 +107,8 @@ func (c *conformance) daemonRestarts() {
 	observe := func(event string) {
 		deadline := time.Now().Add(30 * time.Second)
 		each(func(w *wf) {
-			for _, rc := range restartCtrs[:2] {
-				for time.Now().Before(deadline) {
+			for _, rc := range restartCtrs {
+				for rc.always && time.Now().Before(deadline) {
 					if out, _ := w.docker("inspect", "-f", "{{.State.Running}}", w.ctr(rc.name)); out == "true" {
 						break
 					}
@@ -130,27 +152,15 @@ func (c *conformance) daemonRestarts() {
 		})
 	}
 
-	pools := []map[string]any{{"base": "198.18.192.0/18", "size": 24}}
-	c.d.StopDaemonOnly(t, syscall.SIGTERM)
-	c.d.StartAgain(t)
-	observe("dockerd-restart")
-	startStopped("start-after-dockerd-restart")
-
-	c.d.SetDaemonConfig(t, map[string]any{"default-address-pools": pools, "live-restore": true})
-	c.d.Reload(t)
-	waitLiveRestore(c, "true")
-	c.d.StopDaemonOnly(t, syscall.SIGTERM)
-	c.d.StartAgain(t)
-	observe("dockerd-live-restore")
-	startStopped("start-after-live-restore")
-
-	c.d.SetDaemonConfig(t, map[string]any{"default-address-pools": pools, "live-restore": false})
-	c.d.Reload(t)
-	waitLiveRestore(c, "false")
-	c.d.StopDaemonOnly(t, syscall.SIGKILL)
-	c.d.StartAgain(t)
-	observe("dockerd-kill9")
-	startStopped("start-after-kill9")
+	for _, r := range dockerdRestarts {
+		c.d.SetDaemonConfig(t, daemonConfig(r.liveRestore))
+		c.d.Reload(t)
+		waitLiveRestore(c, r.liveRestore)
+		c.d.StopDaemonOnly(t, r.signal)
+		c.d.StartAgain(t)
+		observe(r.step)
+		startStopped("start-after-" + r.step)
+	}
 	c.checkEtcd("after starting the stopped containers")
 
 	each(func(w *wf) { w.cleanup() })
@@ -159,12 +169,12 @@ func (c *conformance) daemonRestarts() {
 
 // waitLiveRestore waits until `docker info` reports live-restore as want
 // after a reload.
-func waitLiveRestore(c *conformance, want string) {
+func waitLiveRestore(c *conformance, want bool) {
 	var out string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if out, _ = c.d.Docker("info", "-f", "{{.LiveRestoreEnabled}}"); out == want {
+		if out, _ = c.d.Docker("info", "-f", "{{.LiveRestoreEnabled}}"); out == fmt.Sprint(want) {
 			return
 		}
 	}
-	c.t.Fatal(fmt.Sprintf("live-restore is %q after SIGHUP, want %s\n%s", out, want, c.d.LogTail(20)))
+	c.t.Fatalf("live-restore is %q after SIGHUP, want %v\n%s", out, want, c.d.LogTail(20))
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,10 +15,10 @@ import (
 // workflow is one row of the conformance table: fn runs it on one side,
 // recording each step's outcome under a step id.
 type workflow struct {
-	name   string
-	minAPI float64 // 0: every engine; else the first API version that has the feature
-	needs  string  // with minAPI: what the engine must support
-	fn     func(w *wf)
+	name  string
+	notOn []string // engines that lack what it needs
+	needs string   // with notOn: what that is
+	fn    func(w *wf)
 }
 
 // subnetsPerWorkflow is how many subnets (third octets) each workflow may use.
@@ -25,11 +26,16 @@ const subnetsPerWorkflow = 3
 
 // runWorkflows runs every workflow on both sides, several at once.
 func (c *conformance) runWorkflows() {
+	for _, wk := range workflows {
+		for _, e := range wk.notOn {
+			checkEngineName(c.t, "workflow "+wk.name+": notOn", e)
+		}
+	}
 	sem := make(chan struct{}, 6)
 	var wg sync.WaitGroup
 	for i, wk := range workflows {
-		if c.api < wk.minAPI {
-			c.t.Logf("not applicable on %s (API %.2f): %s needs %s", c.engine, c.api, wk.name, wk.needs)
+		if slices.Contains(wk.notOn, c.engine) {
+			c.t.Logf("not applicable on %s: %s needs %s", c.engine, wk.name, wk.needs)
 			continue
 		}
 		for _, s := range []side{dockerSide, tdSide} {
@@ -86,14 +92,22 @@ func oneLine(err error) string {
 
 // create runs `network create` of network j and records id: "ok" or "refused".
 func (w *wf) create(id string, j int, args ...string) bool {
-	full := append(append([]string{"network", "create"}, w.s.ipam...), args...)
-	if _, err := w.docker(append(full, w.net(j))...); err != nil {
+	if err := w.createNet(j, args...); err != nil {
 		w.refused(id, err)
 		return false
 	}
-	w.trackSubnets(w.net(j), args)
 	w.set(id, "ok")
 	return true
+}
+
+// createNet runs `network create` of network j on this side's IPAM.
+func (w *wf) createNet(j int, args ...string) error {
+	full := append(append([]string{"network", "create"}, w.s.ipam...), args...)
+	if _, err := w.docker(append(full, w.net(j))...); err != nil {
+		return err
+	}
+	w.trackSubnets(w.net(j), args)
+	return nil
 }
 
 // trackSubnets remembers a talkingdata network's subnets for checkEtcd.
@@ -118,6 +132,22 @@ func (w *wf) run(name string, j int, extra ...string) error {
 	w.mu.Unlock()
 	_, err := w.docker(append(args, w.c.image, "sleep", "600")...)
 	return err
+}
+
+// runAuto runs containers a0, a1 and a2 on network 0 with automatic
+// addresses and returns their IPv4 addresses; nil, with id recorded as
+// refused, when one fails.
+func (w *wf) runAuto(id string) []netip.Addr {
+	var addrs []netip.Addr
+	for i := range 3 {
+		if err := w.run(fmt.Sprint("a", i), 0); err != nil {
+			w.refused(id, err)
+			return nil
+		}
+		a, _ := w.addrs(fmt.Sprint("a", i), 0)
+		addrs = append(addrs, a)
+	}
+	return addrs
 }
 
 // runStep runs a container for step id and records where its address is.

@@ -6,8 +6,8 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -34,8 +34,8 @@ import (
 // IPv6), with the same host offsets. Workflows run in parallel; the
 // dockerd restarts at the end are shared by both.
 func TestConformance(t *testing.T) {
-	for _, e := range conformanceEngines(t) {
-		t.Run(e.name, func(t *testing.T) { testConformance(t, e) })
+	for _, e := range dockertest.MatrixEngines(t) {
+		t.Run(e.Name, func(t *testing.T) { testConformance(t, e) })
 	}
 }
 
@@ -53,19 +53,27 @@ var (
 	tdSide     = side{name: "talkingdata", ipam: []string{"--ipam-driver", "talkingdata"}, oct: 128, v6: "2001:db8:7d:", short: "t"}
 )
 
+// dockerPools are Docker's default address pools, for networks without
+// --subnet: inside the test range, not 172.17/16.
+var dockerPools = netip.MustParsePrefix("198.18.192.0/18")
+
+// daemonConfig is dockerd's config file for every start of the run.
+func daemonConfig(liveRestore bool) map[string]any {
+	return map[string]any{
+		"default-address-pools": []map[string]any{{"base": dockerPools.String(), "size": 24}},
+		"live-restore":          liveRestore,
+	}
+}
+
 // conformance is one engine's run.
 type conformance struct {
-	t       *testing.T
-	d       *dockertest.Daemon
-	image   string
-	engine  string // the name rows of docs/COMPATIBILITY.md use: 20.10, 26.1, 28.5, 29
-	version string // dockerd's version
-	api     float64
-	compose []string // the compose command, or nil: do the equivalent rm+run
-	store   *etcdstore.Store
-	// etcdEndpoints for ipamctl; leaks are addresses dockerd never released, reclaimed.
-	etcdEndpoints string
-	leaks         []string
+	t             *testing.T
+	d             *dockertest.Daemon
+	image         string
+	engine        string // its name, as rows of docs/COMPATIBILITY.md use it
+	compose       string // the compose that goes with the engine
+	store         *etcdstore.Store
+	etcdEndpoints string // for ipamctl
 
 	mu       sync.Mutex
 	outcomes map[string]map[string]outcome // side → step id → outcome
@@ -77,32 +85,28 @@ type outcome struct {
 	detail string // the error text of a refusal: shown, not compared
 }
 
-func testConformance(t *testing.T, e conformanceEngine) {
+func testConformance(t *testing.T, e dockertest.Engine) {
 	start := time.Now()
 	allowed := readCompatibility(t)
+	compose := e.Compose
+	if compose == "" { // 20.10: Debian's docker-compose 1.29
+		compose, _ = exec.LookPath("docker-compose")
+	}
+	testproc.Require(t, compose != "", "engine "+e.Name+" has no compose of its own, and there is no docker-compose (Debian package docker-compose)")
 	etcd := etcdtest.Start(t)
 	pluginDir := t.TempDir()
 	startPlugin(t, pluginDir, "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--host-id", "conformance")
-	d := e.start(t, pluginDir)
-	// Docker's pools for networks without --subnet: inside the test range, not 172.17/16.
-	d.SetDaemonConfig(t, map[string]any{"default-address-pools": []map[string]any{{"base": "198.18.192.0/18", "size": 24}}})
+	d := dockertest.Start(t, dockertest.Options{PluginDir: pluginDir, Engine: e})
+	d.SetDaemonConfig(t, daemonConfig(false))
 	d.Restart(t)
 	c := &conformance{
-		t: t, d: d, image: d.ImportBusybox(t),
+		t: t, d: d, image: d.ImportBusybox(t), engine: e.Name, compose: compose,
 		store:         etcdstore.New(etcd.Client(t), etcdstore.DefaultPrefix),
 		etcdEndpoints: strings.Join(etcd.Endpoints(), ","),
 		outcomes:      map[string]map[string]outcome{},
 		tdNets:        map[string]netip.Prefix{},
 	}
-	ver := strings.Fields(d.MustDocker(t, "version", "-f", "{{.Server.Version}} {{.Server.APIVersion}}"))
-	if len(ver) != 2 {
-		t.Fatalf("docker version: %q", ver)
-	}
-	c.version = ver[0]
-	c.api, _ = strconv.ParseFloat(ver[1], 64)
-	c.engine = e.label(c.api)
-	c.compose = findCompose(t, d, e)
-	t.Logf("engine %s: dockerd %s, API %s, compose %q", c.engine, c.version, ver[1], c.compose)
+	t.Logf("engine %s: %s, compose %s", c.engine, d.MustDocker(t, "version", "-f", "dockerd {{.Server.Version}}, API {{.Server.APIVersion}}"), compose)
 
 	c.runWorkflows()
 	t.Logf("workflows done after %s", time.Since(start).Round(time.Second))
@@ -252,58 +256,12 @@ func (c *conformance) etcdProblems() []string {
 	return problems
 }
 
-// findCompose picks a compose command that works on this engine: the
-// engine's own compose binary, else the system's docker-compose, tried on
-// a one-service project; nil if none works.
-func findCompose(t *testing.T, d *dockertest.Daemon, e conformanceEngine) []string {
-	var cands [][]string
-	if p := e.composeBinary(); p != "" {
-		cands = append(cands, []string{p})
-	}
-	if p, err := exec.LookPath("docker-compose"); err == nil {
-		cands = append(cands, []string{p})
-	}
-	dir := t.TempDir()
-	file := dir + "/probe.yml"
-	probe := "version: \"2.4\"\nservices:\n  probe:\n    image: " + dockertest.BusyboxImage + "\n    command: [\"true\"]\n    network_mode: none\n"
-	if err := os.WriteFile(file, []byte(probe), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, cmd := range cands {
-		args := append(append([]string{}, cmd[1:]...), "-f", file, "-p", "tdprobe")
-		if out, err := composeRun(d, dir, cmd[0], append(args, "up")...); err != nil {
-			t.Logf("compose %s does not work on this engine: %v\n%s", cmd[0], err, out)
-			continue
-		}
-		composeRun(d, dir, cmd[0], append(args, "down")...)
-		return cmd
-	}
-	return nil
-}
-
-func composeRun(d *dockertest.Daemon, dir, bin string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Env = append(testproc.EnvWithout("DOCKER_"), "DOCKER_HOST="+d.Host(), "DOCKER_CONFIG="+dir+"/cli")
-	cmd.Dir = dir
-	out, err := cmd.CombinedOutput()
-	return string(out), err
-}
-
-// compatRow is one row of docs/COMPATIBILITY.md's table.
-type compatRow struct {
-	id      string
-	engines []string // "all", or engine names
-}
+// compatRow is the engines column of a row of docs/COMPATIBILITY.md's
+// table: "all", or engine names.
+type compatRow []string
 
 func (r compatRow) covers(engine string) bool {
-	for _, e := range r.engines {
-		if e == "all" || e == engine {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(r, "all") || slices.Contains(r, engine)
 }
 
 // readCompatibility parses the table rows of docs/COMPATIBILITY.md:
@@ -323,10 +281,10 @@ func readCompatibility(t *testing.T) map[string]compatRow {
 		if len(cells) != 6 {
 			t.Fatalf("docs/COMPATIBILITY.md:%d: %d cells, want 6 (id, workflow, Docker's IPAM, talkingdata, why, engines)", i+1, len(cells))
 		}
-		var engines []string
-		for _, e := range strings.Split(cells[5], ",") {
-			if e = strings.TrimSpace(e); e != "" {
-				engines = append(engines, e)
+		engines := compatRow(dockertest.ParseEngineNames(cells[5]))
+		for _, e := range engines {
+			if e != "all" {
+				checkEngineName(t, fmt.Sprintf("docs/COMPATIBILITY.md:%d", i+1), e)
 			}
 		}
 		// The id cell holds one or more backticked step ids.
@@ -336,7 +294,7 @@ func readCompatibility(t *testing.T) map[string]compatRow {
 			if _, dup := rows[id]; dup || len(engines) == 0 {
 				t.Fatalf("docs/COMPATIBILITY.md:%d: %s listed twice, or with no engines", i+1, id)
 			}
-			rows[id] = compatRow{id: id, engines: engines}
+			rows[id] = engines
 		}
 	}
 	if len(rows) == 0 {
@@ -345,21 +303,11 @@ func readCompatibility(t *testing.T) map[string]compatRow {
 	return rows
 }
 
-// apiEngine names the engine release of a Docker API version, for engines
-// whose Version string is not a release number (a dockerd built from the
-// moby module).
-func apiEngine(api float64) string {
-	switch {
-	case api >= 1.52:
-		return "29"
-	case api >= 1.51:
-		return "28.5"
-	case api >= 1.48:
-		return "28"
-	case api >= 1.45 && api < 1.46:
-		return "26.1"
-	case api >= 1.41 && api < 1.42:
-		return "20.10"
+// checkEngineName fails the test on a name that is no engine: a row or
+// workflow naming "28" or "29.0" would never apply where it was meant to.
+func checkEngineName(t *testing.T, where, name string) {
+	t.Helper()
+	if !slices.Contains(dockertest.KnownEngines(), name) {
+		t.Fatalf("%s: unknown engine %q (known: %s)", where, name, strings.Join(dockertest.KnownEngines(), ", "))
 	}
-	return fmt.Sprintf("API %.2f", api)
 }
