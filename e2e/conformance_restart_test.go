@@ -16,10 +16,12 @@ type restartCtr struct {
 	ip     int  // --ip at this host offset; 0: an automatic address
 }
 
-// restartCtrs: the fixed addresses first, so no random pick takes them.
+// restartCtrs: the fixed addresses lie outside the --ip-range, where no
+// automatic pick can take them while their containers are down (on
+// talkingdata they are seeded for --ip with ipamctl init-range).
 var restartCtrs = []restartCtr{
-	{name: "always-ip", always: true, ip: 140},
-	{name: "ip", ip: 141},
+	{name: "always-ip", always: true, ip: 100},
+	{name: "ip", ip: 101},
 	{name: "always-auto", always: true},
 	{name: "auto"},
 }
@@ -83,8 +85,13 @@ func (c *conformance) daemonRestarts() {
 		return last[w.s.name+"/"+rc.name]
 	}
 	each(func(w *wf) {
-		if !w.create("create-restarts", 0, "--subnet", w.sub(0), "--ip-range", w.ip(0, 128)+"/25", "--gateway", w.ip(0, 1)) {
+		if !w.create("create-restarts", 0, "--subnet", w.sub(0), "--ip-range", w.ip(0, rangeLo)+"/25", "--gateway", w.ip(0, 1)) {
 			return
+		}
+		for _, rc := range restartCtrs {
+			if rc.ip != 0 && w.td() {
+				w.ipamctl("init-range", "--subnet", w.sub(0), "--range", w.ip(0, rc.ip))
+			}
 		}
 		for _, rc := range restartCtrs {
 			if err := w.run(rc.name, 0, rc.args(w)...); err != nil {

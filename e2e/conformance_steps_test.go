@@ -255,6 +255,24 @@ func (w *wf) autoClass(j int, addrs []netip.Addr, lo, hi int) string {
 }
 
 // sameAddr is the outcome of a step that should keep a container's address.
+// mac is a container's MAC address on network j, "" when it has none.
+func (w *wf) mac(name string, j int) string {
+	out, _ := w.docker("inspect", "-f", `{{with index .NetworkSettings.Networks "`+w.net(j)+`"}}{{.MacAddress}}{{end}}`, w.ctr(name))
+	return out
+}
+
+// sameMAC says whether a container's MAC on network j is still before:
+// LAN neighbours' ARP caches hold it.
+func (w *wf) sameMAC(name string, j int, before string) string {
+	switch mac := w.mac(name, j); {
+	case mac == "" || before == "":
+		return "no MAC"
+	case mac == before:
+		return "same MAC"
+	}
+	return "another MAC"
+}
+
 func (w *wf) sameAddr(name string, j int, before netip.Addr) string {
 	a, _ := w.addrs(name, j)
 	for i := 0; i < 10 && !a.IsValid(); i++ { // a restarted container may show none for a moment

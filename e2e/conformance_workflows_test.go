@@ -131,10 +131,12 @@ var workflows = []workflow{
 		}
 		fixed := netip.MustParseAddr(w.ip(0, 150))
 		w.runStep("static-run", "s", 0, "--ip", fixed.String())
+		mac := w.mac("s", 0)
 		if _, err := w.docker("restart", "-t", "1", w.ctr("s")); err != nil {
 			w.refused("static-restart", err)
 		} else {
 			w.set("static-restart", w.sameAddr("s", 0, fixed))
+			w.set("static-restart-mac", w.sameMAC("s", 0, mac))
 		}
 		if _, err := w.docker("stop", "-t", "1", w.ctr("s")); err != nil {
 			w.refused("static-stop-start", err)
@@ -439,8 +441,13 @@ func (w *wf) releaseKept(kept netip.Addr, running ...string) {
 		return
 	}
 	w.c.t.Logf("dockerd %s kept %s after the IPv6 refusal: released with ipamctl release", w.c.engine, kept)
-	out, err := exec.Command(filepath.Join(binDir, "ipamctl"), "--etcd-endpoints", w.c.etcdEndpoints, "release", subnet.String(), kept.String()).CombinedOutput()
+	w.ipamctl("release", subnet.String(), kept.String())
+}
+
+// ipamctl runs ipamctl against the test's etcd; an error fails the test.
+func (w *wf) ipamctl(args ...string) {
+	out, err := exec.Command(filepath.Join(binDir, "ipamctl"), append([]string{"--etcd-endpoints", w.c.etcdEndpoints}, args...)...).CombinedOutput()
 	if err != nil {
-		w.c.t.Errorf("ipamctl release %s %s: %v\n%s", subnet, kept, err, out)
+		w.c.t.Errorf("ipamctl %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
 }
