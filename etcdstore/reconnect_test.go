@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/internal/etcdtest"
 	"github.com/talkingdata/ipam/internal/testproc"
 )
 
@@ -34,11 +35,8 @@ type member struct {
 // healthy. They are killed when the test ends.
 func startCluster(t *testing.T, n int) []*member {
 	t.Helper()
-	bin := os.Getenv("TALKINGDATA_ETCD") // as internal/etcdtest: `make test` runs etcd 3.5 this way
-	if bin == "" {
-		bin, _ = exec.LookPath("etcd")
-	}
-	testproc.Require(t, bin != "", "no etcd binary (Debian package etcd-server)")
+	bin, missing := etcdtest.Binary()
+	testproc.Require(t, bin != "", missing)
 	ms := make([]*member, n)
 	var peers []string
 	for i := range ms {

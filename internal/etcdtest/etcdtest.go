@@ -51,10 +51,10 @@ type Server struct {
 	done chan struct{} // closed when cmd has exited
 }
 
-// etcdBinary is $TALKINGDATA_ETCD (`make test` also runs the etcd tests with etcd 3.5 from the
+// Binary is $TALKINGDATA_ETCD (`make test` also runs the etcd tests with etcd 3.5 from the
 // engine cache that way), else etcd on PATH (Debian bookworm's 3.4). It returns what is missing
 // instead when there is none.
-func etcdBinary() (bin, missing string) {
+func Binary() (bin, missing string) {
 	if bin = os.Getenv("TALKINGDATA_ETCD"); bin != "" {
 		if fi, err := os.Stat(bin); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
 			return "", fmt.Sprintf("etcdtest: TALKINGDATA_ETCD=%s is not an executable (`make test` sets it to etcd 3.5 of the engine cache, which `make test-deps` installs)", bin)
@@ -81,7 +81,7 @@ func Start(t testing.TB) *Server {
 // when the test ends; launch starts it.
 func newServer(t testing.TB) *Server {
 	t.Helper()
-	bin, miss := etcdBinary()
+	bin, miss := Binary()
 	testproc.Require(t, miss == "", miss)
 	s := &Server{bin: bin, dir: t.TempDir(), scheme: "http"}
 	s.logPath = filepath.Join(s.dir, "etcd.log")
