@@ -92,7 +92,7 @@ func decodeAllocation(key string, value []byte) (*pool.Allocation, error) {
 func (s *Store) Meta(ctx context.Context, subnet netip.Prefix) (pool.Meta, bool, error) {
 	r, err := s.cli.Get(ctx, s.k.meta(subnet))
 	if err != nil {
-		return pool.Meta{}, false, err
+		return pool.Meta{}, false, transient(ctx, err)
 	}
 	return metaFrom(r.Kvs)
 }
@@ -249,7 +249,7 @@ func (s *Store) Owned(ctx context.Context, subnet netip.Prefix, host, mac string
 	key := s.k.owner(subnet, &pool.Allocation{Kind: pool.KindContainer, Host: host, MAC: mac})
 	r, err := s.cli.Get(ctx, key)
 	if err != nil || len(r.Kvs) == 0 {
-		return netip.Addr{}, false, err
+		return netip.Addr{}, false, transient(ctx, err)
 	}
 	a, err := netip.ParseAddr(string(r.Kvs[0].Value))
 	if err != nil {
@@ -289,7 +289,7 @@ func entryFrom(addr netip.Addr, rs []*pb.ResponseOp) (pool.Entry, error) {
 func (s *Store) Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (pool.Entry, error) {
 	r, err := s.cli.Txn(ctx).Then(s.entryOps(subnet, addr)...).Commit()
 	if err != nil {
-		return pool.Entry{}, err
+		return pool.Entry{}, transient(ctx, err)
 	}
 	return entryFrom(addr, r.Responses)
 }

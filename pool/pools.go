@@ -231,11 +231,12 @@ func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, t
 // host's claim costs one more.
 func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
 	a.Host, a.Since = p.cfg.Host, p.now().UTC()
+	var r retrier // shared by every attempt: one backoff, one count
 	if want.IsValid() {
 		if err := CheckHostAddr(n.Subnet, want); err != nil {
 			return netip.Addr{}, err
 		}
-		c, err := p.store.Claim(ctx, n.Subnet, want, a, true)
+		c, err := p.claim(ctx, &r, n.Subnet, want, a, true)
 		if err != nil {
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err))
 		}
@@ -244,7 +245,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			p.remember(ctx, n.Subnet, want, a, c.Version)
 			return want, nil
 		case c.Existing == want:
-			return want, p.adopt(ctx, n.Subnet, want, a)
+			return p.adopt(ctx, &r, n.Subnet, want, a)
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case c.Existing.IsValid():
@@ -269,7 +270,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		case !ok:
 			return netip.Addr{}, fmt.Errorf("%w in pool %s", ErrNoFree, n)
 		}
-		c, err := p.store.Claim(ctx, n.Subnet, addr, a, false)
+		c, err := p.claim(ctx, &r, n.Subnet, addr, a, false)
 		if err != nil {
 			free.Add(addr, time.Time{}) // the claim may not have reached the store; if it did, the store's update follows
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming an address in pool %s: %w", n, err))
@@ -279,7 +280,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			p.remember(ctx, n.Subnet, addr, a, c.Version)
 			return addr, nil
 		case c.Existing.IsValid():
-			return c.Existing, p.adopt(ctx, n.Subnet, c.Existing, a) // a retry: the first answer was lost
+			return p.adopt(ctx, &r, n.Subnet, c.Existing, a) // a retry: an earlier answer was lost
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case !c.DelayedUntil.IsZero():
@@ -324,18 +325,50 @@ func (p *Pools) remember(ctx context.Context, subnet netip.Prefix, addr netip.Ad
 	}
 }
 
+// claim is Store.Claim, tried again after transient errors when that is
+// safe: for an endpoint in the owner index, whose retry finds what an
+// attempt that did commit took (Existing). Every attempt uses the same a,
+// so an adopted record keeps a's time and the undo of a request that gives
+// up still recognises it. Without a MAC nothing would find such an
+// address, and a retry could take a second one.
+func (p *Pools) claim(ctx context.Context, r *retrier, subnet netip.Prefix, addr netip.Addr, a Allocation, takeDelayed bool) (Claim, error) {
+	for {
+		c, err := p.store.Claim(ctx, subnet, addr, a, takeDelayed)
+		if err == nil || !indexed(a) || !r.again(ctx, err) {
+			return c, r.giveUp(err)
+		}
+	}
+}
+
+// indexed says whether a's endpoint is in the owner index (etcdstore's
+// owners/ keys): a container with a MAC.
+func indexed(a Allocation) bool { return a.Kind == KindContainer && a.MAC != "" }
+
 // adopt makes a retried request the owner of what its endpoint already
 // holds: it stamps the record with this request's time, so the background
 // undo of an earlier failed attempt (which compares the time) leaves it.
-func (p *Pools) adopt(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) error {
-	return p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		if !sameEndpoint(e.Used, a) {
-			return State{}, false, fmt.Errorf("%w: %s changed hands while being re-requested", ErrUnavailable, addr)
+// The stamp is idempotent, so it is retried after transient errors; a
+// request that gives up undoes what it may have claimed, as Allocate does.
+func (p *Pools) adopt(ctx context.Context, r *retrier, subnet netip.Prefix, addr netip.Addr, a Allocation) (netip.Addr, error) {
+	for {
+		err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+			if !sameEndpoint(e.Used, a) {
+				return State{}, false, fmt.Errorf("%w: %s changed hands while being re-requested", ErrUnavailable, addr)
+			}
+			if e.Used.Since.Equal(a.Since) {
+				return State{}, false, nil // this request's own earlier attempt
+			}
+			next := *e.Used
+			next.Since = a.Since
+			return State{Used: &next}, true, nil
+		})
+		switch {
+		case err == nil:
+			return addr, nil
+		case !r.again(ctx, err):
+			return netip.Addr{}, p.undoClaim(subnet, a, r.giveUp(err))
 		}
-		next := *e.Used
-		next.Since = a.Since
-		return State{Used: &next}, true, nil
-	})
+	}
 }
 
 func sameEndpoint(u *Allocation, a Allocation) bool {
@@ -436,12 +469,45 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return false, err
 	}
-	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.reusableAfter())
-		released = change
-		return next, change, err
-	})
-	return released, err
+	var (
+		r       retrier
+		tried   *Allocation // the record the last attempt's swap was to change
+		unknown *Allocation // a container record a swap with unknown outcome was releasing
+	)
+	for {
+		tried = nil
+		err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+			if unknown != nil && !sameRecord(e.Used, unknown) {
+				released = true // gone: that swap committed, or someone else released it
+				return State{}, false, nil
+			}
+			next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.reusableAfter())
+			released = change
+			if change {
+				tried = e.Used
+			}
+			return next, change, err
+		})
+		// Retrying is safe for a container record only: the retry changes
+		// that very record or nothing, whereas a new container of this
+		// host may have the address by now. A shared address's holder
+		// count (gateway, aux) would be decremented twice.
+		if tried != nil && tried.Kind != KindContainer {
+			return released, r.giveUp(err)
+		}
+		if tried != nil {
+			unknown = tried
+		}
+		if err == nil || !r.again(ctx, err) {
+			return released, r.giveUp(err)
+		}
+	}
+}
+
+// sameRecord says whether u is the record a, not merely one of the same
+// endpoint: a new claim stamps a new time.
+func sameRecord(u, a *Allocation) bool {
+	return u != nil && u.Kind == a.Kind && u.Host == a.Host && u.MAC == a.MAC && u.Since.Equal(a.Since)
 }
 
 // AddHostAddr records addr as a host's own LAN address (`ipamctl

@@ -185,6 +185,9 @@ type Claim struct {
 // changes state is atomic; a lost race is reported as ok=false or
 // Taken=false, and only a method that retries by itself (CreateMeta,
 // AddRef, Seed) reports ErrContention after too many. ctx bounds each call.
+// Claim, Swap, Entry, Owned and Meta mark an error that did not reach a
+// leader, or whose outcome is unknown, with ErrTransient; the caller's own
+// deadline is not transient.
 type Store interface {
 	// Meta reads a pool; ok is false when it does not exist.
 	Meta(ctx context.Context, subnet netip.Prefix) (m Meta, ok bool, err error)
@@ -231,4 +234,9 @@ var (
 	ErrContention   = errors.New("pool: gave up after too many lost races")
 	ErrNotInitiated = errors.New("pool: not initialised")
 	ErrOverlap      = errors.New("pool: subnet overlaps another pool")
+	// ErrTransient marks a store error that says the call did not reach
+	// etcd's leader or its outcome is unknown (an election, a lost
+	// connection), not that it was refused: the same call may succeed
+	// moments later. The store wraps the original error with it.
+	ErrTransient = errors.New("pool: store temporarily unavailable")
 )

@@ -1,0 +1,57 @@
+package etcdstore
+
+import (
+	"context"
+	"errors"
+	"strings"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/talkingdata/ipam/pool"
+)
+
+// transientError marks err as pool.ErrTransient and keeps its message, so
+// an error that ends a request reads as before.
+type transientError struct{ err error }
+
+func (e transientError) Error() string        { return e.err.Error() }
+func (e transientError) Unwrap() error        { return e.err }
+func (e transientError) Is(target error) bool { return target == pool.ErrTransient }
+
+// transient marks err as pool.ErrTransient when it says that the call did
+// not reach a leader or that its outcome is unknown: gRPC's Unavailable
+// (no connection, a connection lost mid-call, and etcd's own "no leader",
+// "leader changed" and "request timed out" errors all carry it), or a
+// deadline that is not the caller's (etcd's server gave up on the
+// proposal). The caller's own deadline or cancellation is not transient:
+// the request is over.
+func transient(ctx context.Context, err error) error {
+	if err == nil || ctx.Err() != nil || !retryable(err) {
+		return err
+	}
+	return transientError{err}
+}
+
+func retryable(err error) bool {
+	var etcdErr rpctypes.EtcdError
+	if errors.As(err, &etcdErr) {
+		return etcdErr.Code() == codes.Unavailable
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true // not the caller's: a batch's own bound (batchTimeout)
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return false
+	}
+	switch st.Code() {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	case codes.Unknown:
+		// etcd's server answers a proposal it stopped waiting for this way.
+		return strings.Contains(st.Message(), context.DeadlineExceeded.Error())
+	}
+	return false
+}

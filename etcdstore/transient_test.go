@@ -1,0 +1,177 @@
+package etcdstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/pool"
+)
+
+// A store call that cannot reach etcd fails with pool.ErrTransient, so
+// pool may try again within the request's deadline; the caller's own
+// deadline is not transient: the request is over.
+func TestUnreachableEtcdIsTransient(t *testing.T) {
+	t.Parallel()
+	ms := startCluster(t, 1)
+	cli := dial(t, etcdstore.Config{Endpoints: endpoints(ms), DialTimeout: 2 * time.Second})
+	s := etcdstore.New(cli, "/test")
+	p := pool.New(s, pool.Config{Host: "h"})
+	n := mustNetwork(t, "198.18.0.0/28", "")
+	if err := p.Attach(ctxT(t, 10*time.Second), n); err != nil {
+		t.Fatal(err)
+	}
+	ms[0].kill(t)
+
+	a := pool.Allocation{Kind: pool.KindContainer, Host: "h", MAC: "02:42:c6:12:00:01", Since: time.Now()}
+	var err error
+	// Until gRPC notices the dead connection a call may wait for it; once
+	// it has, calls fail at once with Unavailable.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err = s.Claim(ctx, n.Subnet, netip.MustParseAddr("198.18.0.1"), a, false)
+		done := ctx.Err() != nil
+		cancel()
+		if !done {
+			break
+		}
+		if errors.Is(err, pool.ErrTransient) {
+			t.Fatalf("the caller's own deadline counted as transient: %v", err)
+		}
+	}
+	if !errors.Is(err, pool.ErrTransient) {
+		t.Fatalf("claim against a dead etcd: %v; want pool.ErrTransient", err)
+	}
+	t.Logf("claim against a dead etcd: %v", err)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := s.Entry(ctx, n.Subnet, netip.MustParseAddr("198.18.0.1")); !errors.Is(err, pool.ErrTransient) && ctx.Err() == nil {
+		t.Fatalf("entry read against a dead etcd: %v; want pool.ErrTransient", err)
+	}
+}
+
+// leader returns the member that leads, asking those that answer.
+func leader(t *testing.T, cli *clientv3.Client, ms []*member) *member {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		for _, m := range ms {
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			st, err := cli.Status(ctx, m.client)
+			cancel()
+			if err == nil && st.Leader == st.Header.MemberId {
+				return m
+			}
+		}
+	}
+	t.Fatal("no leader after 20s")
+	return nil
+}
+
+// Leader elections must not fail requests that still have time: with the
+// leader killed twice while 8 workers allocate and release through
+// pool and this store, every request succeeds within its 10 s deadline
+// (--request-timeout), no address is handed out twice, and nothing stays
+// used afterwards.
+func TestLeaderKillFailsNoRequest(t *testing.T) {
+	t.Parallel()
+	ms := startCluster(t, 3)
+	cli := dial(t, etcdstore.Config{Endpoints: endpoints(ms), DialTimeout: 2 * time.Second})
+	s := etcdstore.New(cli, "/test")
+	p := pool.New(s, pool.Config{Host: "h"})
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	if err := p.Attach(ctxT(t, 10*time.Second), n); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu                     sync.Mutex
+		holder                 = map[netip.Addr]string{} // what the workers hold now
+		allocs, releases, fail atomic.Int64
+		stop                   atomic.Bool
+		wg                     sync.WaitGroup
+	)
+	failed := func(what string, err error) {
+		if fail.Add(1) <= 5 {
+			t.Logf("%s: %v", what, err)
+		}
+	}
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; !stop.Load(); i++ {
+				mac := fmt.Sprintf("02:42:00:00:%02x:%02x", w, i%256)
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				addr, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: mac})
+				cancel()
+				if err != nil {
+					failed("allocate", err)
+					continue
+				}
+				allocs.Add(1)
+				mu.Lock()
+				if other, ok := holder[addr]; ok {
+					t.Errorf("%s handed to %s while %s holds it", addr, mac, other)
+				}
+				holder[addr] = mac
+				mu.Unlock()
+				ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+				mu.Lock()
+				delete(holder, addr) // before the release: once it commits, others may get it
+				mu.Unlock()
+				_, err = p.Release(ctx, n.Subnet, addr)
+				cancel()
+				if err != nil {
+					failed("release of "+addr.String(), err)
+					continue
+				}
+				releases.Add(1)
+			}
+		}()
+	}
+
+	// Two elections: kill the leader, bring it back, kill the new one.
+	for range 2 {
+		time.Sleep(time.Second)
+		m := leader(t, cli, ms)
+		t.Logf("killing leader %s", m.name)
+		m.kill(t)
+		time.Sleep(1500 * time.Millisecond)
+		m.launch(t)
+		m.waitHealthy(t)
+	}
+	time.Sleep(time.Second)
+	stop.Store(true)
+	wg.Wait()
+	t.Logf("%d allocations, %d releases, %d failed requests", allocs.Load(), releases.Load(), fail.Load())
+	if fail.Load() > 0 {
+		t.Errorf("%d requests failed during leader elections; want 0", fail.Load())
+	}
+
+	// The undo of a claim that failed runs in the background: give it time.
+	ctx := ctxT(t, 35*time.Second)
+	for {
+		snap, err := s.Snapshot(ctx, n.Subnet)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bad := pool.Check(snap); len(bad) > 0 {
+			t.Fatalf("after the run: %+v", bad)
+		}
+		if len(snap.Used) == 0 {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("%d addresses still used after the run", len(snap.Used))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
