@@ -87,7 +87,9 @@ func (d *Driver) explain(ctx context.Context, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded):
+	// A transient error that outlived the retries means the same to the
+	// operator: etcd did not settle the call within the request's time.
+	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, pool.ErrTransient):
 		return fmt.Errorf("no answer from %s within %s (--request-timeout): %w", d.StoreName, d.Timeout, err)
 	case errors.Is(err, pool.ErrUnknownPool):
 		return fmt.Errorf("%w (if it was removed with ipamctl pool rm, re-create the Docker network)", err)
