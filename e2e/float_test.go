@@ -110,8 +110,10 @@ func testAnycast(t *testing.T, l *lab.Lab, ctl func(int, ...string) string) {
 	}
 	// A second, host-local network: each host's routing daemon would
 	// announce the anycast address from it; each host reaches its own.
+	// Each host's gateway is named, so that no random pick takes plainAddr.
 	for h := 1; h <= 3; h++ {
 		l.Docker(t, h, "network", "create", "--ipam-driver", "talkingdata", "--subnet", anySubnet, "--ip-range", anyRange,
+			"--gateway", fmt.Sprintf("198.19.0.%d", 10+h),
 			"-o", "com.docker.network.bridge.name=any0", "-o", "com.docker.network.bridge.enable_ip_masquerade=false", "anycast")
 		if out, err := run(h, "svc", anyAddr); err != nil {
 			t.Fatalf("anycast container on host %d: %v %s", h, err, out)
