@@ -111,6 +111,30 @@ func (s *Store) Refs(ctx context.Context, subnet netip.Prefix) (map[string]int, 
 	return out, nil
 }
 
+// HostPools returns the pools that some network of host uses (its refs/
+// keys, which AddRef writes as the host's networks come and go).
+func (s *Store) HostPools(ctx context.Context, host string) ([]netip.Prefix, error) {
+	dir := s.k.prefix + "refs/"
+	r, err := s.cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("listing the pools of host %s: %w", host, err)
+	}
+	var out []netip.Prefix
+	for _, kv := range r.Kvs {
+		// refs/<subnet>/<host>: <subnet> holds no "/", a host id may.
+		sub, h, _ := strings.Cut(strings.TrimPrefix(string(kv.Key), dir), "/")
+		if h != host {
+			continue
+		}
+		subnet, err := parseSubnetKey(sub)
+		if err != nil {
+			return nil, fmt.Errorf("malformed reference key %s: %w", kv.Key, err)
+		}
+		out = append(out, subnet)
+	}
+	return out, nil
+}
+
 // DeletePool removes a pool with its free, used and refs directories in one
 // transaction. Unless force, it only does so while nothing is used and no
 // host's network uses the pool: compares over the whole used and refs

@@ -48,6 +48,15 @@ func subnetKey(s netip.Prefix) string {
 	return s.Addr().String() + "-" + strconv.Itoa(s.Bits())
 }
 
+// parseSubnetKey reverses subnetKey.
+func parseSubnetKey(s string) (netip.Prefix, error) {
+	i := strings.LastIndexByte(s, '-')
+	if i < 0 {
+		return netip.Prefix{}, fmt.Errorf("malformed subnet key %q", s)
+	}
+	return netip.ParsePrefix(s[:i] + "/" + s[i+1:])
+}
+
 func addrKey(a netip.Addr) string {
 	if a.Is4() {
 		b := a.As4()

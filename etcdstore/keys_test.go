@@ -39,3 +39,17 @@ func TestAddrKeysSortInAddressOrder(t *testing.T) {
 		}
 	}
 }
+
+func TestSubnetKeyRoundTrip(t *testing.T) {
+	for _, s := range []string{"198.18.0.0/16", "10.0.0.0/8", "2001:db8::/64", "fd00:1::/112"} {
+		p := netip.MustParsePrefix(s)
+		if back, err := parseSubnetKey(subnetKey(p)); err != nil || back != p {
+			t.Errorf("parseSubnetKey(%q) = %s, %v", subnetKey(p), back, err)
+		}
+	}
+	for _, bad := range []string{"198.18.0.0", "198.18.0.0-", "x-16"} {
+		if _, err := parseSubnetKey(bad); err == nil {
+			t.Errorf("parseSubnetKey(%q) accepted", bad)
+		}
+	}
+}

@@ -3,7 +3,9 @@ package etcdstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -19,23 +21,39 @@ type EndpointStatus struct {
 	Errors    []string // the member's alarms, or why it did not answer
 }
 
-// Endpoints asks every endpoint of the client for its status, each
-// bounded by ctx; one that does not answer says why instead.
-func (s *Store) Endpoints(ctx context.Context) []EndpointStatus {
-	var out []EndpointStatus
-	for _, ep := range s.cli.Endpoints() {
-		st := EndpointStatus{Endpoint: ep}
-		r, err := s.cli.Status(ctx, ep)
-		if err != nil {
-			st.Errors = []string{err.Error()}
-		} else {
-			st.Version, st.DBSize, st.RaftIndex = r.Version, r.DbSize, r.RaftIndex
-			st.Leader = r.Leader == r.Header.MemberId
-			st.Errors = r.Errors
-		}
-		out = append(out, st)
+// Endpoints asks every endpoint of the client for its status, all at once
+// and each bounded by timeout (and ctx): one member that does not answer
+// costs the caller one timeout, not one per endpoint, and its row says why
+// instead.
+func (s *Store) Endpoints(ctx context.Context, timeout time.Duration) []EndpointStatus {
+	eps := s.cli.Endpoints()
+	out := make([]EndpointStatus, len(eps))
+	var wg sync.WaitGroup
+	for i, ep := range eps {
+		wg.Go(func() { out[i] = s.endpoint(ctx, ep, timeout) })
 	}
+	wg.Wait()
 	return out
+}
+
+func (s *Store) endpoint(ctx context.Context, ep string, timeout time.Duration) EndpointStatus {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	st := EndpointStatus{Endpoint: ep}
+	r, err := s.cli.Status(ctx, ep)
+	switch {
+	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
+		// The client waits for a connection until the deadline, so a
+		// closed port and a frozen member both end here.
+		st.Errors = []string{fmt.Sprintf("no answer within %s: %v", timeout, err)}
+	case err != nil:
+		st.Errors = []string{err.Error()}
+	default:
+		st.Version, st.DBSize, st.RaftIndex = r.Version, r.DbSize, r.RaftIndex
+		st.Leader = r.Leader == r.Header.MemberId
+		st.Errors = r.Errors
+	}
+	return st
 }
 
 // HostLiveness is one host's liveness as etcd holds it now.

@@ -19,8 +19,9 @@ const testPrefix = "/ipamctl-test"
 
 // ctl runs ipamctl in-process against one etcd, as the given host.
 type ctl struct {
-	t    *testing.T
-	etcd *etcdtest.Server
+	t     *testing.T
+	etcd  *etcdtest.Server
+	extra []string // endpoints given after etcd's, such as one that is down
 }
 
 func newCtl(t *testing.T) *ctl {
@@ -36,7 +37,7 @@ func (c *ctl) run(args ...string) (stdout, stderr string, err error) {
 	app := newApp()
 	var out, errOut bytes.Buffer
 	app.Writer, app.ErrWriter = &out, &errOut
-	argv := append([]string{"ipamctl", "--etcd-endpoints", strings.Join(c.etcd.Endpoints(), ","),
+	argv := append([]string{"ipamctl", "--etcd-endpoints", strings.Join(append(c.etcd.Endpoints(), c.extra...), ","),
 		"--etcd-prefix", testPrefix, "--host-id", "ctl", "--timeout", "10s"}, args...)
 	err = app.Run(argv)
 	return out.String(), errOut.String(), err

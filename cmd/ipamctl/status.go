@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -21,8 +22,10 @@ func statusCommand() *cli.Command {
 version, leadership, database size and alarms (or why it does not answer);
 the liveness record of --host-id (the daemon's lease-bound key, the lease's
 time left, and when it last recorded itself); and every pool as pool ls
-shows it. Exits 1 when an endpoint does not answer or the host's daemon is
-not alive.`,
+shows it. Each endpoint is asked on its own, all at once, for at most 2s,
+and the host and the pools are read through the members that answer, so
+one member down still gives the whole report. Exits 1 when an endpoint
+does not answer or the host's daemon is not alive.`,
 		ArgsUsage: " ",
 		Flags:     []cli.Flag{jsonFlag()},
 		Action:    status,
@@ -31,9 +34,10 @@ not alive.`,
 
 // statusJSON is `status --json`.
 type statusJSON struct {
-	Etcd  []endpointJSON `json:"etcd"`
-	Host  hostJSON       `json:"host"`
-	Pools []poolJSON     `json:"pools"`
+	Etcd []endpointJSON `json:"etcd"`
+	// Host and Pools are absent (null) when etcd could not be read.
+	Host  *hostJSON  `json:"host,omitempty"`
+	Pools []poolJSON `json:"pools"`
 }
 
 type endpointJSON struct {
@@ -54,6 +58,10 @@ type hostJSON struct {
 	LastSeen  time.Time `json:"lastSeen,omitzero"`
 }
 
+// probeTimeout bounds each endpoint's status: a member that has not
+// answered by then is reported as down rather than holding up the report.
+const probeTimeout = 2 * time.Second
+
 func status(c *cli.Context) error {
 	if _, err := positional(c, 0, 0); err != nil {
 		return err
@@ -64,21 +72,29 @@ func status(c *cli.Context) error {
 	}
 	defer e.Close()
 	var out statusJSON
-	err = e.do(c, 0, func(ctx context.Context) error {
-		for _, ep := range e.store.Endpoints(ctx) {
-			out.Etcd = append(out.Etcd, endpointJSON{Endpoint: ep.Endpoint, Version: ep.Version, Leader: ep.Leader,
-				DBSize: ep.DBSize, RaftIndex: ep.RaftIndex, Errors: ep.Errors})
+	answered := 0
+	for _, ep := range e.store.Endpoints(c.Context, min(probeTimeout, e.timeout)) {
+		out.Etcd = append(out.Etcd, endpointJSON{Endpoint: ep.Endpoint, Version: ep.Version, Leader: ep.Leader,
+			DBSize: ep.DBSize, RaftIndex: ep.RaftIndex, Errors: ep.Errors})
+		if ep.Version != "" {
+			answered++
 		}
-		h, err := e.store.Host(ctx, c.String("host-id"))
-		if err != nil {
+	}
+	// The client sends the rest only to members it has a connection to,
+	// so one that is down costs nothing more. With none answering, the
+	// reads would only wait out --timeout to say so again.
+	readErr := errors.New("no etcd endpoint answers, so neither the host nor the pools were read")
+	if answered > 0 {
+		readErr = e.do(c, 0, func(ctx context.Context) error {
+			h, err := e.store.Host(ctx, c.String("host-id"))
+			if err != nil {
+				return err
+			}
+			host := newHostJSON(h)
+			out.Host = &host
+			out.Pools, err = e.poolRows(ctx)
 			return err
-		}
-		out.Host = newHostJSON(h)
-		out.Pools, err = e.poolRows(ctx)
-		return err
-	})
-	if err != nil {
-		return err
+		})
 	}
 	if c.Bool("json") {
 		err = printJSON(c.App.Writer, out)
@@ -88,7 +104,14 @@ func status(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	return out.problem()
+	switch problem := out.problem(); {
+	case readErr == nil:
+		return problem
+	case problem == nil:
+		return readErr
+	default:
+		return fmt.Errorf("%v; %w", problem, readErr)
+	}
 }
 
 func newHostJSON(h etcdstore.HostLiveness) hostJSON {
@@ -110,7 +133,7 @@ func (s statusJSON) problem() error {
 			bad = append(bad, "etcd "+ep.Endpoint+" does not answer")
 		}
 	}
-	if s.Host.State != etcdstore.HostAlive {
+	if s.Host != nil && s.Host.State != etcdstore.HostAlive {
 		bad = append(bad, fmt.Sprintf("the daemon of host %q is %s (is talkingdata-ipam running with --host-id %s?)", s.Host.Host, s.Host.State, s.Host.Host))
 	}
 	if len(bad) > 0 {
@@ -132,6 +155,9 @@ func printStatus(w io.Writer, s statusJSON) error {
 	if err := t.flush(); err != nil {
 		return err
 	}
+	if s.Host == nil {
+		return nil // the error says why
+	}
 	fmt.Fprintln(w)
 	h := s.Host
 	t = newTable(w, "HOST", "DAEMON", "SINCE", "PID", "LEASE LEFT", "LAST SEEN")
@@ -142,6 +168,9 @@ func printStatus(w io.Writer, s statusJSON) error {
 	t.row(h.Host, h.State, dash(formatTime(h.Since)), dash(pid), dash(h.LeaseLeft), dash(formatTime(h.LastSeen)))
 	if err := t.flush(); err != nil {
 		return err
+	}
+	if s.Pools == nil {
+		return nil
 	}
 	fmt.Fprintln(w)
 	return printPools(w, s.Pools)

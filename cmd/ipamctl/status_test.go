@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/internal/testproc"
 )
 
 // TestStatus: etcd's member, this host's daemon liveness and the pools in
@@ -42,7 +45,7 @@ func TestStatus(t *testing.T) {
 		}
 	}
 	st = okJSON[statusJSON](c, "status")
-	if h := st.Host; h.State != etcdstore.HostAlive || h.PID != 4242 || h.LeaseLeft == "" || h.LastSeen.IsZero() {
+	if h := *st.Host; h.State != etcdstore.HostAlive || h.PID != 4242 || h.LeaseLeft == "" || h.LastSeen.IsZero() {
 		t.Errorf("host: %+v", h)
 	}
 	table := c.ok("status")
@@ -51,4 +54,82 @@ func TestStatus(t *testing.T) {
 			t.Errorf("status table lacks %q:\n%s", want, table)
 		}
 	}
+}
+
+// TestStatusEndpointDown: with one endpoint down, status still answers
+// within a few seconds with a row per endpoint (the down one with why),
+// this host and the pools, and exits non-zero. A frozen member (SIGSTOP)
+// is, to a new client, a port that accepts connections and never answers.
+func TestStatusEndpointDown(t *testing.T) {
+	c := newCtl(t)
+	populate(t, c)
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { silent.Close() })
+	for _, tc := range []struct{ name, down string }{
+		{"closed port", "http://" + testproc.FreeLoopbackAddr(t)},
+		{"frozen member", "http://" + silent.Addr().String()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &ctl{t: t, etcd: c.etcd, extra: []string{tc.down}}
+			up := c.etcd.Endpoints()[0]
+
+			start := time.Now()
+			out, _, err := c.run("status")
+			if took := time.Since(start); took > 5*time.Second {
+				t.Errorf("status took %s with one endpoint down", took)
+			}
+			if err == nil || !strings.Contains(err.Error(), "etcd "+tc.down+" does not answer") {
+				t.Errorf("status error: %v", err)
+			}
+			rows := map[string]string{}
+			for _, line := range strings.Split(out, "\n") {
+				if f := strings.Fields(line); len(f) > 0 {
+					rows[f[0]] = line
+				}
+			}
+			if r := rows[up]; !strings.Contains(r, " yes ") {
+				t.Errorf("row of %s (the leader): %q\n%s", up, r, out)
+			}
+			if r := rows[tc.down]; !strings.Contains(r, "no answer within 2s") {
+				t.Errorf("row of %s (down): %q\n%s", tc.down, r, out)
+			}
+			if !strings.Contains(rows["ctl"], "unknown") || !strings.Contains(rows["198.18.1.0/24"], "100") {
+				t.Errorf("host or pool rows missing:\n%s", out)
+			}
+
+			out, _, err = c.run("status", "--json")
+			if err == nil {
+				t.Error("status --json exited 0 with an endpoint down")
+			}
+			var st statusJSON
+			if err := json.Unmarshal([]byte(out), &st); err != nil {
+				t.Fatalf("%v\n%s", err, out)
+			}
+			if len(st.Etcd) != 2 || st.Etcd[0].Version == "" || st.Etcd[1].Version != "" || len(st.Etcd[1].Errors) != 1 {
+				t.Errorf("etcd: %+v", st.Etcd)
+			}
+			if st.Host == nil || len(st.Pools) != 1 {
+				t.Errorf("host %+v, pools %+v", st.Host, st.Pools)
+			}
+		})
+	}
+	t.Run("all down", func(t *testing.T) {
+		app := newApp()
+		var out bytes.Buffer
+		app.Writer, app.ErrWriter = &out, &out
+		start := time.Now()
+		err := app.Run([]string{"ipamctl", "--etcd-endpoints", "http://" + silent.Addr().String(), "status"})
+		if took := time.Since(start); took > 5*time.Second {
+			t.Errorf("status took %s with every endpoint down", took)
+		}
+		if err == nil || !strings.Contains(err.Error(), "no etcd endpoint answers") {
+			t.Errorf("status error: %v", err)
+		}
+		if !strings.Contains(out.String(), "no answer within 2s") || strings.Contains(out.String(), "HOST") {
+			t.Errorf("status output, want the endpoint's row only:\n%s", out.String())
+		}
+	})
 }

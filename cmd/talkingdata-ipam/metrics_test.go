@@ -90,6 +90,49 @@ func TestMetricsAndHealth(t *testing.T) {
 	}
 }
 
+// TestPoolGaugesFromStart: after a restart, the gauges of the pools this
+// host's networks use are there before dockerd calls on them, so an alert
+// on them is not silent until then.
+func TestPoolGaugesFromStart(t *testing.T) {
+	srv := etcdtest.Start(t)
+	dir := t.TempDir()
+	bin := buildDaemon(t, dir)
+	sock := filepath.Join(dir, "td.sock")
+	d := startDaemon(t, bin, sock, filepath.Join(dir, "data"), "--etcd-endpoints", srv.Endpoints()[0])
+	const id = "198.18.0.0/28" // 14 addresses
+	post(t, sock, "IpamDriver.RequestPool", map[string]any{"Pool": id})
+	for i := 1; i <= 2; i++ {
+		mac := map[string]string{"com.docker.network.endpoint.macaddress": fmt.Sprintf("02:42:c6:12:00:%02x", i)}
+		if out := post(t, sock, "IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Options": mac}); out["Err"] != nil {
+			t.Fatalf("RequestAddress: %v", out)
+		}
+	}
+	d.stop(t)
+
+	addr := testproc.FreeLoopbackAddr(t)
+	startDaemon(t, bin, sock, filepath.Join(dir, "data"), "--etcd-endpoints", srv.Endpoints()[0], "--metrics-addr", addr)
+	want := map[string]float64{
+		`talkingdata_pool_size{pool="198.18.0.0/28"}`:                   14,
+		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="free"}`: 12,
+		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="used"}`: 2,
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		m := scrape(t, "http://"+addr+"/metrics")
+		var wrong []string
+		for series, v := range want {
+			if got, ok := m[series]; !ok || got != v {
+				wrong = append(wrong, fmt.Sprintf("%s = %g (present: %t), want %g", series, got, ok, v))
+			}
+		}
+		if len(wrong) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("gauges 5s after a restart, with no plugin call:\n%s", strings.Join(wrong, "\n"))
+		}
+	}
+}
+
 func get(t *testing.T, url string) (int, string) {
 	t.Helper()
 	hc := &http.Client{Timeout: 10 * time.Second}

@@ -69,6 +69,7 @@ func run(c *cli.Context) error {
 		StoreName:  "etcd " + strings.Join(cfg.Endpoints, ","),
 		Log:        log,
 	}
+	go loadHostPools(ctx, store, host, log)
 	if m != nil {
 		stopMetrics, err := serveMetrics(c.String("metrics-addr"), m, store, log)
 		if err != nil {
@@ -126,4 +127,27 @@ func localAddrs() ([]netip.Addr, error) {
 		}
 	}
 	return out, nil
+}
+
+// loadHostPoolsTimeout bounds loading the host's pools at start.
+const loadHostPoolsTimeout = 30 * time.Second
+
+// loadHostPools loads the free sets of the pools this host's networks use,
+// as their first request would: the pool gauges exist from the start, not
+// from dockerd's next call on each pool, and that call does not wait for
+// the load. It runs beside serving, so a slow etcd does not delay the
+// start, and a failure only leaves the loads to those calls.
+func loadHostPools(ctx context.Context, store *etcdstore.Store, host string, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(ctx, loadHostPoolsTimeout)
+	defer cancel()
+	subnets, err := store.HostPools(ctx, host)
+	if err != nil {
+		log.Warn("could not load this host's pools at start; each loads on its first call", "err", err)
+		return
+	}
+	for _, subnet := range subnets {
+		if _, err := store.FreeSet(ctx, subnet); err != nil {
+			log.Warn("could not load a pool at start; it loads on its first call", "pool", subnet, "err", err)
+		}
+	}
 }
