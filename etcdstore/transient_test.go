@@ -21,14 +21,8 @@ import (
 // deadline is not transient: the request is over.
 func TestUnreachableEtcdIsTransient(t *testing.T) {
 	t.Parallel()
-	ms := startCluster(t, 1)
-	cli := dial(t, etcdstore.Config{Endpoints: endpoints(ms), DialTimeout: 2 * time.Second})
-	s := etcdstore.New(cli, "/test")
-	p := pool.New(s, pool.Config{Host: "h"})
-	n := mustNetwork(t, "198.18.0.0/28", "")
-	if err := p.Attach(ctxT(t, 10*time.Second), n); err != nil {
-		t.Fatal(err)
-	}
+	c := newClusterPool(t, 1, "198.18.0.0/28")
+	ms, s, n := c.members, c.store, c.net
 	ms[0].kill(t)
 
 	a := pool.Allocation{Kind: pool.KindContainer, Host: "h", MAC: "02:42:c6:12:00:01", Since: time.Now()}
@@ -82,14 +76,8 @@ func leader(t *testing.T, cli *clientv3.Client, ms []*member) *member {
 // used afterwards.
 func TestLeaderKillFailsNoRequest(t *testing.T) {
 	t.Parallel()
-	ms := startCluster(t, 3)
-	cli := dial(t, etcdstore.Config{Endpoints: endpoints(ms), DialTimeout: 2 * time.Second})
-	s := etcdstore.New(cli, "/test")
-	p := pool.New(s, pool.Config{Host: "h"})
-	n := mustNetwork(t, "198.18.0.0/24", "")
-	if err := p.Attach(ctxT(t, 10*time.Second), n); err != nil {
-		t.Fatal(err)
-	}
+	c := newClusterPool(t, 3, "198.18.0.0/24")
+	ms, s, p, n := c.members, c.store, c.pools, c.net
 
 	var (
 		mu                     sync.Mutex
@@ -141,7 +129,7 @@ func TestLeaderKillFailsNoRequest(t *testing.T) {
 	// Two elections: kill the leader, bring it back, kill the new one.
 	for range 2 {
 		time.Sleep(time.Second)
-		m := leader(t, cli, ms)
+		m := leader(t, c.client, ms)
 		t.Logf("killing leader %s", m.name)
 		m.kill(t)
 		time.Sleep(1500 * time.Millisecond)
@@ -174,4 +162,28 @@ func TestLeaderKillFailsNoRequest(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// clusterPool is an etcd cluster with host h attached to one pool on it.
+type clusterPool struct {
+	members []*member
+	client  *clientv3.Client
+	store   *etcdstore.Store
+	pools   *pool.Pools
+	net     pool.Network
+}
+
+// newClusterPool starts an etcd cluster of members and attaches host h to
+// a pool of subnet on it.
+func newClusterPool(t *testing.T, members int, subnet string) clusterPool {
+	t.Helper()
+	c := clusterPool{members: startCluster(t, members)}
+	c.client = dial(t, etcdstore.Config{Endpoints: endpoints(c.members), DialTimeout: 2 * time.Second})
+	c.store = etcdstore.New(c.client, "/test")
+	c.pools = pool.New(c.store, pool.Config{Host: "h"})
+	c.net = mustNetwork(t, subnet, "")
+	if err := c.pools.Attach(ctxT(t, 10*time.Second), c.net); err != nil {
+		t.Fatal(err)
+	}
+	return c
 }
