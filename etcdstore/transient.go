@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"google.golang.org/grpc/codes"
@@ -28,10 +29,21 @@ func (e transientError) Is(target error) bool { return target == pool.ErrTransie
 // proposal). The caller's own deadline or cancellation is not transient:
 // the request is over.
 func transient(ctx context.Context, err error) error {
-	if err == nil || ctx.Err() != nil || !retryable(err) {
+	if err == nil || over(ctx) || !retryable(err) {
 		return err
 	}
 	return transientError{err}
+}
+
+// over says whether the caller's ctx has ended, counting a deadline that
+// has passed even if ctx's own timer has not fired yet: a batch's context
+// for the same deadline may fire first, and its error is then the caller's.
+func over(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	deadline, ok := ctx.Deadline()
+	return ok && !time.Now().Before(deadline)
 }
 
 func retryable(err error) bool {
