@@ -114,7 +114,7 @@ func (s *Store) Refs(ctx context.Context, subnet netip.Prefix) (map[string]int, 
 // HostPools returns the pools that some network of host uses (its refs/
 // keys, which AddRef writes as the host's networks come and go).
 func (s *Store) HostPools(ctx context.Context, host string) ([]netip.Prefix, error) {
-	dir := s.k.prefix + "refs/"
+	dir := s.k.refsRoot()
 	r, err := s.cli.Get(ctx, dir, clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		return nil, fmt.Errorf("listing the pools of host %s: %w", host, err)

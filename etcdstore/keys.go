@@ -28,7 +28,8 @@ func (k keys) meta(s netip.Prefix) string      { return k.prefix + "meta/" + sub
 func (k keys) metaDir() string                 { return k.prefix + "meta/" }
 func (k keys) freeDir(s netip.Prefix) string   { return k.prefix + "free/" + subnetKey(s) + "/" }
 func (k keys) usedDir(s netip.Prefix) string   { return k.prefix + "used/" + subnetKey(s) + "/" }
-func (k keys) refsDir(s netip.Prefix) string   { return k.prefix + "refs/" + subnetKey(s) + "/" }
+func (k keys) refsRoot() string                { return k.prefix + "refs/" }
+func (k keys) refsDir(s netip.Prefix) string   { return k.refsRoot() + subnetKey(s) + "/" }
 func (k keys) ownersDir(s netip.Prefix) string { return k.prefix + "owners/" + subnetKey(s) + "/" }
 
 // owner is the owner-index key of a, or "" when a has none: only
