@@ -78,11 +78,9 @@ type Daemon struct {
 // removed when the test ends, also when the test fails midway.
 func Start(t testing.TB, opts Options) *Daemon {
 	t.Helper()
-	d := &Daemon{opts: opts, tools: findTools(t, opts.Engine.IsZero())}
-	d.engine = opts.Engine
+	d := &Daemon{opts: opts, tools: findTools(t), engine: opts.Engine}
 	if d.engine.IsZero() {
-		d.engine = SystemEngine()
-		d.engine.Dockerd, d.engine.Docker = d.tools.dockerd, d.tools.docker
+		d.engine = LookupEngine(t, SystemEngine().Name)
 	}
 	root, err := os.MkdirTemp("/tmp", "tdtest-")
 	if err != nil {

@@ -2,7 +2,6 @@ package dockertest
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -71,18 +70,6 @@ func (d *Daemon) forgetDeadContainerd(t testing.TB) {
 			return // still running: the next dockerd takes it over
 		}
 	}
-}
-
-// alive reports whether pid is a process that has not exited (a zombie has).
-func alive(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return false
-	}
-	// pid (comm) state …: comm may hold spaces, the state follows the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i >= 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
 }
 
 // StartAgain starts dockerd after StopDaemonOnly, with the same roots in the same network and

@@ -82,29 +82,47 @@ func listProcs() map[int]procInfo {
 		if err != nil {
 			continue
 		}
-		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
+		state, ppid, ok := procStat(pid)
+		if !ok {
 			continue
 		}
-		// "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the
-		// last ')'.
-		i := strings.LastIndexByte(string(stat), ')')
-		if i < 0 {
-			continue
-		}
-		fields := strings.Fields(string(stat[i+1:]))
-		if len(fields) < 2 {
-			continue
-		}
-		ppid, _ := strconv.Atoi(fields[1])
 		cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
 		procs[pid] = procInfo{
 			ppid:    ppid,
-			zombie:  fields[0] == "Z" || fields[0] == "X",
+			zombie:  exited(state),
 			cmdline: strings.ReplaceAll(string(cmdline), "\x00", " "),
 		}
 	}
 	return procs
+}
+
+// procStat reads pid's state and parent from /proc; ok is false when pid is gone.
+func procStat(pid int) (state string, ppid int, ok bool) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "", 0, false
+	}
+	// "pid (comm) state ppid …": comm may hold spaces and parentheses, so split after the
+	// last ')'.
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 {
+		return "", 0, false
+	}
+	fields := strings.Fields(string(stat[i+1:]))
+	if len(fields) < 2 {
+		return "", 0, false
+	}
+	ppid, _ = strconv.Atoi(fields[1])
+	return fields[0], ppid, true
+}
+
+// exited says whether a process in state has exited (a zombie waiting to be reaped, or dead).
+func exited(state string) bool { return state == "Z" || state == "X" }
+
+// alive reports whether pid is a process that has not exited.
+func alive(pid int) bool {
+	state, _, ok := procStat(pid)
+	return ok && !exited(state)
 }
 
 // cgroupDirs are the containers' cgroup parents: one per v1 hierarchy, or one on a v2 host.

@@ -10,14 +10,14 @@ import (
 	"github.com/talkingdata/ipam/internal/testproc"
 )
 
-// tools are the absolute paths of the host programs the harness runs.
+// tools are the absolute paths of the host programs the harness runs; dockerd and its CLI come
+// with the Engine.
 type tools struct {
-	dockerd, docker, unshare, nsenter, ip string
+	unshare, nsenter, ip string
 }
 
-// findTools skips (or, in CI, fails) the test when a namespace tool is missing, or, with
-// systemDocker, the system's dockerd or docker CLI (an Engine brings its own).
-func findTools(t testing.TB, systemDocker bool) tools {
+// findTools skips (or, in CI, fails) the test when a namespace tool is missing.
+func findTools(t testing.TB) tools {
 	t.Helper()
 	testproc.Require(t, os.Geteuid() == 0, "dockertest: needs root (namespaces, mounts, dockerd)")
 	var tl tools
@@ -26,15 +26,10 @@ func findTools(t testing.TB, systemDocker bool) tools {
 		name string
 		pkg  string
 	}{
-		{&tl.dockerd, "dockerd", "docker.io"},
-		{&tl.docker, "docker", "docker.io"},
 		{&tl.unshare, "unshare", "util-linux"},
 		{&tl.nsenter, "nsenter", "util-linux"},
 		{&tl.ip, "ip", "iproute2"},
 	} {
-		if !systemDocker && (x.name == "dockerd" || x.name == "docker") {
-			continue
-		}
 		*x.dst = LookTool(x.name)
 		testproc.Require(t, *x.dst != "", "dockertest: no "+x.name+" (Debian package "+x.pkg+")")
 	}
