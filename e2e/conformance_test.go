@@ -65,15 +65,18 @@ func daemonConfig(liveRestore bool) map[string]any {
 	}
 }
 
+// conformanceHost is the host id of the plugin under test.
+const conformanceHost = "conformance"
+
 // conformance is one engine's run.
 type conformance struct {
-	t             *testing.T
-	d             *dockertest.Daemon
-	image         string
-	engine        string // its name, as rows of docs/COMPATIBILITY.md use it
-	compose       string // the compose that goes with the engine
-	store         *etcdstore.Store
-	etcdEndpoints string // for ipamctl
+	t       *testing.T
+	d       *dockertest.Daemon
+	image   string
+	engine  string // its name, as rows of docs/COMPATIBILITY.md use it
+	compose string // the compose that goes with the engine
+	store   *etcdstore.Store
+	etcd    *etcdtest.Server // for ipamctl
 
 	mu       sync.Mutex
 	outcomes map[string]map[string]outcome // side → step id → outcome
@@ -95,16 +98,16 @@ func testConformance(t *testing.T, e dockertest.Engine) {
 	testproc.Require(t, compose != "", "engine "+e.Name+" has no compose of its own, and there is no docker-compose (Debian package docker-compose)")
 	etcd := etcdtest.Start(t)
 	pluginDir := t.TempDir()
-	startPlugin(t, pluginDir, "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--host-id", "conformance")
+	startPlugin(t, pluginDir, "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--host-id", conformanceHost)
 	d := dockertest.Start(t, dockertest.Options{PluginDir: pluginDir, Engine: e})
 	d.SetDaemonConfig(t, daemonConfig(false))
 	d.Restart(t)
 	c := &conformance{
 		t: t, d: d, image: d.ImportBusybox(t), engine: e.Name, compose: compose,
-		store:         etcdstore.New(etcd.Client(t), etcdstore.DefaultPrefix),
-		etcdEndpoints: strings.Join(etcd.Endpoints(), ","),
-		outcomes:      map[string]map[string]outcome{},
-		tdNets:        map[string]netip.Prefix{},
+		store:    etcdstore.New(etcd.Client(t), etcdstore.DefaultPrefix),
+		etcd:     etcd,
+		outcomes: map[string]map[string]outcome{},
+		tdNets:   map[string]netip.Prefix{},
 	}
 	t.Logf("engine %s: %s, compose %s", c.engine, d.MustDocker(t, "version", "-f", "dockerd {{.Server.Version}}, API {{.Server.APIVersion}}"), compose)
 

@@ -444,10 +444,10 @@ func (w *wf) releaseKept(kept netip.Addr, running ...string) {
 	w.ipamctl("release", subnet.String(), kept.String())
 }
 
-// ipamctl runs ipamctl against the test's etcd; an error fails the test.
+// ipamctl runs ipamctl as the plugin's host against the test's etcd; an
+// error fails the test.
 func (w *wf) ipamctl(args ...string) {
-	out, err := exec.Command(filepath.Join(binDir, "ipamctl"), append([]string{"--etcd-endpoints", w.c.etcdEndpoints}, args...)...).CombinedOutput()
-	if err != nil {
-		w.c.t.Errorf("ipamctl %s: %v\n%s", strings.Join(args, " "), err, out)
+	if _, err := ipamctlAs(w.c.t, conformanceHost, w.c.etcd, w.c.d, args...); err != nil {
+		w.c.t.Error(err)
 	}
 }

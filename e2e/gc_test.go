@@ -44,10 +44,16 @@ func gcSetup(t *testing.T) (*etcdtest.Server, *plugin, *dockertest.Daemon, state
 // ipamctl runs the real binary as this host, against etcd and dockerd.
 func ipamctl(t *testing.T, etcd *etcdtest.Server, d *dockertest.Daemon, args ...string) (string, error) {
 	t.Helper()
+	return ipamctlAs(t, gcHost, etcd, d, args...)
+}
+
+// ipamctlAs runs the real binary as host, against etcd and dockerd.
+func ipamctlAs(t *testing.T, host string, etcd *etcdtest.Server, d *dockertest.Daemon, args ...string) (string, error) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "ipamctl"), append([]string{
-		"--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--host-id", gcHost}, args...)...)
+		"--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--host-id", host}, args...)...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "DOCKER_HOST=" + d.Host()}
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
