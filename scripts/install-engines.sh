@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Puts the Docker engines of the test matrix, and etcd 3.5, into a cache folder, each under its
-# own private root; nothing is installed system-wide (except Debian's libseccomp-dev, which the
-# runc build needs).
+# own private root; nothing is installed system-wide. It runs from install-test-deps.sh, which
+# installs what it builds with (libseccomp-dev for runc).
 #
 #   <dir>/28.5/      Debian forky's dockerd 28.5, docker CLI, containerd 2.1, docker-init, Compose v2
 #   <dir>/26.1/      the same from Debian trixie (dockerd 26.1, containerd 1.7, Compose 2.26)
@@ -167,7 +167,6 @@ build() {
 		rm -f "$f" # unpacked; the index lists stay, so the next update fetches only what changed
 	done
 	if [[ -n "${gobuilds[$name]:-}" ]]; then
-		need_libseccomp
 		mkdir -p "$root.new/usr/sbin"
 		local m
 		for m in ${gobuilds[$name]}; do
@@ -206,16 +205,6 @@ manifest() {
 version() {
 	local r="$dir/$1"
 	"$r/$(sed -n 's/^\(DOCKERD\|ETCD\)=//p' "$r/engine.env")" --version | head -n1
-}
-
-need_libseccomp() {
-	if [[ "$(dpkg-query -W -f='${Status}' libseccomp-dev 2>/dev/null || true)" == "install ok installed" ]]; then
-		return
-	fi
-	local sudo=()
-	[[ "$(id -u)" == 0 ]] || sudo=(sudo)
-	quietly "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends libseccomp-dev
-	echo "installed libseccomp-dev"
 }
 
 names=("$@")

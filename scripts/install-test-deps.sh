@@ -8,7 +8,8 @@
 # It never starts the system dockerd or etcd: the tests start private ones.
 set -euo pipefail
 
-pkgs=(docker.io docker-compose etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux systemd)
+# libseccomp-dev: install-engines.sh builds Docker 29's runc with seccomp (cgo).
+pkgs=(docker.io docker-compose etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux systemd libseccomp-dev)
 
 missing=()
 for p in "${pkgs[@]}"; do
