@@ -239,4 +239,8 @@ var (
 	// connection), not that it was refused: the same call may succeed
 	// moments later. The store wraps the original error with it.
 	ErrTransient = errors.New("pool: store temporarily unavailable")
+	// ErrNoSpace marks a change the store refused because it is out of
+	// space (etcd's NOSPACE alarm): it did not commit, and it can commit
+	// once an operator has made room.
+	ErrNoSpace = errors.New("pool: store out of space")
 )
