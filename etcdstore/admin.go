@@ -135,10 +135,10 @@ func (s *Store) HostPools(ctx context.Context, host string) ([]netip.Prefix, err
 	return out, nil
 }
 
-// DeletePool removes a pool with its free, used and refs directories in one
-// transaction. Unless force, it only does so while nothing is used and no
-// host's network uses the pool: compares over the whole used and refs
-// directories make that check atomic.
+// DeletePool removes a pool with all its directories in one transaction.
+// Unless force, it only does so while nothing is used and no host's network
+// uses the pool: compares over the whole used and refs directories make
+// that check atomic.
 func (s *Store) DeletePool(ctx context.Context, subnet netip.Prefix, force bool) error {
 	meta, used, refs := s.k.meta(subnet), s.k.usedDir(subnet), s.k.refsDir(subnet)
 	cmps := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(meta), ">", 0)}
@@ -153,6 +153,7 @@ func (s *Store) DeletePool(ctx context.Context, subnet netip.Prefix, force bool)
 		clientv3.OpDelete(used, clientv3.WithPrefix()),
 		clientv3.OpDelete(refs, clientv3.WithPrefix()),
 		clientv3.OpDelete(s.k.ownersDir(subnet), clientv3.WithPrefix()),
+		clientv3.OpDelete(s.k.delaysDir(subnet), clientv3.WithPrefix()),
 	).Else(
 		clientv3.OpGet(meta, clientv3.WithCountOnly()),
 		clientv3.OpGet(used, clientv3.WithPrefix(), clientv3.WithCountOnly()),

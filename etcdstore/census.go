@@ -130,9 +130,9 @@ func (s *Store) listed(kv *mvccpb.KeyValue) (ListedAddr, error) {
 // has no lease key and that its lastseen record is the one listed: a host
 // that came back keeps its addresses. The address returns to the free set
 // if it lies in the pool's seeded ranges, as pool's release rule does,
-// claimable from reusableAfter on (zero: at once). released is false when
-// something changed; err only reports a failed store.
-func (s *Store) ReleaseListed(ctx context.Context, a ListedAddr, dead *HostStatus, reusableAfter time.Time) (released bool, err error) {
+// kept from automatic allocation for delay (zero: not at all). released is
+// false when something changed; err only reports a failed store.
+func (s *Store) ReleaseListed(ctx context.Context, a ListedAddr, dead *HostStatus, delay time.Duration) (released bool, err error) {
 	used, meta := s.k.used(a.Subnet, a.Addr), s.k.meta(a.Subnet)
 	m, ok, err := s.Meta(ctx, a.Subnet)
 	for attempt := 0; attempt < maxAttempts; attempt++ {
@@ -157,7 +157,14 @@ func (s *Store) ReleaseListed(ctx context.Context, a ListedAddr, dead *HostStatu
 			}
 			ops = []clientv3.Op{clientv3.OpPut(used, string(value))}
 		} else if m.Ranges.Contains(a.Addr) {
-			ops = append(ops, clientv3.OpPut(s.k.free(a.Subnet, a.Addr), reuseStamp(reusableAfter)))
+			ops = append(ops, clientv3.OpPut(s.k.free(a.Subnet, a.Addr), ""))
+			if delay > 0 && a.Allocation.Kind == pool.KindContainer {
+				lease, err := s.delayLease(ctx, delay)
+				if err != nil {
+					return false, fmt.Errorf("releasing %s in pool %s: %w", a.Addr, a.Subnet, err)
+				}
+				ops = append(ops, clientv3.OpPut(s.k.delay(a.Subnet, a.Addr), "", clientv3.WithLease(lease)))
+			}
 		}
 		if owner := s.k.owner(a.Subnet, a.Allocation); owner != "" {
 			// The owner index goes with the record, if it names this

@@ -79,7 +79,8 @@ func (s *Store) FreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet
 	}
 }
 
-// loadFreeSet reads the pool's ranges and free keys at one revision.
+// loadFreeSet reads the pool's ranges, free keys and delay keys at one
+// revision.
 func (s *Store) loadFreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet, int64, error) {
 	r, err := s.cli.Get(ctx, s.k.meta(subnet))
 	if err != nil {
@@ -112,21 +113,27 @@ func (s *Store) loadFreeSet(ctx context.Context, subnet netip.Prefix) (*pool.Fre
 			}
 		}
 	}
+	delays, err := s.cli.Get(ctx, s.k.delaysDir(subnet), clientv3.WithPrefix(), clientv3.WithKeysOnly(), clientv3.WithRev(rev))
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading the reuse delays of pool %s: %w", subnet, err)
+	}
+	for _, kv := range delays.Kvs {
+		if a, err := parseAddrKey(string(kv.Key)); err == nil {
+			set.Delay(a)
+		}
+	}
 	return set, rev, nil
 }
 
 // addFree records a free key in set; it reports errOutside when the
-// address lies outside the ranges set was built for.
+// address lies outside the ranges set was built for. The key's value is
+// not read: an older version wrote its own clock's reuse time there.
 func addFree(set *pool.FreeSet, kv *mvccpb.KeyValue) error {
 	a, err := parseAddrKey(string(kv.Key))
 	if err != nil {
 		return err
 	}
-	after, err := parseReuseStamp(kv.Value)
-	if err != nil {
-		return fmt.Errorf("free key %s: %w", kv.Key, err)
-	}
-	if !set.Add(a, after) {
+	if !set.Add(a) {
 		return errOutside
 	}
 	return nil
@@ -134,13 +141,12 @@ func addFree(set *pool.FreeSet, kv *mvccpb.KeyValue) error {
 
 var errOutside = errors.New("free address outside the pool's ranges")
 
-// follow applies the pool's free-key changes after rev to set until the
-// client closes. A broken watch (compaction, no leader, a free key outside
-// the set's ranges because they grew) ends in a reload.
+// follow applies the pool's free-key and delay-key changes after rev to
+// set until the client closes. A broken watch (compaction, no leader, a
+// free key outside the set's ranges because they grew) ends in a reload.
 func (s *Store) follow(subnet netip.Prefix, set *pool.FreeSet, rev int64) {
-	dir := s.k.freeDir(subnet)
 	for s.cli.Ctx().Err() == nil {
-		rev = s.watchFree(dir, set, rev)
+		s.watchPool(subnet, set, rev)
 		for s.cli.Ctx().Err() == nil {
 			ctx, cancel := context.WithTimeout(s.cli.Ctx(), loadTimeout)
 			next, r, err := s.loadFreeSet(ctx, subnet)
@@ -159,33 +165,54 @@ func (s *Store) follow(subnet netip.Prefix, set *pool.FreeSet, rev int64) {
 	}
 }
 
-// watchFree applies changes until the watch breaks and returns the last
-// revision applied.
-func (s *Store) watchFree(dir string, set *pool.FreeSet, rev int64) int64 {
+// watchPool applies changes until either watch breaks. The free keys and
+// the delay keys are two directories, so two watches: FreeSet takes an
+// address's two facts in either order.
+func (s *Store) watchPool(subnet netip.Prefix, set *pool.FreeSet, rev int64) {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.cli.Ctx()))
 	defer cancel()
-	for wr := range s.cli.Watch(ctx, dir, clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
-		if wr.Err() != nil {
-			return rev
-		}
-		for _, ev := range wr.Events {
-			if ev.Type == clientv3.EventTypeDelete {
-				if a, err := parseAddrKey(string(ev.Kv.Key)); err == nil {
-					set.Remove(a)
+	free := s.cli.Watch(ctx, s.k.freeDir(subnet), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	delays := s.cli.Watch(ctx, s.k.delaysDir(subnet), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	for {
+		select {
+		case wr, ok := <-free:
+			if !ok || wr.Err() != nil || !applyFree(set, wr.Events) {
+				return
+			}
+		case wr, ok := <-delays:
+			if !ok || wr.Err() != nil {
+				return
+			}
+			for _, ev := range wr.Events {
+				if a, err := parseAddrKey(string(ev.Kv.Key)); err == nil && ev.Type == clientv3.EventTypeDelete {
+					set.Undelay(a)
+				} else if err == nil {
+					set.Delay(a)
 				}
+			}
+		}
+	}
+}
+
+// applyFree applies free-key events to set; false means set must be
+// reloaded (its ranges grew).
+func applyFree(set *pool.FreeSet, events []*clientv3.Event) bool {
+	for _, ev := range events {
+		if ev.Type == clientv3.EventTypeDelete {
+			if a, err := parseAddrKey(string(ev.Kv.Key)); err == nil {
+				set.Remove(a)
+			}
+			continue
+		}
+		if err := addFree(set, ev.Kv); err != nil {
+			if !errors.Is(err, errOutside) {
+				slog.Warn("ignoring a malformed free key", "key", string(ev.Kv.Key), "err", err)
 				continue
 			}
-			if err := addFree(set, ev.Kv); err != nil {
-				if !errors.Is(err, errOutside) {
-					slog.Warn("ignoring a malformed free key", "key", string(ev.Kv.Key), "err", err)
-					continue
-				}
-				return rev
-			}
+			return false
 		}
-		rev = wr.Header.Revision
 	}
-	return rev
+	return true
 }
 
 // CopyCount is what this process's copy says of one pool.

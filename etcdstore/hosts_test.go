@@ -177,7 +177,7 @@ func TestReleaseListedGuards(t *testing.T) {
 	if _, err := other.Allocate(ctx, n, addr("198.18.0.130"), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:01:82"}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.130")], nil, time.Time{}); ok || err != nil {
+	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.130")], nil, 0); ok || err != nil {
 		t.Fatalf("stale listing of a re-allocated address: released=%v err=%v", ok, err)
 	}
 
@@ -185,13 +185,13 @@ func TestReleaseListedGuards(t *testing.T) {
 	// again (its lastseen moved).
 	k = startKeeper(t, s, "dead")
 	waitStatus(t, s, "dead", "alive", alive)
-	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.131")], status, time.Time{}); ok || err != nil {
+	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.131")], status, 0); ok || err != nil {
 		t.Fatalf("release while the host is alive: released=%v err=%v", ok, err)
 	}
 	if err := k.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.131")], status, time.Time{}); ok || err != nil {
+	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.131")], status, 0); ok || err != nil {
 		t.Fatalf("release with a stale lastseen: released=%v err=%v", ok, err)
 	}
 
@@ -199,18 +199,18 @@ func TestReleaseListedGuards(t *testing.T) {
 	// attempt finds nothing.
 	cen, listed = census()
 	for _, a := range []string{"198.18.0.131", "fd00:12::7"} {
-		var after time.Time
+		var delay time.Duration
 		if a == "198.18.0.131" {
-			after = time.Now().Add(time.Hour)
+			delay = time.Hour
 		}
-		if ok, err := s.ReleaseListed(ctx, listed[addr(a)], cen.Status("dead"), after); !ok || err != nil {
+		if ok, err := s.ReleaseListed(ctx, listed[addr(a)], cen.Status("dead"), delay); !ok || err != nil {
 			t.Fatalf("release of %s: released=%v err=%v", a, ok, err)
 		}
-		if ok, err := s.ReleaseListed(ctx, listed[addr(a)], cen.Status("dead"), time.Time{}); ok || err != nil {
+		if ok, err := s.ReleaseListed(ctx, listed[addr(a)], cen.Status("dead"), 0); ok || err != nil {
 			t.Fatalf("second release of %s: released=%v err=%v", a, ok, err)
 		}
 	}
-	if c, err := s.Claim(ctx, n.Subnet, addr("198.18.0.131"), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:01:83", Since: time.Now()}, false); err != nil || c.Taken || c.DelayedUntil.IsZero() {
+	if c, err := s.Claim(ctx, n.Subnet, addr("198.18.0.131"), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:01:83", Since: time.Now()}, false); err != nil || c.Taken || !c.Delayed {
 		t.Fatalf("automatic claim of .131 within the reuse delay gc gave it: %+v, %v; want it refused as delayed", c, err)
 	}
 	_, listed = census()

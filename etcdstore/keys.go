@@ -13,6 +13,9 @@ import (
 //
 //	meta/<subnet>          pool description (JSON)
 //	free/<subnet>/<addr>   one key per free address, empty value
+//	delays/<subnet>/<addr> present while a released address is in its reuse
+//	                       delay: bound to a lease, so etcd deletes it when
+//	                       the delay is over (delay.go)
 //	used/<subnet>/<addr>   one key per used address, its allocation (JSON)
 //	refs/<subnet>/<host>   how many of the host's networks use the pool
 //	owners/<subnet>/<host>/<mac>  the address an endpoint holds: written and
@@ -31,6 +34,7 @@ func (k keys) usedDir(s netip.Prefix) string   { return k.prefix + "used/" + sub
 func (k keys) refsRoot() string                { return k.prefix + "refs/" }
 func (k keys) refsDir(s netip.Prefix) string   { return k.refsRoot() + subnetKey(s) + "/" }
 func (k keys) ownersDir(s netip.Prefix) string { return k.prefix + "owners/" + subnetKey(s) + "/" }
+func (k keys) delaysDir(s netip.Prefix) string { return k.prefix + "delays/" + subnetKey(s) + "/" }
 
 // owner is the owner-index key of a, or "" when a has none: only
 // container addresses with a MAC are indexed.
@@ -41,9 +45,10 @@ func (k keys) owner(s netip.Prefix, a *pool.Allocation) string {
 	return k.ownersDir(s) + a.Host + "/" + a.MAC
 }
 
-func (k keys) free(s netip.Prefix, a netip.Addr) string { return k.freeDir(s) + addrKey(a) }
-func (k keys) used(s netip.Prefix, a netip.Addr) string { return k.usedDir(s) + addrKey(a) }
-func (k keys) ref(s netip.Prefix, host string) string   { return k.refsDir(s) + host }
+func (k keys) free(s netip.Prefix, a netip.Addr) string  { return k.freeDir(s) + addrKey(a) }
+func (k keys) used(s netip.Prefix, a netip.Addr) string  { return k.usedDir(s) + addrKey(a) }
+func (k keys) delay(s netip.Prefix, a netip.Addr) string { return k.delaysDir(s) + addrKey(a) }
+func (k keys) ref(s netip.Prefix, host string) string    { return k.refsDir(s) + host }
 
 func subnetKey(s netip.Prefix) string {
 	return s.Addr().String() + "-" + strconv.Itoa(s.Bits())

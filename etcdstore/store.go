@@ -5,6 +5,7 @@ package etcdstore
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"strconv"
@@ -13,6 +14,7 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/talkingdata/ipam/pool"
@@ -29,10 +31,11 @@ const maxAttempts = 32
 
 // Store implements pool.Store on etcd.
 type Store struct {
-	cli   *clientv3.Client
-	k     keys
-	batch *batcher
-	views views
+	cli    *clientv3.Client
+	k      keys
+	batch  *batcher
+	views  views
+	delays delayLeases
 }
 
 // New uses cli with keys under prefix.
@@ -148,8 +151,17 @@ func (s *Store) UpdateMeta(ctx context.Context, old, next pool.Meta) (pool.Meta,
 	return cur, false, err
 }
 
+// The else branch of a claim reads, in this order:
+const (
+	claimHolder = iota // the used record
+	claimMeta          // whether the pool exists
+	claimFree          // whether the address is free
+	claimDelay         // whether it is in its reuse delay
+	claimOwner         // the endpoint's existing address, if indexed
+)
+
 func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a pool.Allocation, takeDelayed bool) (pool.Claim, error) {
-	free, used, meta, owner := s.k.free(subnet, addr), s.k.used(subnet, addr), s.k.meta(subnet), s.k.owner(subnet, &a)
+	free, used, meta, owner, delay := s.k.free(subnet, addr), s.k.used(subnet, addr), s.k.meta(subnet), s.k.owner(subnet, &a), s.k.delay(subnet, addr)
 	value, err := json.Marshal(a)
 	if err != nil {
 		return pool.Claim{}, err
@@ -158,29 +170,27 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	// raced with `ipamctl pool rm` must not be handed out. The endpoint
 	// must not hold an address yet: then this is a retry, answered from
 	// the Else.
-	since := a.Since
-	if since.IsZero() {
-		since = time.Now()
-	}
-	now := reuseStamp(since)
-	// Exists, and past its reuse delay: a free key's value is the time it
-	// may be claimed again ("" at once, stamps are digits); a missing key
-	// fails any value compare.
-	claimableBefore := now
-	if takeDelayed {
-		claimableBefore = afterEveryStamp
-	}
 	t := subTxn{
 		cmps: []clientv3.Cmp{
-			clientv3.Compare(clientv3.Value(free), "<", claimableBefore),
+			clientv3.Compare(clientv3.CreateRevision(free), ">", 0),
 			clientv3.Compare(clientv3.CreateRevision(used), "=", 0),
 			clientv3.Compare(clientv3.CreateRevision(meta), ">", 0),
 		},
 		// The meta read tells the caller which pool version the claim
 		// saw, so that the release can compare-and-swap without a read.
-		then:   []clientv3.Op{clientv3.OpDelete(free), clientv3.OpPut(used, string(value)), clientv3.OpGet(meta, clientv3.WithKeysOnly())},
-		orElse: []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(meta, clientv3.WithCountOnly()), clientv3.OpGet(free)},
+		then: []clientv3.Op{clientv3.OpDelete(free), clientv3.OpPut(used, string(value)), clientv3.OpGet(meta, clientv3.WithKeysOnly())},
+		orElse: []clientv3.Op{clientv3.OpGet(used), clientv3.OpGet(meta, clientv3.WithCountOnly()),
+			clientv3.OpGet(free, clientv3.WithCountOnly()), clientv3.OpGet(delay, clientv3.WithCountOnly())},
 		writes: []string{free, used},
+	}
+	const thenMeta = 2
+	if takeDelayed {
+		// Its delay ends with the claim, so that it cannot hold back the
+		// address's next release.
+		t.then = append(t.then, clientv3.OpDelete(delay))
+		t.writes = append(t.writes, delay)
+	} else {
+		t.cmps = append(t.cmps, clientv3.Compare(clientv3.CreateRevision(delay), "=", 0))
 	}
 	if owner != "" {
 		t.cmps = append(t.cmps, clientv3.Compare(clientv3.CreateRevision(owner), "=", 0))
@@ -193,54 +203,24 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		return pool.Claim{}, err
 	}
 	if r.Succeeded {
-		return pool.Claim{Taken: true, Version: pool.Version{Used: rev, Meta: r.Responses[2].GetResponseRange().Kvs[0].ModRevision}}, nil
+		return pool.Claim{Taken: true, Version: pool.Version{Used: rev, Meta: r.Responses[thenMeta].GetResponseRange().Kvs[0].ModRevision}}, nil
 	}
 	var c pool.Claim
-	if kvs := r.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+	if kvs := r.Responses[claimHolder].GetResponseRange().Kvs; len(kvs) > 0 {
 		if c.Holder, err = decodeAllocation(used, kvs[0].Value); err != nil {
 			return c, err
 		}
 	}
-	c.NoPool = r.Responses[1].GetResponseRange().Count == 0
-	if kvs := r.Responses[2].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) >= claimableBefore {
-		if c.DelayedUntil, err = parseReuseStamp(kvs[0].Value); err != nil {
-			return c, fmt.Errorf("free key %s: %w", free, err)
-		}
-	}
+	c.NoPool = r.Responses[claimMeta].GetResponseRange().Count == 0
+	c.Delayed = !takeDelayed && r.Responses[claimFree].GetResponseRange().Count > 0 && r.Responses[claimDelay].GetResponseRange().Count > 0
 	if owner != "" {
-		if kvs := r.Responses[3].GetResponseRange().Kvs; len(kvs) > 0 {
+		if kvs := r.Responses[claimOwner].GetResponseRange().Kvs; len(kvs) > 0 {
 			if c.Existing, err = netip.ParseAddr(string(kvs[0].Value)); err != nil {
 				return c, fmt.Errorf("malformed owner index %s: %w", owner, err)
 			}
 		}
 	}
 	return c, nil
-}
-
-// afterEveryStamp sorts after every reuse stamp (digits): a claim that
-// compares the free key's value with it only asks that the key exist.
-const afterEveryStamp = "~"
-
-// reuseStamp encodes t so that free keys' values compare in time order:
-// zero-padded Unix milliseconds. Seeded and instantly reusable addresses
-// have the empty value, which sorts before every stamp.
-func reuseStamp(t time.Time) string {
-	if t.IsZero() {
-		return ""
-	}
-	return fmt.Sprintf("%016d", t.UnixMilli())
-}
-
-// parseReuseStamp reverses reuseStamp.
-func parseReuseStamp(v []byte) (time.Time, error) {
-	if len(v) == 0 {
-		return time.Time{}, nil
-	}
-	ms, err := strconv.ParseInt(string(v), 10, 64)
-	if err != nil {
-		return time.Time{}, fmt.Errorf("malformed reuse time %q", v)
-	}
-	return time.UnixMilli(ms), nil
 }
 
 // Owned returns the address host's endpoint with this MAC holds in the
@@ -295,13 +275,24 @@ func (s *Store) Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr)
 }
 
 func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, next pool.State) (pool.Entry, bool, error) {
-	free, used, meta := s.k.free(subnet, cur.Addr), s.k.used(subnet, cur.Addr), s.k.meta(subnet)
+	free, used, meta, delay := s.k.free(subnet, cur.Addr), s.k.used(subnet, cur.Addr), s.k.meta(subnet), s.k.delay(subnet, cur.Addr)
 	var ops []clientv3.Op
+	writes := []string{free, used}
+	var lease clientv3.LeaseID
 	switch {
 	case next.Free && !cur.Free:
-		ops = append(ops, clientv3.OpPut(free, reuseStamp(next.ReusableAfter)))
+		ops = append(ops, clientv3.OpPut(free, ""))
+		if next.Delay > 0 {
+			var err error
+			if lease, err = s.delayLease(ctx, next.Delay); err != nil {
+				return pool.Entry{}, false, err
+			}
+			ops = append(ops, clientv3.OpPut(delay, "", clientv3.WithLease(lease)))
+			writes = append(writes, delay)
+		}
 	case !next.Free && cur.Free:
-		ops = append(ops, clientv3.OpDelete(free))
+		ops = append(ops, clientv3.OpDelete(free), clientv3.OpDelete(delay))
+		writes = append(writes, delay)
 	}
 	switch {
 	case next.Used != nil:
@@ -318,7 +309,7 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 			clientv3.Compare(clientv3.ModRevision(used), "=", cur.Version.Used),
 			clientv3.Compare(clientv3.ModRevision(meta), "=", cur.Version.Meta)},
 		orElse: s.entryOps(subnet, cur.Addr),
-		writes: []string{free, used},
+		writes: writes,
 	}
 	// The owner index follows the used record in the same transaction. An
 	// endpoint that becomes the holder (taking a reservation) must hold
@@ -340,6 +331,9 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 	t.then = ops
 	r, _, err := s.batch.do(ctx, t)
 	if err != nil {
+		if lease != 0 && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			s.forgetDelayLease(lease)
+		}
 		return pool.Entry{}, false, err
 	}
 	if r.Succeeded {

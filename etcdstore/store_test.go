@@ -405,7 +405,7 @@ func TestReuseDelayAgainstEtcd(t *testing.T) {
 		}
 	}
 	c, err := s.Claim(ctx, n.Subnet, netip.MustParseAddr("198.18.0.1"), pool.Allocation{Kind: pool.KindContainer, Since: time.Now()}, false)
-	if err != nil || c.Taken || c.DelayedUntil.IsZero() {
+	if err != nil || c.Taken || !c.Delayed {
 		t.Fatalf("claim at a delayed address: %+v, %v; want it refused as delayed", c, err)
 	}
 	// An explicit request (--ip) takes a delayed address at once.
@@ -422,7 +422,95 @@ func TestReuseDelayAgainstEtcd(t *testing.T) {
 			t.Fatalf("allocation %d got %s, still in its reuse delay", i, got)
 		}
 	}
-	if _, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:03:01"}); !errors.Is(err, pool.ErrNoFree) || !strings.Contains(err.Error(), "--reuse-delay") {
-		t.Fatalf("only delayed addresses left: %v", err)
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:03:01"}); !errors.Is(err, pool.ErrNoFree) || !strings.Contains(err.Error(), "--reuse-delay); the first is due in 1h") {
+		t.Fatalf("only delayed addresses left: %v; want the refusal to say the first is due in about an hour", err)
+	}
+}
+
+// TestReuseDelayTimedByEtcd: etcd's leader times the reuse delay. A claim
+// stamped by a clock two minutes ahead or behind is refused for the delay
+// all the same, and the address comes back, to a claim and to the free set
+// of another host, between the delay and the delay plus the lease's slack.
+func TestReuseDelayTimedByEtcd(t *testing.T) {
+	srv := etcdtest.Start(t)
+	ctx := ctxT(t, time.Minute)
+	const delay = time.Second
+	releaser := pool.New(etcdstore.New(srv.Client(t), "/test"), pool.Config{Host: "a", ReuseDelay: delay})
+	s := etcdstore.New(srv.Client(t), "/test")
+	claimer := pool.New(s, pool.Config{Host: "b", ReuseDelay: delay})
+	n := mustNetwork(t, "198.18.0.0/30", "") // .1 and .2
+	x := netip.MustParseAddr("198.18.0.1")
+	for _, p := range []*pool.Pools{releaser, claimer} {
+		if err := p.Attach(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := claimer.Allocate(ctx, n, netip.MustParseAddr("198.18.0.2"), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:00:02"}); err != nil {
+		t.Fatal(err)
+	}
+	release := func() time.Time {
+		t.Helper()
+		if _, err := releaser.Allocate(ctx, n, x, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:00:01"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := releaser.Release(ctx, n.Subnet, x); err != nil {
+			t.Fatal(err)
+		}
+		return time.Now()
+	}
+	// The most the delay may last: the lease outlives it by a bucket (a
+	// second here) and a second, and etcd checks for expired leases twice
+	// a second; the watch then tells the free set.
+	const most = delay + 2*time.Second + time.Second
+	check := func(what string, released time.Time) {
+		t.Helper()
+		took := time.Since(released)
+		if took < delay || took > most {
+			t.Errorf("%s: back after %s, want between %s and %s", what, took.Round(10*time.Millisecond), delay, most)
+		}
+		t.Logf("%s: back after %s", what, took.Round(10*time.Millisecond))
+	}
+
+	// Claims stamped two minutes ahead and behind, in turn: neither gets
+	// the address before the delay is over.
+	released := release()
+	for i := 0; ; i++ {
+		skew := 2 * time.Minute * time.Duration(1-2*(i%2))
+		a := pool.Allocation{Kind: pool.KindContainer, Host: "b", MAC: fmt.Sprintf("02:42:00:00:01:%02x", i%2), Since: time.Now().Add(skew)}
+		c, err := s.Claim(ctx, n.Subnet, x, a, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.Taken {
+			check(fmt.Sprintf("a claim stamped %s off", skew), released)
+			break
+		}
+		if !c.Delayed || time.Since(released) > most+time.Second {
+			t.Fatalf("claim %s off, %s after the release: %+v; want it refused as delayed until the delay is over", skew, time.Since(released), c)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if _, err := claimer.Release(ctx, n.Subnet, x); err != nil {
+		t.Fatal(err)
+	}
+	released = release()
+
+	// The other host's free set: an automatic allocation is refused,
+	// naming the time left, until etcd ends the delay.
+	for {
+		got, err := claimer.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:02:01"})
+		if err == nil {
+			if got != x {
+				t.Fatalf("allocated %s, want %s", got, x)
+			}
+			check("the free set's copy", released)
+			return
+		}
+		// "has just ended": etcd has deleted the delay key and the watch
+		// has yet to tell the free set.
+		if !errors.Is(err, pool.ErrNoFree) || !strings.Contains(err.Error(), "the first is due in") && !strings.Contains(err.Error(), "has just ended") || time.Since(released) > most+time.Second {
+			t.Fatalf("%s after the release: %v", time.Since(released), err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -1,12 +1,10 @@
 package pool
 
 import (
-	"container/heap"
 	"math/bits"
 	"net/netip"
 	"sort"
 	"sync"
-	"time"
 
 	"go4.org/netipx"
 )
@@ -17,19 +15,23 @@ import (
 // store decides, so a stale copy costs a retry, never a duplicate.
 //
 // Addresses are bits over an index space, the pool's seeded ranges: a
-// million addresses take 128 KiB. Free addresses still in their reuse
-// delay are kept aside until they are due.
+// million addresses take 128 KiB. Addresses in their reuse delay are kept
+// aside until the store says the delay is over (Undelay): the store times
+// it, not this host's clock.
 type FreeSet struct {
 	mu      sync.Mutex
 	ranges  []netipx.IPRange
 	offsets []uint64 // offsets[i] is the index of ranges[i].From()
-	// ready has bit i set when address i is free, past its reuse delay,
+	// ready has bit i set when address i is free, out of its reuse delay,
 	// and not being claimed by a request of this process.
-	ready   []uint64
-	nready  uint64
-	size    uint64           // addresses in ranges
-	delayed map[uint64]int64 // index → reusable after, Unix ms
-	due     dueHeap          // delayed, soonest first; entries gone from delayed are skipped
+	ready  []uint64
+	nready uint64
+	size   uint64 // addresses in ranges
+	// delayed holds the addresses in their reuse delay, each with whether
+	// it is free: the store reports the two facts separately, in either
+	// order.
+	delayed  map[uint64]bool
+	ndelayed uint64 // delayed and free
 }
 
 // Size is how many addresses the set's index space holds: the pool's
@@ -57,8 +59,7 @@ func (f *FreeSet) reset(space *netipx.IPSet) {
 	}
 	f.ready = make([]uint64, (size+63)/64)
 	f.size, f.nready = size, 0
-	f.delayed = map[uint64]int64{}
-	f.due = nil
+	f.delayed, f.ndelayed = map[uint64]bool{}, 0
 }
 
 // Replace makes f a copy of next, which the caller then drops: a reload
@@ -68,7 +69,7 @@ func (f *FreeSet) Replace(next *FreeSet) {
 	defer next.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.ranges, f.offsets, f.ready, f.size, f.nready, f.delayed, f.due = next.ranges, next.offsets, next.ready, next.size, next.nready, next.delayed, next.due
+	f.ranges, f.offsets, f.ready, f.size, f.nready, f.delayed, f.ndelayed = next.ranges, next.offsets, next.ready, next.size, next.nready, next.delayed, next.ndelayed
 }
 
 // index finds a in the index space.
@@ -93,25 +94,22 @@ func (f *FreeSet) addr(idx uint64) netip.Addr {
 	return AddrAt(f.ranges[i], idx-f.offsets[i])
 }
 
-// Add records a as free, claimable from reusableAfter on (zero: at once;
-// Take decides when a time has come). It reports false when a lies outside
-// the index space: the pool's ranges grew, and the caller should reload.
-func (f *FreeSet) Add(a netip.Addr, reusableAfter time.Time) bool {
+// Add records a as free. It reports false when a lies outside the index
+// space: the pool's ranges grew, and the caller should reload.
+func (f *FreeSet) Add(a netip.Addr) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	idx, ok := f.index(a)
 	if !ok {
 		return false
 	}
-	delete(f.delayed, idx)
-	if reusableAfter.IsZero() {
+	switch free, delayed := f.delayed[idx]; {
+	case !delayed:
 		f.setReady(idx)
-		return true
+	case !free:
+		f.delayed[idx] = true
+		f.ndelayed++
 	}
-	f.clearReady(idx)
-	until := reusableAfter.UnixMilli()
-	f.delayed[idx] = until
-	heap.Push(&f.due, dueEntry{until: until, idx: idx})
 	return true
 }
 
@@ -121,9 +119,54 @@ func (f *FreeSet) Remove(a netip.Addr) {
 	defer f.mu.Unlock()
 	if idx, ok := f.index(a); ok {
 		f.clearReady(idx)
-		delete(f.delayed, idx)
+		if f.delayed[idx] {
+			f.delayed[idx] = false
+			f.ndelayed--
+		}
 	}
 }
+
+// Delay records that a is in its reuse delay: automatic allocation skips
+// it until Undelay, whether it is free now or becomes free meanwhile.
+// Addresses outside the index space are ignored, as their free keys are.
+func (f *FreeSet) Delay(a netip.Addr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	idx, ok := f.index(a)
+	if !ok {
+		return
+	}
+	if _, delayed := f.delayed[idx]; delayed {
+		return
+	}
+	free := f.isReady(idx)
+	f.clearReady(idx)
+	f.delayed[idx] = free
+	if free {
+		f.ndelayed++
+	}
+}
+
+// Undelay records the end of a's reuse delay.
+func (f *FreeSet) Undelay(a netip.Addr) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	idx, ok := f.index(a)
+	if !ok {
+		return
+	}
+	free, delayed := f.delayed[idx]
+	if !delayed {
+		return
+	}
+	delete(f.delayed, idx)
+	if free {
+		f.ndelayed--
+		f.setReady(idx)
+	}
+}
+
+func (f *FreeSet) isReady(idx uint64) bool { return f.ready[idx/64]&(1<<(idx%64)) != 0 }
 
 func (f *FreeSet) setReady(idx uint64) {
 	w, b := idx/64, uint64(1)<<(idx%64)
@@ -147,10 +190,9 @@ func (f *FreeSet) clearReady(idx uint64) {
 // not have reached the store, Add puts it back. With none ready, waiting
 // counts those of within still in their reuse delay. An exhausted pool is
 // answered without scanning.
-func (f *FreeSet) Take(within netipx.IPRange, now time.Time, randN func(uint64) uint64) (a netip.Addr, waiting int, ok bool) {
+func (f *FreeSet) Take(within netipx.IPRange, randN func(uint64) uint64) (a netip.Addr, waiting int, ok bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.promote(now.UnixMilli())
 	spans, total := f.spans(within)
 	if f.nready > 0 && total > 0 {
 		pos := randN(total)
@@ -173,7 +215,10 @@ func (f *FreeSet) Take(within netipx.IPRange, now time.Time, randN func(uint64) 
 			}
 		}
 	}
-	for idx := range f.delayed {
+	for idx, free := range f.delayed {
+		if !free {
+			continue
+		}
 		for _, s := range spans {
 			if idx >= s.lo && idx < s.hi {
 				waiting++
@@ -221,39 +266,10 @@ func (f *FreeSet) nextReady(lo, hi uint64) (uint64, bool) {
 	return 0, false
 }
 
-// promote makes delayed addresses whose time has come ready.
-func (f *FreeSet) promote(nowMs int64) {
-	for len(f.due) > 0 && f.due[0].until <= nowMs {
-		e := heap.Pop(&f.due).(dueEntry)
-		if until, ok := f.delayed[e.idx]; ok && until == e.until {
-			delete(f.delayed, e.idx)
-			f.setReady(e.idx)
-		}
-	}
-}
-
 // Counts reports how many addresses are ready and how many are in their
 // reuse delay.
 func (f *FreeSet) Counts() (ready, waiting uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.nready, uint64(len(f.delayed))
-}
-
-type dueEntry struct {
-	until int64
-	idx   uint64
-}
-
-type dueHeap []dueEntry
-
-func (h dueHeap) Len() int           { return len(h) }
-func (h dueHeap) Less(i, j int) bool { return h[i].until < h[j].until }
-func (h dueHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *dueHeap) Push(x any)        { *h = append(*h, x.(dueEntry)) }
-func (h *dueHeap) Pop() any {
-	old := *h
-	e := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return e
+	return f.nready, f.ndelayed
 }

@@ -13,11 +13,14 @@ import (
 
 // memStore is an in-memory Store with the same atomicity as etcdstore, for
 // testing the rules without etcd. Revisions come from one counter, as in
-// etcd, so a stale Entry is detected exactly as the real store would.
+// etcd, so a stale Entry is detected exactly as the real store would. Its
+// clock times the reuse delay, as etcd's leader times its leases: the
+// Pools' clocks play no part.
 type memStore struct {
 	mu    sync.Mutex
 	rev   int64
 	pools map[netip.Prefix]*memPool
+	clock func() time.Time
 }
 
 type memPool struct {
@@ -26,7 +29,7 @@ type memPool struct {
 	used   map[netip.Addr]memUsed
 	refs   map[string]int
 	owners map[string]netip.Addr    // host/mac of container entries
-	after  map[netip.Addr]time.Time // free addresses in their reuse delay
+	after  map[netip.Addr]time.Time // addresses in their reuse delay, until when (the store's clock)
 	view   *FreeSet                 // FreeSet's copy, once asked for
 }
 
@@ -45,7 +48,38 @@ type memUsed struct {
 
 var _ Store = (*memStore)(nil)
 
-func newMemStore() *memStore { return &memStore{pools: map[netip.Prefix]*memPool{}} }
+func newMemStore() *memStore { return &memStore{pools: map[netip.Prefix]*memPool{}, clock: time.Now} }
+
+// expire ends the reuse delays that are over, as etcd deletes the delay
+// keys of an expired lease.
+func (s *memStore) expire(p *memPool) {
+	now := s.clock()
+	for a, until := range p.after {
+		if !now.Before(until) {
+			delete(p.after, a)
+			if p.view != nil {
+				p.view.Undelay(a)
+			}
+		}
+	}
+}
+
+func (s *memStore) NextReuse(_ context.Context, subnet netip.Prefix) (time.Duration, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[subnet]
+	if !ok {
+		return 0, false, nil
+	}
+	s.expire(p)
+	var first time.Time
+	for _, until := range p.after {
+		if first.IsZero() || until.Before(first) {
+			first = until
+		}
+	}
+	return first.Sub(s.clock()), !first.IsZero(), nil
+}
 
 func (s *memStore) Meta(_ context.Context, subnet netip.Prefix) (Meta, bool, error) {
 	s.mu.Lock()
@@ -104,7 +138,7 @@ func (s *memStore) Seed(_ context.Context, subnet netip.Prefix, set *netipx.IPSe
 				continue
 			}
 			s.rev++
-			p.addFree(a, s.rev, time.Time{})
+			p.addFree(a, s.rev)
 			added++
 		}
 	}
@@ -118,10 +152,12 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	if !ok {
 		return Claim{NoPool: true}, nil
 	}
+	s.expire(p)
 	owner := ownerKey(&a)
 	existing, holds := p.owners[owner]
 	_, free := p.free[addr]
-	claimable := free && (takeDelayed || p.after[addr].Before(a.Since))
+	_, delayed := p.after[addr]
+	claimable := free && (takeDelayed || !delayed)
 	if claimable && !holds {
 		if _, used := p.used[addr]; !used {
 			s.rev++
@@ -137,9 +173,7 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	if holds {
 		c.Existing = existing
 	}
-	if free && !claimable {
-		c.DelayedUntil = p.after[addr]
-	}
+	c.Delayed = free && !claimable
 	if u, used := p.used[addr]; used {
 		h := cloneAlloc(u.a)
 		c.Holder = &h
@@ -159,30 +193,47 @@ func (s *memStore) FreeSet(_ context.Context, subnet netip.Prefix) (*FreeSet, er
 	if p.view == nil {
 		p.view = p.loadView()
 	}
+	s.expire(p)
 	return p.view, nil
 }
 
 func (p *memPool) loadView() *FreeSet {
 	f := NewFreeSet(p.meta.Ranges)
 	for a := range p.free {
-		f.Add(a, p.after[a])
+		f.Add(a)
+	}
+	for a := range p.after {
+		f.Delay(a)
 	}
 	return f
 }
 
-// addFree and dropFree change the free set and its copy together.
-func (p *memPool) addFree(addr netip.Addr, rev int64, after time.Time) {
-	p.free[addr], p.after[addr] = rev, after
-	if p.view != nil && !p.view.Add(addr, after) {
+// addFree, delay and dropFree change the free set and its copy together.
+// A claim ends the address's delay, as etcdstore's deletes its delay key.
+func (p *memPool) addFree(addr netip.Addr, rev int64) {
+	p.free[addr] = rev
+	if p.view != nil && !p.view.Add(addr) {
 		p.view.Replace(p.loadView()) // the ranges grew
+	}
+}
+
+func (p *memPool) delay(addr netip.Addr, until time.Time) {
+	p.after[addr] = until
+	if p.view != nil {
+		p.view.Delay(addr)
 	}
 }
 
 func (p *memPool) dropFree(addr netip.Addr) {
 	delete(p.free, addr)
-	delete(p.after, addr)
 	if p.view != nil {
 		p.view.Remove(addr)
+	}
+	if _, delayed := p.after[addr]; delayed {
+		delete(p.after, addr)
+		if p.view != nil {
+			p.view.Undelay(addr)
+		}
 	}
 }
 
@@ -224,7 +275,10 @@ func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next 
 	s.rev++
 	if next.Free {
 		if _, free := p.free[cur.Addr]; !free {
-			p.addFree(cur.Addr, s.rev, next.ReusableAfter)
+			if next.Delay > 0 {
+				p.delay(cur.Addr, s.clock().Add(next.Delay))
+			}
+			p.addFree(cur.Addr, s.rev)
 		}
 	} else {
 		p.dropFree(cur.Addr)

@@ -263,16 +263,16 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		return netip.Addr{}, fmt.Errorf("reading the free set of pool %s: %w", n.Subnet, err)
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		addr, waiting, ok := free.Take(n.Range(), a.Since, p.randN)
+		addr, waiting, ok := free.Take(n.Range(), p.randN)
 		switch {
 		case !ok && waiting > 0:
-			return netip.Addr{}, fmt.Errorf("%w in pool %s: the only free ones were released less than %s ago (--reuse-delay)", ErrNoFree, n, p.cfg.ReuseDelay)
+			return netip.Addr{}, p.allDelayed(ctx, n)
 		case !ok:
 			return netip.Addr{}, fmt.Errorf("%w in pool %s", ErrNoFree, n)
 		}
 		c, err := p.claim(ctx, &r, n.Subnet, addr, a, false)
 		if err != nil {
-			free.Add(addr, time.Time{}) // the claim may not have reached the store; if it did, the store's update follows
+			free.Add(addr) // the claim may not have reached the store; if it did, the store's update follows
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming an address in pool %s: %w", n, err))
 		}
 		switch {
@@ -283,12 +283,26 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			return p.adopt(ctx, &r, n.Subnet, c.Existing, a) // a retry: an earlier answer was lost
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
-		case !c.DelayedUntil.IsZero():
-			free.Add(addr, c.DelayedUntil) // released just now; no later change will bring it back
+		case c.Delayed:
+			free.Add(addr) // still free: the store's report of its delay keeps it aside
 		}
 		// Lost a race the copy did not know of yet: take another.
 	}
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
+}
+
+// allDelayed is the refusal when every free address of n's range is in its
+// reuse delay: it says when the first comes out, as the store times it.
+func (p *Pools) allDelayed(ctx context.Context, n Network) error {
+	const why = "the only free ones are in their reuse delay (--reuse-delay)"
+	d, ok, err := p.store.NextReuse(ctx, n.Subnet)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w in pool %s: %s (reading when the first is due: %v)", ErrNoFree, n, why, err)
+	case !ok:
+		return fmt.Errorf("%w in pool %s: %s, which has just ended: try again", ErrNoFree, n, why)
+	}
+	return fmt.Errorf("%w in pool %s: %s; the first is due in %s", ErrNoFree, n, why, d.Round(time.Second))
 }
 
 // claimOutsideFreeSet gives a an idle reservation or a hold on an anycast
@@ -400,7 +414,7 @@ func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
 					if !sameEndpoint(e.Used, a) || !e.Used.Since.Equal(a.Since) {
 						return State{}, false, nil
 					}
-					return freed(e, p.now().UTC(), time.Time{}), true, nil // never used: no reuse delay
+					return freed(e, p.now().UTC(), 0), true, nil // never used: no reuse delay
 				})
 			}
 			if err == nil {
@@ -481,7 +495,7 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 				released = true // gone: that swap committed, or someone else released it
 				return State{}, false, nil
 			}
-			next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.reusableAfter())
+			next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.cfg.ReuseDelay)
 			released = change
 			if change {
 				tried = e.Used
@@ -556,7 +570,7 @@ func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 			return State{}, false, fmt.Errorf("%s is the %s of hosts %s, whose networks still use it; remove those networks, or use --force",
 				e.Addr, u.Kind, u.HolderList())
 		}
-		return freed(e, p.now().UTC(), p.reusableAfter()), true, nil
+		return freed(e, p.now().UTC(), p.cfg.ReuseDelay), true, nil
 	})
 	return was, err
 }
@@ -576,7 +590,7 @@ func (p *Pools) Reserve(ctx context.Context, subnet netip.Prefix, addr netip.Add
 // a held one stays with its container until released. It returns the
 // record as it now is (nil: no longer used).
 func (p *Pools) Unreserve(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (*Allocation, error) {
-	return p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unreserveRule(e, p.reusableAfter()) })
+	return p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unreserveRule(e, p.cfg.ReuseDelay) })
 }
 
 // AddAnycast marks addr as anycast (`ipamctl anycast add`): every host may
@@ -587,7 +601,7 @@ func (p *Pools) AddAnycast(ctx context.Context, subnet netip.Prefix, addr netip.
 
 // RemoveAnycast frees an anycast address; one still held needs force.
 func (p *Pools) RemoveAnycast(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool) error {
-	_, err := p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unanycastRule(e, force, p.reusableAfter()) })
+	_, err := p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unanycastRule(e, force, p.cfg.ReuseDelay) })
 	return err
 }
 
@@ -607,14 +621,6 @@ func (p *Pools) edit(ctx context.Context, subnet netip.Prefix, addr netip.Addr, 
 		return next, change, err
 	})
 	return now, err
-}
-
-// reusableAfter is when an address released now may be claimed again.
-func (p *Pools) reusableAfter() time.Time {
-	if p.cfg.ReuseDelay <= 0 {
-		return time.Time{}
-	}
-	return p.now().UTC().Add(p.cfg.ReuseDelay)
 }
 
 // change applies rule to addr's current entry as one compare-and-swap,

@@ -503,13 +503,17 @@ func TestReuseDelay(t *testing.T) {
 		host      string        // who asks
 		want      string        // "" for automatic allocation
 		after     time.Duration // how long after the release
+		skew      time.Duration // how far the asking host's clock is off
 		takeOther bool          // the other address is taken first, so only the released one is free
 		got       string        // the address handed out, or "" when refused
 		err       string        // part of the refusal
 	}{
 		{name: "automatic, within the delay", host: "a", after: time.Second, got: other},
-		{name: "automatic, only the delayed one left", host: "a", after: time.Second, takeOther: true, err: "released less than 1m0s ago (--reuse-delay)"},
+		{name: "automatic, only the delayed one left", host: "a", after: time.Second, takeOther: true, err: "the only free ones are in their reuse delay (--reuse-delay); the first is due in 59s"},
 		{name: "automatic, after the delay", host: "a", after: time.Minute + time.Second, takeOther: true, got: released},
+		// The store times the delay: hosts' clocks do not shorten or lengthen it.
+		{name: "automatic, asker's clock ahead", host: "b", after: time.Second, skew: 2 * time.Minute, takeOther: true, err: "the first is due in 59s"},
+		{name: "automatic, asker's clock behind, after the delay", host: "b", after: time.Minute + time.Second, skew: -2 * time.Minute, takeOther: true, got: released},
 		{name: "explicit, same host (restart, recreate, reconnect)", host: "a", want: released, after: time.Millisecond, got: released},
 		{name: "explicit, another host (a move)", host: "b", want: released, after: time.Second, got: released},
 		{name: "explicit, after the delay", host: "b", want: released, after: time.Hour, got: released},
@@ -520,9 +524,15 @@ func TestReuseDelay(t *testing.T) {
 			n := mustNetwork(t, "198.18.0.0/30", "") // two addresses
 			clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 			ps := map[string]*Pools{}
+			s.clock = func() time.Time { return clock }
 			for _, h := range []string{"a", "b"} {
 				ps[h] = New(s, Config{Host: h, ReuseDelay: time.Minute})
-				ps[h].now = func() time.Time { return clock }
+				ps[h].now = func() time.Time {
+					if h == tc.host {
+						return clock.Add(tc.skew)
+					}
+					return clock
+				}
 				if err := ps[h].Attach(ctx, n); err != nil {
 					t.Fatal(err)
 				}

@@ -49,7 +49,7 @@ func holdRule(e Entry, kind Kind, host string, local bool, now time.Time) (State
 // its host when its last network lets go of it as gateway; a reserved
 // address returns to its idle reservation; an anycast address stays
 // anycast.
-func releaseRule(e Entry, host string, now, reusableAfter time.Time) (next State, change bool, err error) {
+func releaseRule(e Entry, host string, now time.Time, delay time.Duration) (next State, change bool, err error) {
 	u := e.Used
 	if u == nil {
 		return State{}, false, nil
@@ -60,7 +60,7 @@ func releaseRule(e Entry, host string, now, reusableAfter time.Time) (next State
 			return State{}, false, fmt.Errorf("%w: %s is held by another host: %s; host %q may not release it",
 				ErrUnavailable, e.Addr, u.Describe(), host)
 		}
-		return freed(e, now, reusableAfter), true, nil
+		return freed(e, now, delay), true, nil
 	case KindReserved:
 		return State{}, false, nil // idle: nothing of this host's to release
 	case KindAnycast:
@@ -87,7 +87,7 @@ func releaseRule(e Entry, host string, now, reusableAfter time.Time) (next State
 			}
 			return State{Used: &kept}, true, nil
 		case len(rest) == 0:
-			return freed(e, now, reusableAfter), true, nil
+			return freed(e, now, delay), true, nil
 		case rest[kept.Host] == 0:
 			kept.Host = firstHost(rest)
 		}
@@ -110,10 +110,10 @@ func without[V any](m map[string]V, key string) map[string]V {
 
 // freed is e's state once nobody holds it: the idle reservation or anycast
 // address it was (stamped now), else free again if seeded. A container's
-// address may not be claimed again before reusableAfter, so that LAN
+// address is kept from automatic allocation for delay, so that LAN
 // neighbours' ARP caches forget the old container's MAC first; an idle
 // reservation needs no delay, as only an explicit request takes it.
-func freed(e Entry, now, reusableAfter time.Time) State {
+func freed(e Entry, now time.Time, delay time.Duration) State {
 	if e.Used != nil {
 		if idle := e.Used.Vacated(now); idle != nil {
 			return State{Used: idle}
@@ -121,7 +121,7 @@ func freed(e Entry, now, reusableAfter time.Time) State {
 	}
 	s := State{Free: seeded(e)}
 	if s.Free && e.Used != nil && e.Used.Kind == KindContainer {
-		s.ReusableAfter = reusableAfter
+		s.Delay = delay
 	}
 	return s
 }
@@ -187,13 +187,13 @@ func reserveRule(e Entry, name string, now time.Time) (State, bool, error) {
 
 // unreserveRule ends e's reservation: an idle one is freed (if seeded),
 // a held one stays with its container, whose release then frees it.
-func unreserveRule(e Entry, reusableAfter time.Time) (State, bool, error) {
+func unreserveRule(e Entry, delay time.Duration) (State, bool, error) {
 	u := e.Used
 	switch {
 	case u == nil || u.Reservation == "":
 		return State{}, false, fmt.Errorf("%s is not reserved (see ipamctl reserve ls)", e.Addr)
 	case u.Kind == KindReserved:
-		return State{Free: seeded(e), ReusableAfter: reusableAfter}, true, nil
+		return State{Free: seeded(e), Delay: delay}, true, nil
 	}
 	held := *u
 	held.Reservation = ""
@@ -213,7 +213,7 @@ func anycastRule(e Entry, now time.Time) (State, bool, error) {
 
 // unanycastRule frees an anycast address (if seeded); one that containers
 // still hold needs force.
-func unanycastRule(e Entry, force bool, reusableAfter time.Time) (State, bool, error) {
+func unanycastRule(e Entry, force bool, delay time.Duration) (State, bool, error) {
 	u := e.Used
 	switch {
 	case u == nil || u.Kind != KindAnycast:
@@ -222,7 +222,7 @@ func unanycastRule(e Entry, force bool, reusableAfter time.Time) (State, bool, e
 		return State{}, false, fmt.Errorf("anycast address %s is held by containers on hosts %s; stop them first, or use --force",
 			e.Addr, u.HolderList())
 	}
-	return State{Free: seeded(e), ReusableAfter: reusableAfter}, true, nil
+	return State{Free: seeded(e), Delay: delay}, true, nil
 }
 
 // hostAddrRule records e as a host address not yet claimed by any host.

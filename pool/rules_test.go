@@ -14,7 +14,7 @@ import (
 
 var (
 	ruleNow   = time.Date(2026, 11, 22, 8, 0, 0, 0, time.UTC)
-	ruleLater = ruleNow.Add(time.Minute)
+	ruleDelay = time.Minute
 )
 
 // ruleEntry is 198.18.0.5 of a pool seeding 198.18.0.1-198.18.0.9, held by u.
@@ -42,7 +42,7 @@ func TestReservationAndAnycastRules(t *testing.T) {
 		return a
 	}
 	gateway := &Allocation{Kind: KindGateway, Host: "a", Holders: map[string]int{"a": 1}, Since: ruleNow}
-	freeLater := State{Free: true, ReusableAfter: ruleLater}
+	freeLater := State{Free: true, Delay: ruleDelay}
 
 	for _, tc := range []struct {
 		name   string
@@ -69,19 +69,19 @@ func TestReservationAndAnycastRules(t *testing.T) {
 			nil, State{}, false, "stopped being reserved or anycast meanwhile"},
 
 		// Releases by a host (dockerd's ReleaseAddress).
-		{"release held reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleLater) },
+		{"release held reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleDelay) },
 			held("a", "m1", "web"), State{Used: idle}, true, ""},
-		{"release held reservation by another host", func(e Entry) (State, bool, error) { return releaseRule(e, "b", ruleNow, ruleLater) },
+		{"release held reservation by another host", func(e Entry) (State, bool, error) { return releaseRule(e, "b", ruleNow, ruleDelay) },
 			held("a", "m1", "web"), State{}, false, "held by another host"},
-		{"release idle reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleLater) },
+		{"release idle reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleDelay) },
 			idle, State{}, false, ""},
-		{"release anycast one host", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleLater) },
+		{"release anycast one host", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleDelay) },
 			anycast(map[string]string{"a": "m1", "b": "m2"}), State{Used: anycast(map[string]string{"b": "m2"})}, true, ""},
-		{"release anycast last host", func(e Entry) (State, bool, error) { return releaseRule(e, "b", ruleNow, ruleLater) },
+		{"release anycast last host", func(e Entry) (State, bool, error) { return releaseRule(e, "b", ruleNow, ruleDelay) },
 			anycast(map[string]string{"b": "m2"}), State{Used: anycast(nil)}, true, ""},
-		{"release anycast not held", func(e Entry) (State, bool, error) { return releaseRule(e, "c", ruleNow, ruleLater) },
+		{"release anycast not held", func(e Entry) (State, bool, error) { return releaseRule(e, "c", ruleNow, ruleDelay) },
 			anycast(map[string]string{"b": "m2"}), State{}, false, ""},
-		{"release plain container", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleLater) },
+		{"release plain container", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleDelay) },
 			ptr(ctr("a", "m1")), freeLater, true, ""},
 
 		// ipamctl reserve and reserve rm.
@@ -97,11 +97,11 @@ func TestReservationAndAnycastRules(t *testing.T) {
 			gateway, State{}, false, `in use: gateway of host "a"`},
 		{"reserve an anycast address", func(e Entry) (State, bool, error) { return reserveRule(e, "web", ruleNow) },
 			anycast(nil), State{}, false, "in use: anycast address, not held"},
-		{"unreserve idle", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleLater) },
+		{"unreserve idle", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleDelay) },
 			idle, freeLater, true, ""},
-		{"unreserve held", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleLater) },
+		{"unreserve held", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleDelay) },
 			held("a", "m1", "web"), State{Used: ptr(ctr("a", "m1"))}, true, ""},
-		{"unreserve plain container", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleLater) },
+		{"unreserve plain container", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleDelay) },
 			ptr(ctr("a", "m1")), State{}, false, "is not reserved"},
 
 		// ipamctl anycast add and rm.
@@ -111,13 +111,13 @@ func TestReservationAndAnycastRules(t *testing.T) {
 			anycast(map[string]string{"a": "m1"}), State{}, false, ""},
 		{"anycast a container's address", func(e Entry) (State, bool, error) { return anycastRule(e, ruleNow) },
 			ptr(ctr("a", "m1")), State{}, false, `in use: container of host "a"`},
-		{"anycast rm idle", func(e Entry) (State, bool, error) { return unanycastRule(e, false, ruleLater) },
+		{"anycast rm idle", func(e Entry) (State, bool, error) { return unanycastRule(e, false, ruleDelay) },
 			anycast(nil), freeLater, true, ""},
-		{"anycast rm held", func(e Entry) (State, bool, error) { return unanycastRule(e, false, ruleLater) },
+		{"anycast rm held", func(e Entry) (State, bool, error) { return unanycastRule(e, false, ruleDelay) },
 			anycast(map[string]string{"a": "m1", "b": "m2"}), State{}, false, "held by containers on hosts a,b; stop them first, or use --force"},
-		{"anycast rm held forced", func(e Entry) (State, bool, error) { return unanycastRule(e, true, ruleLater) },
+		{"anycast rm held forced", func(e Entry) (State, bool, error) { return unanycastRule(e, true, ruleDelay) },
 			anycast(map[string]string{"a": "m1"}), freeLater, true, ""},
-		{"anycast rm of a reservation", func(e Entry) (State, bool, error) { return unanycastRule(e, true, ruleLater) },
+		{"anycast rm of a reservation", func(e Entry) (State, bool, error) { return unanycastRule(e, true, ruleDelay) },
 			idle, State{}, false, "not an anycast address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -138,7 +138,7 @@ func TestReservationAndAnycastRules(t *testing.T) {
 	// An unseeded address leaves the reservation to nothing: not free.
 	e := ruleEntry(idle)
 	e.Addr = netip.MustParseAddr("198.18.0.200")
-	if next, _, _ := unreserveRule(e, ruleLater); next.Free {
+	if next, _, _ := unreserveRule(e, ruleDelay); next.Free {
 		t.Errorf("unreserving an unseeded address freed it")
 	}
 }
@@ -148,7 +148,7 @@ func ptr[T any](v T) *T { return &v }
 // show renders a State with its record, for failure messages.
 func show(s State) string {
 	if s.Used == nil {
-		return fmt.Sprintf("{Free:%t ReusableAfter:%s}", s.Free, s.ReusableAfter)
+		return fmt.Sprintf("{Free:%t Delay:%s}", s.Free, s.Delay)
 	}
 	return fmt.Sprintf("%+v", *s.Used)
 }

@@ -157,10 +157,11 @@ type Version struct{ Free, Used, Meta int64 }
 // State is what an address should become.
 type State struct {
 	Free bool
-	// ReusableAfter keeps a freed container address from being claimed
-	// before that time (the reuse delay); zero means at once.
-	ReusableAfter time.Time
-	Used          *Allocation
+	// Delay keeps a freed container address from automatic allocation for
+	// this long (the reuse delay), timed by the store, not by any host's
+	// clock; zero means at once.
+	Delay time.Duration
+	Used  *Allocation
 }
 
 // Claim is the answer to Store.Claim.
@@ -175,10 +176,9 @@ type Claim struct {
 	Existing netip.Addr
 	// Holder is the address's record when it was used by someone.
 	Holder *Allocation
-	// DelayedUntil is set when the address is free but still in its
-	// reuse delay, and the claim did not take delayed addresses: the time
-	// it may be claimed again.
-	DelayedUntil time.Time
+	// Delayed is set when the address is free but still in its reuse
+	// delay, and the claim did not take delayed addresses.
+	Delayed bool
 }
 
 // Store is what the allocation rules need from storage. Every method that
@@ -204,7 +204,7 @@ type Store interface {
 	Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error)
 	// Claim moves addr from free to used, recorded as a, unless a's
 	// endpoint (host and MAC) already holds an address in the pool, or
-	// addr is still in its reuse delay at a.Since and takeDelayed is false.
+	// addr is still in its reuse delay and takeDelayed is false.
 	// When it does not take addr it returns who holds it and the
 	// endpoint's existing address.
 	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, takeDelayed bool) (Claim, error)
@@ -212,6 +212,10 @@ type Store interface {
 	// current, loading it on first use. It may lag behind other hosts by
 	// moments; Claim decides.
 	FreeSet(ctx context.Context, subnet netip.Prefix) (*FreeSet, error)
+	// NextReuse says how long until the first of the pool's addresses in
+	// their reuse delay may be claimed by automatic allocation, as the
+	// store times it; ok is false when none is in its delay.
+	NextReuse(ctx context.Context, subnet netip.Prefix) (d time.Duration, ok bool, err error)
 	// Owned returns the address host's endpoint with mac holds, if any.
 	Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error)
 	// Entry reads one address.

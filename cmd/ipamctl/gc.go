@@ -133,10 +133,6 @@ func gc(c *cli.Context) error {
 		found = localOrphans(cen, host, live, c.Duration("min-age"), time.Now())
 	}
 	nfailed := 0
-	var reusableAfter time.Time
-	if d := c.Duration("reuse-delay"); d > 0 {
-		reusableAfter = time.Now().UTC().Add(d)
-	}
 	if c.Bool("apply") {
 		for i := range found {
 			f := &found[i]
@@ -145,7 +141,7 @@ func gc(c *cli.Context) error {
 			}
 			var ok bool
 			err := e.do(c, 0, func(ctx context.Context) (err error) {
-				ok, err = e.store.ReleaseListed(ctx, f.listed, f.dead, reusableAfter)
+				ok, err = e.store.ReleaseListed(ctx, f.listed, f.dead, c.Duration("reuse-delay"))
 				return err
 			})
 			switch {
