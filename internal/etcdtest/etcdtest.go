@@ -39,8 +39,8 @@ type Server struct {
 	client  string // client URL, e.g. http://127.0.0.1:41234
 	peer    string
 
-	// Set by StartSecure: the client URL's scheme, etcd's TLS and auth flags, and what
-	// Client and the health check connect with.
+	// The client URL's scheme, etcd's extra flags (Start's, or StartSecure's TLS and auth
+	// flags), and what Client and the health check connect with.
 	scheme     string // "http" or "https"
 	extraArgs  []string
 	tls        *tls.Config
@@ -69,10 +69,12 @@ func Binary() (bin, missing string) {
 }
 
 // Start runs a fresh etcd and waits until it reports healthy. It is stopped when the test ends;
-// if the test failed, the tail of etcd's log is printed first.
-func Start(t testing.TB) *Server {
+// if the test failed, the tail of etcd's log is printed first. flags are added to etcd's
+// command line, such as "--quota-backend-bytes=…".
+func Start(t testing.TB, flags ...string) *Server {
 	t.Helper()
 	s := newServer(t)
+	s.extraArgs = flags
 	s.launch(t)
 	return s
 }
