@@ -59,7 +59,9 @@ type batcher struct {
 // do commits t, alone or with others, and returns its own response (its
 // Succeeded and the responses of its then or else ops) and the revision
 // of the shared transaction. An error means the outcome is unknown, as for
-// any failed etcd call; one worth retrying is marked pool.ErrTransient.
+// any failed etcd call, unless it is marked pool.ErrNoSpace (refused for
+// want of space: not committed); one worth retrying is marked
+// pool.ErrTransient.
 func (b *batcher) do(ctx context.Context, t subTxn) (*pb.TxnResponse, int64, error) {
 	p := &pendingTxn{ctx: ctx, txn: t, done: make(chan batchResult, 1)}
 	b.mu.Lock()
@@ -74,7 +76,7 @@ func (b *batcher) do(ctx context.Context, t subTxn) (*pb.TxnResponse, int64, err
 	}
 	select {
 	case r := <-p.done:
-		return r.resp, r.rev, transient(ctx, r.err)
+		return r.resp, r.rev, marked(ctx, r.err)
 	case <-ctx.Done():
 		return nil, 0, ctx.Err()
 	}

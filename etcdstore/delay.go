@@ -74,7 +74,7 @@ func (s *Store) grantDelayLease(ctx context.Context, delay time.Duration) (clien
 	asked := time.Now()
 	g, err := s.cli.Grant(ctx, delayTTL(delay))
 	if err != nil {
-		return 0, fmt.Errorf("granting a reuse-delay lease: %w", transient(ctx, err))
+		return 0, fmt.Errorf("granting a reuse-delay lease: %w", marked(ctx, err))
 	}
 	l := &s.delays
 	l.mu.Lock()

@@ -13,13 +13,25 @@ import (
 	"github.com/talkingdata/ipam/pool"
 )
 
-// transientError marks err as pool.ErrTransient and keeps its message, so
-// an error that ends a request reads as before.
-type transientError struct{ err error }
+// markedError tells pool what an etcd error means (mark is one of its
+// sentinels, pool.ErrTransient or pool.ErrNoSpace) and keeps err's
+// message, so an error that ends a request reads as before.
+type markedError struct{ err, mark error }
 
-func (e transientError) Error() string        { return e.err.Error() }
-func (e transientError) Unwrap() error        { return e.err }
-func (e transientError) Is(target error) bool { return target == pool.ErrTransient }
+func (e markedError) Error() string        { return e.err.Error() }
+func (e markedError) Unwrap() error        { return e.err }
+func (e markedError) Is(target error) bool { return target == e.mark }
+
+// marked marks the error of a write: pool.ErrNoSpace when etcd refused it
+// for want of space (its NOSPACE alarm is raised, or the write would raise
+// it), which it does before applying anything, so the write did not
+// commit; else as transient does.
+func marked(ctx context.Context, err error) error {
+	if errors.Is(err, rpctypes.ErrNoSpace) || errors.Is(err, rpctypes.ErrGRPCNoSpace) {
+		return markedError{err, pool.ErrNoSpace}
+	}
+	return transient(ctx, err)
+}
 
 // transient marks err as pool.ErrTransient when it says that the call did
 // not reach a leader or that its outcome is unknown: gRPC's Unavailable
@@ -32,7 +44,7 @@ func transient(ctx context.Context, err error) error {
 	if err == nil || over(ctx) || !retryable(err) {
 		return err
 	}
-	return transientError{err}
+	return markedError{err, pool.ErrTransient}
 }
 
 // over says whether the caller's ctx has ended, counting a deadline that

@@ -46,3 +46,28 @@ func TestRetryable(t *testing.T) {
 		}
 	}
 }
+
+// TestMarked: a write etcd refused for want of space is pool.ErrNoSpace,
+// whether the client turned etcd's answer into its own error or not, and
+// never transient; other errors are marked as transient marks them.
+func TestMarked(t *testing.T) {
+	live := context.Background()
+	for _, tc := range []struct {
+		name string
+		err  error
+		want error
+	}{
+		{"nospace, client side", rpctypes.ErrNoSpace, pool.ErrNoSpace},
+		{"nospace, as sent", rpctypes.ErrGRPCNoSpace, pool.ErrNoSpace},
+		{"nospace, wrapped", fmt.Errorf("swap: %w", rpctypes.ErrNoSpace), pool.ErrNoSpace},
+		{"unavailable", rpctypes.ErrGRPCNoLeader, pool.ErrTransient},
+	} {
+		got := marked(live, tc.err)
+		if !errors.Is(got, tc.want) || got.Error() != tc.err.Error() {
+			t.Errorf("%s: marked(%v) = %v, want it marked %v with the same message", tc.name, tc.err, got, tc.want)
+		}
+		if tc.want == pool.ErrNoSpace && errors.Is(got, pool.ErrTransient) {
+			t.Errorf("%s: marked(%v) is transient", tc.name, tc.err)
+		}
+	}
+}
