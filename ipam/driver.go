@@ -76,6 +76,16 @@ type Driver struct {
 	// StoreName names the store in errors, e.g. "etcd http://10.0.0.1:2379".
 	StoreName string
 	Log       *slog.Logger
+	// Pending keeps the releases the store refused for want of space
+	// (pool.ErrNoSpace), to apply them once it has room: dockerd takes a
+	// failed release as final and never repeats it. Without it such a
+	// release fails, and the address stays used until `ipamctl gc`.
+	Pending PendingReleases
+}
+
+// PendingReleases keeps a refused release durably (releasequeue.Queue).
+type PendingReleases interface {
+	Add(pool.Pending) error
 }
 
 func (d *Driver) context() (context.Context, context.CancelFunc) {
@@ -87,6 +97,9 @@ func (d *Driver) explain(ctx context.Context, err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, pool.ErrNoSpace):
+		return fmt.Errorf("%s is out of space (its NOSPACE alarm is raised): it refuses every change until an operator makes room; see docs/OPERATIONS.md, \"etcd out of space (NOSPACE)\": %w",
+			d.StoreName, err)
 	// A transient error that outlived the retries means the same to the
 	// operator: etcd did not settle the call within the request's time.
 	case ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, pool.ErrTransient):
@@ -307,6 +320,12 @@ func (d *Driver) ReleaseAddress(r *api.ReleaseAddressRequest) error {
 	ctx, cancel := d.context()
 	defer cancel()
 	released, err := d.Pools.Release(ctx, ref.Subnet, addr)
+	if errors.Is(err, pool.ErrNoSpace) && d.Pending != nil {
+		err = d.keep(ctx, ref.Subnet, addr, err)
+		if err == nil {
+			return nil
+		}
+	}
 	if err != nil {
 		d.Log.Warn("release refused", "pool", r.PoolID, "address", addr, "err", err)
 		return d.explain(ctx, err)
@@ -315,6 +334,23 @@ func (d *Driver) ReleaseAddress(r *api.ReleaseAddressRequest) error {
 		d.Log.Info("address released", "pool", r.PoolID, "address", addr)
 	} else {
 		d.Log.Info("address was not held by this host; nothing to release", "pool", r.PoolID, "address", addr)
+	}
+	return nil
+}
+
+// keep hands a release refused for want of space to d.Pending, so that
+// dockerd can be answered with success. It fails with refused when it
+// cannot keep it.
+func (d *Driver) keep(ctx context.Context, subnet netip.Prefix, addr netip.Addr, refused error) error {
+	r, ok, err := d.Pools.PendingRelease(ctx, subnet, addr)
+	if err == nil && ok {
+		err = d.Pending.Add(r)
+	}
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w (and keeping the release for later failed: %v)", refused, err)
+	case ok:
+		d.Log.Warn("etcd is out of space: release kept, to apply once it has room", "pool", subnet, "address", addr, "record", r.Record.Describe(), "err", refused)
 	}
 	return nil
 }
