@@ -13,6 +13,7 @@ import (
 
 	"github.com/talkingdata/ipam/cmd/internal/etcdflags"
 	"github.com/talkingdata/ipam/pool"
+	"github.com/talkingdata/ipam/releasequeue"
 )
 
 func main() {
@@ -32,7 +33,7 @@ func main() {
 			&cli.StringFlag{Name: "socket-group", EnvVars: []string{"IPAM_SOCKET_GROUP"}, Value: "docker",
 				Usage: "group given access to the socket, when it exists"},
 			&cli.StringFlag{Name: "data-dir", EnvVars: []string{"IPAM_DATA_DIR"}, Value: "/var/lib/talkingdata-ipam",
-				Usage: "embedded etcd's data, used when no --etcd-endpoints are given"},
+				Usage: "the daemon's state: releases etcd refused for want of space, kept until it has room (" + releasequeue.FileName + "), and the embedded etcd's data, used when no --etcd-endpoints are given"},
 			&cli.BoolFlag{Name: "embedded-etcd", EnvVars: []string{"IPAM_EMBEDDED_ETCD"}, Value: true,
 				Usage: "run an embedded etcd when no --etcd-endpoints are given; false makes missing endpoints an error (the managed plugin sets false)"},
 			&cli.DurationFlag{Name: "request-timeout", EnvVars: []string{"IPAM_REQUEST_TIMEOUT"}, Value: defaultRequestTimeout,

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/releasequeue"
 )
 
 // healthTimeout bounds /healthz's etcd read: a probe must answer, not hang.
@@ -113,8 +114,11 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // serveMetrics serves /metrics and /healthz on addr until stop is called.
-func serveMetrics(addr string, m *metrics, store *etcdstore.Store, log *slog.Logger) (stop func(), err error) {
-	m.reg.MustRegister(newPoolCollector(store))
+func serveMetrics(addr string, m *metrics, store *etcdstore.Store, pending *releasequeue.Queue, log *slog.Logger) (stop func(), err error) {
+	m.reg.MustRegister(newPoolCollector(store), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "talkingdata_releases_pending",
+		Help: "Releases etcd refused for want of space (its NOSPACE alarm), kept in --data-dir to apply once it has room.",
+	}, func() float64 { return float64(pending.Len()) }))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -124,7 +128,19 @@ func serveMetrics(addr string, m *metrics, store *etcdstore.Store, log *slog.Log
 			http.Error(w, "etcd unreachable: "+err.Error(), http.StatusServiceUnavailable)
 			return
 		}
-		fmt.Fprintln(w, "ok")
+		alarms, err := store.Alarms(hctx)
+		if err == nil {
+			err = etcdstore.AlarmsError(alarms)
+		}
+		status := "ok"
+		if err != nil {
+			status = err.Error()
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		fmt.Fprintln(w, status)
+		if n := pending.Len(); n > 0 {
+			fmt.Fprintf(w, "%d releases etcd refused for want of space are kept in %s, to apply once it has room\n", n, releasequeue.FileName)
+		}
 	})
 	l, err := net.Listen("tcp", addr)
 	if err != nil {

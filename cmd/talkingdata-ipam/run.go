@@ -18,6 +18,7 @@ import (
 	"github.com/talkingdata/ipam/etcdstore"
 	"github.com/talkingdata/ipam/ipam"
 	"github.com/talkingdata/ipam/pool"
+	"github.com/talkingdata/ipam/releasequeue"
 )
 
 // defaultRequestTimeout leaves room for a first RequestPool to seed a /16
@@ -69,9 +70,15 @@ func run(c *cli.Context) error {
 		StoreName:  "etcd " + strings.Join(cfg.Endpoints, ","),
 		Log:        log,
 	}
+	pending, err := releasequeue.Open(c.String("data-dir"), driver.Pools, driver.Timeout, log)
+	if err != nil {
+		return err
+	}
+	driver.Pending = pending
+	go pending.Run(ctx)
 	go loadHostPools(ctx, store, host, log)
 	if m != nil {
-		stopMetrics, err := serveMetrics(c.String("metrics-addr"), m, store, log)
+		stopMetrics, err := serveMetrics(c.String("metrics-addr"), m, store, pending, log)
 		if err != nil {
 			return err
 		}
