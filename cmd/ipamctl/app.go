@@ -39,7 +39,7 @@ func newApp() *cli.App {
 			&cli.DurationFlag{Name: "timeout", EnvVars: []string{"IPAM_TIMEOUT"}, Value: defaultTimeout,
 				Usage: "bound on each command's etcd calls (init-range adds 1ms per address it seeds)"},
 		),
-		Commands:        []*cli.Command{initRangeCommand(), poolCommand(), addrCommand(), releaseCommand(), reserveCommand(), anycastCommand(), hostRangeCommand(), hostCommand(), checkCommand(), statusCommand(), networkCommand(), bridgeCommand(), vlanCommand(), gcCommand()},
+		Commands:        []*cli.Command{initRangeCommand(), poolCommand(), addrCommand(), releaseCommand(), reserveCommand(), anycastCommand(), hostRangeCommand(), hostCommand(), checkCommand(), statusCommand(), networkCommand(), bridgeCommand(), vlanCommand(), gcCommand(), etcdCommand()},
 		HideHelpCommand: true,
 	}
 }

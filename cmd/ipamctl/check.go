@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/talkingdata/ipam/etcdstore"
 	"github.com/talkingdata/ipam/pool"
 )
 
@@ -20,8 +21,10 @@ inside the seeded ranges; used records well-formed and of a known kind,
 reservation and anycast fields only where they belong, each host holding
 an anycast address at most once;
 gateway, aux and host references consistent with the hosts' networks on
-the pool; the owner index matching the container records. Exits non-zero
-when it finds anything. With no SUBNET it checks every pool.`,
+the pool; the owner index matching the container records. It also lists
+etcd's alarms (NOSPACE, CORRUPT): while one is raised etcd refuses
+changes. Exits non-zero when it finds anything. With no SUBNET it checks
+every pool.`,
 		ArgsUsage: "[SUBNET...]",
 		Flags:     []cli.Flag{jsonFlag()},
 		Action:    check,
@@ -53,8 +56,13 @@ func check(c *cli.Context) error {
 	}
 	defer e.Close()
 	var out []checkJSON
+	var alarms []etcdstore.Alarm
 	total := 0
 	err = e.do(c, 0, func(ctx context.Context) error {
+		var err error
+		if alarms, err = e.store.Alarms(ctx); err != nil {
+			return err
+		}
 		subnets := only
 		if len(subnets) == 0 {
 			var err error
@@ -85,6 +93,9 @@ func check(c *cli.Context) error {
 		}
 	} else {
 		t := newTable(c.App.Writer, "SUBNET", "ADDRESS", "PROBLEM", "FIX")
+		for _, a := range alarms {
+			t.row("etcd", "-", "alarm "+a.String()+": "+a.Effect(), a.Fix())
+		}
 		for _, p := range out {
 			if len(p.Anomalies) == 0 {
 				t.row(p.Subnet, "-", "ok", "-")
@@ -97,8 +108,12 @@ func check(c *cli.Context) error {
 			return err
 		}
 	}
-	if total > 0 {
+	alarmed := etcdstore.AlarmsError(alarms)
+	switch {
+	case total > 0 && alarmed != nil:
+		return fmt.Errorf("%d anomalies in %d pools; %w", total, len(out), alarmed)
+	case total > 0:
 		return fmt.Errorf("%d anomalies in %d pools", total, len(out))
 	}
-	return nil
+	return alarmed
 }

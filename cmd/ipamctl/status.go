@@ -19,13 +19,14 @@ func statusCommand() *cli.Command {
 		Name:  "status",
 		Usage: "etcd's members, this host's daemon liveness, and every pool's utilisation",
 		Description: `What the daemon on this host depends on, in one look: each etcd endpoint's
-version, leadership, database size and alarms (or why it does not answer);
+version, leadership, database size and alarms (or why it does not answer),
+and the cluster's alarms (NOSPACE, CORRUPT: etcd refuses changes);
 the liveness record of --host-id (the daemon's lease-bound key, the lease's
 time left, and when it last recorded itself); and every pool as pool ls
 shows it. Each endpoint is asked on its own, all at once, for at most 2s,
 and the host and the pools are read through the members that answer, so
 one member down still gives the whole report. Exits 1 when an endpoint
-does not answer or the host's daemon is not alive.`,
+does not answer, an alarm is raised, or the host's daemon is not alive.`,
 		ArgsUsage: " ",
 		Flags:     []cli.Flag{jsonFlag()},
 		Action:    status,
@@ -35,6 +36,8 @@ does not answer or the host's daemon is not alive.`,
 // statusJSON is `status --json`.
 type statusJSON struct {
 	Etcd []endpointJSON `json:"etcd"`
+	// Alarms is absent (null) when etcd could not be read.
+	Alarms []alarmJSON `json:"alarms"`
 	// Host and Pools are absent (null) when etcd could not be read.
 	Host  *hostJSON  `json:"host,omitempty"`
 	Pools []poolJSON `json:"pools"`
@@ -47,6 +50,13 @@ type endpointJSON struct {
 	DBSize    int64    `json:"dbSize"`
 	RaftIndex uint64   `json:"raftIndex"`
 	Errors    []string `json:"errors,omitempty"`
+}
+
+type alarmJSON struct {
+	Member string `json:"member"` // hex, as etcdctl member list shows it
+	Alarm  string `json:"alarm"`  // NOSPACE, CORRUPT
+	Effect string `json:"effect"`
+	Fix    string `json:"fix"`
 }
 
 type hostJSON struct {
@@ -86,6 +96,14 @@ func status(c *cli.Context) error {
 	readErr := errors.New("no etcd endpoint answers, so neither the host nor the pools were read")
 	if answered > 0 {
 		readErr = e.do(c, 0, func(ctx context.Context) error {
+			alarms, err := e.store.Alarms(ctx)
+			if err != nil {
+				return err
+			}
+			out.Alarms = []alarmJSON{}
+			for _, a := range alarms {
+				out.Alarms = append(out.Alarms, alarmJSON{Member: a.Member, Alarm: a.Name, Effect: a.Effect(), Fix: a.Fix()})
+			}
 			h, err := e.store.Host(ctx, c.String("host-id"))
 			if err != nil {
 				return err
@@ -133,6 +151,13 @@ func (s statusJSON) problem() error {
 			bad = append(bad, "etcd "+ep.Endpoint+" does not answer")
 		}
 	}
+	var alarms []etcdstore.Alarm
+	for _, a := range s.Alarms {
+		alarms = append(alarms, etcdstore.Alarm{Member: a.Member, Name: a.Alarm})
+	}
+	if err := etcdstore.AlarmsError(alarms); err != nil {
+		bad = append(bad, err.Error())
+	}
 	if s.Host != nil && s.Host.State != etcdstore.HostAlive {
 		bad = append(bad, fmt.Sprintf("the daemon of host %q is %s (is talkingdata-ipam running with --host-id %s?)", s.Host.Host, s.Host.State, s.Host.Host))
 	}
@@ -154,6 +179,16 @@ func printStatus(w io.Writer, s statusJSON) error {
 	}
 	if err := t.flush(); err != nil {
 		return err
+	}
+	if len(s.Alarms) > 0 {
+		fmt.Fprintln(w)
+		t = newTable(w, "ETCD ALARM", "MEMBER", "EFFECT", "FIX")
+		for _, a := range s.Alarms {
+			t.row(a.Alarm, a.Member, a.Effect, a.Fix)
+		}
+		if err := t.flush(); err != nil {
+			return err
+		}
 	}
 	if s.Host == nil {
 		return nil // the error says why
