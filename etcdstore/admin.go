@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
-	"strconv"
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -24,7 +23,7 @@ func (s *Store) Pools(ctx context.Context) ([]pool.Meta, error) {
 func (s *Store) pools(ctx context.Context) ([]pool.Meta, int64, error) {
 	r, err := s.cli.Get(ctx, s.k.metaDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("listing pools: %w", err)
+		return nil, 0, fmt.Errorf("listing pools: %w", transient(ctx, err))
 	}
 	out := make([]pool.Meta, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {
@@ -102,9 +101,9 @@ func (s *Store) Refs(ctx context.Context, subnet netip.Prefix) (map[string]int, 
 	}
 	out := map[string]int{}
 	for _, kv := range r.Kvs {
-		n, err := strconv.Atoi(string(kv.Value))
+		n, err := refCount(kv)
 		if err != nil {
-			return nil, fmt.Errorf("malformed reference count %q at %s", kv.Value, kv.Key)
+			return nil, err
 		}
 		out[strings.TrimPrefix(string(kv.Key), dir)] = n
 	}
@@ -216,7 +215,7 @@ func (s *Store) Snapshot(ctx context.Context, subnet netip.Prefix) (pool.Snapsho
 		}
 	}
 	for _, kv := range r.Responses[3].GetResponseRange().Kvs {
-		n, err := strconv.Atoi(string(kv.Value))
+		n, err := refCount(kv)
 		if err != nil {
 			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
 			continue

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
@@ -36,6 +37,7 @@ type Store struct {
 	batch  *batcher
 	views  views
 	delays delayLeases
+	refs   refWriters
 }
 
 // New uses cli with keys under prefix.
@@ -121,7 +123,7 @@ func (s *Store) CreateMeta(ctx context.Context, m pool.Meta) (pool.Meta, bool, e
 			If(clientv3.Compare(clientv3.CreateRevision(s.k.metaDir()), "<", rev+1).WithPrefix()).
 			Then(clientv3.OpPut(s.k.meta(m.Subnet), encodeMeta(m))).Commit()
 		if err != nil {
-			return pool.Meta{}, false, err
+			return pool.Meta{}, false, marked(ctx, err)
 		}
 		if r.Succeeded {
 			m.Rev = r.Header.Revision
@@ -349,32 +351,43 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 	return fresh, false, err
 }
 
-func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int) (int, error) {
+// AddRef applies delta with a compare on the key's revision, retrying
+// lost races. Only this process writes its host's refs/ keys, and it does so
+// one call at a time per key (refs.lock), so after an error whose outcome
+// is unknown, the next call for the key can tell: the key's revision moves
+// if and only if that call commits, at once or late, while its twin with
+// the same compare waits. A retry of the same op that sees it move is done.
+func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int, op string) (int, error) {
 	key, meta := s.k.ref(subnet, host), s.k.meta(subnet)
+	unlock := s.refs.lock(key)
+	defer unlock()
 	r, err := s.cli.Get(ctx, key)
 	if err != nil {
-		return 0, err
+		return 0, transient(ctx, err)
+	}
+	u, unknown := s.refs.takeUnknown(key)
+	retry := unknown && u.op == op
+	if retry && keyRev(r.Kvs) != u.rev {
+		return refCount(first(r.Kvs))
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
-		var n int
-		var rev int64
-		if len(r.Kvs) > 0 {
-			if n, err = strconv.Atoi(string(r.Kvs[0].Value)); err != nil {
-				return 0, fmt.Errorf("malformed reference count %q at %s", r.Kvs[0].Value, key)
-			}
-			rev = r.Kvs[0].ModRevision
+		n, err := refCount(first(r.Kvs))
+		if err != nil {
+			return 0, err
 		}
+		rev := keyRev(r.Kvs)
 		n = max(n+delta, 0)
-		op := clientv3.OpPut(key, strconv.Itoa(n))
+		put := clientv3.OpPut(key, strconv.Itoa(n))
 		if n == 0 {
-			op = clientv3.OpDelete(key)
+			put = clientv3.OpDelete(key)
 		}
 		t, err := s.cli.Txn(ctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev),
 				clientv3.Compare(clientv3.CreateRevision(meta), ">", 0)).
-			Then(op).Else(clientv3.OpGet(key), clientv3.OpGet(meta, clientv3.WithCountOnly())).Commit()
+			Then(put).Else(clientv3.OpGet(key), clientv3.OpGet(meta, clientv3.WithCountOnly())).Commit()
 		if err != nil {
-			return 0, err
+			s.refs.setUnknown(key, refUnknown{op: op, rev: rev})
+			return 0, marked(ctx, err)
 		}
 		if t.Succeeded {
 			return n, nil
@@ -383,6 +396,81 @@ func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, de
 			return 0, fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
 		}
 		r = (*clientv3.GetResponse)(t.Responses[0].GetResponseRange())
+		if retry {
+			return refCount(first(r.Kvs)) // the earlier attempt committed late
+		}
 	}
 	return 0, fmt.Errorf("updating %s: %w", key, pool.ErrContention)
+}
+
+// first is the first of kvs, nil when there is none.
+func first(kvs []*mvccpb.KeyValue) *mvccpb.KeyValue {
+	if len(kvs) == 0 {
+		return nil
+	}
+	return kvs[0]
+}
+
+// keyRev is the revision of the first of kvs, 0 when there is none.
+func keyRev(kvs []*mvccpb.KeyValue) int64 {
+	if kv := first(kvs); kv != nil {
+		return kv.ModRevision
+	}
+	return 0
+}
+
+// refCount decodes a refs/ key's value; nil counts 0.
+func refCount(kv *mvccpb.KeyValue) (int, error) {
+	if kv == nil {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(string(kv.Value))
+	if err != nil {
+		return 0, fmt.Errorf("malformed reference count %q at %s", kv.Value, kv.Key)
+	}
+	return n, nil
+}
+
+// refWriters serialises this process's AddRef calls per key and remembers
+// the one whose outcome is unknown.
+type refWriters struct {
+	mu      sync.Mutex
+	locks   map[string]*sync.Mutex
+	unknown map[string]refUnknown
+}
+
+// refUnknown is an AddRef call that failed after it may have committed: op,
+// and the key revision its transaction compared.
+type refUnknown struct {
+	op  string
+	rev int64
+}
+
+func (w *refWriters) lock(key string) (unlock func()) {
+	w.mu.Lock()
+	if w.locks == nil {
+		w.locks, w.unknown = map[string]*sync.Mutex{}, map[string]refUnknown{}
+	}
+	l, ok := w.locks[key]
+	if !ok {
+		l = &sync.Mutex{}
+		w.locks[key] = l
+	}
+	w.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func (w *refWriters) setUnknown(key string, u refUnknown) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.unknown[key] = u
+}
+
+func (w *refWriters) takeUnknown(key string) (refUnknown, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	u, ok := w.unknown[key]
+	delete(w.unknown, key)
+	return u, ok
 }

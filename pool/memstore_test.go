@@ -304,7 +304,7 @@ func (s *memStore) Owned(_ context.Context, subnet netip.Prefix, host, mac strin
 	return a, ok, nil
 }
 
-func (s *memStore) AddRef(_ context.Context, subnet netip.Prefix, host string, delta int) (int, error) {
+func (s *memStore) AddRef(_ context.Context, subnet netip.Prefix, host string, delta int, _ string) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.pools[subnet]

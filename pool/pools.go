@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,7 +90,8 @@ func (p *Pools) Host() string { return p.cfg.Host }
 // on first use (unless RequireInit), finishes a seeding someone else left
 // half done, and counts this host as a user.
 func (p *Pools) Attach(ctx context.Context, n Network) error {
-	m, ok, err := p.store.Meta(ctx, n.Subnet)
+	var r retrier
+	m, ok, err := p.meta(ctx, &r, n.Subnet)
 	if err != nil {
 		return fmt.Errorf("reading pool %s: %w", n.Subnet, err)
 	}
@@ -111,7 +113,12 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 		var b netipx.IPSetBuilder
 		b.AddRange(n.Range())
 		set, _ := b.IPSet()
-		m, _, err = p.store.CreateMeta(ctx, Meta{Subnet: n.Subnet, Ranges: set, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC()})
+		// Retrying is safe: a creation that did commit is found as the
+		// existing pool.
+		m, err = retried(ctx, &r, func() (Meta, error) {
+			m, _, err := p.store.CreateMeta(ctx, Meta{Subnet: n.Subnet, Ranges: set, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC()})
+			return m, err
+		})
 		if err != nil {
 			return fmt.Errorf("creating pool %s: %w", n.Subnet, err)
 		}
@@ -125,7 +132,7 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 		return fmt.Errorf("pool %s: ip-range %s is not seeded (seeded: %s); run `ipamctl init-range --subnet %s --range %s`",
 			n.Subnet, n.IPRange, FormatRanges(m.Ranges), n.Subnet, n.IPRange)
 	}
-	if _, err := p.store.AddRef(ctx, n.Subnet, p.cfg.Host, 1); err != nil {
+	if err := p.addRef(ctx, &r, n.Subnet, 1); err != nil {
 		return fmt.Errorf("recording host %q as user of pool %s: %w", p.cfg.Host, n.Subnet, err)
 	}
 	return nil
@@ -134,15 +141,37 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 // Detach drops this host's use of the pool; the pool itself stays, other
 // hosts may use it.
 func (p *Pools) Detach(ctx context.Context, subnet netip.Prefix) error {
-	if _, ok, err := p.store.Meta(ctx, subnet); err != nil {
+	var r retrier
+	if _, ok, err := p.meta(ctx, &r, subnet); err != nil {
 		return fmt.Errorf("reading pool %s: %w", subnet, err)
 	} else if !ok {
 		return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
 	}
-	if _, err := p.store.AddRef(ctx, subnet, p.cfg.Host, -1); err != nil {
+	if err := p.addRef(ctx, &r, subnet, -1); err != nil {
 		return fmt.Errorf("dropping host %q from pool %s: %w", p.cfg.Host, subnet, err)
 	}
 	return nil
+}
+
+// meta is Store.Meta, retried after transient errors.
+func (p *Pools) meta(ctx context.Context, r *retrier, subnet netip.Prefix) (Meta, bool, error) {
+	type found struct {
+		m  Meta
+		ok bool
+	}
+	f, err := retried(ctx, r, func() (found, error) {
+		m, ok, err := p.store.Meta(ctx, subnet)
+		return found{m, ok}, err
+	})
+	return f.m, f.ok, err
+}
+
+// addRef is Store.AddRef, retried after transient errors under one op id,
+// which keeps a retry of a change that did commit from counting twice.
+func (p *Pools) addRef(ctx context.Context, r *retrier, subnet netip.Prefix, delta int) error {
+	op := newOpID()
+	_, err := retried(ctx, r, func() (int, error) { return p.store.AddRef(ctx, subnet, p.cfg.Host, delta, op) })
+	return err
 }
 
 // AddRanges records set as seeded in subnet's pool (creating the pool) and
@@ -245,7 +274,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			p.remember(ctx, n.Subnet, want, a, c.Version)
 			return want, nil
 		case c.Existing == want:
-			return p.adopt(ctx, &r, n.Subnet, want, a)
+			return p.adopt(ctx, n.Subnet, want, a)
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case c.Existing.IsValid():
@@ -280,7 +309,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			p.remember(ctx, n.Subnet, addr, a, c.Version)
 			return addr, nil
 		case c.Existing.IsValid():
-			return p.adopt(ctx, &r, n.Subnet, c.Existing, a) // a retry: an earlier answer was lost
+			return p.adopt(ctx, n.Subnet, c.Existing, a) // a retry: an earlier answer was lost
 		case c.NoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case c.Delayed:
@@ -341,15 +370,27 @@ func (p *Pools) remember(ctx context.Context, subnet netip.Prefix, addr netip.Ad
 
 // claim is Store.Claim, tried again after transient errors when that is
 // safe: for an endpoint in the owner index, whose retry finds what an
-// attempt that did commit took (Existing). Every attempt uses the same a,
-// so an adopted record keeps a's time and the undo of a request that gives
-// up still recognises it. Without a MAC nothing would find such an
-// address, and a retry could take a second one.
+// attempt that did commit took (Existing), and for a counted record (a
+// gateway), whose op id the address's record shows if an attempt took it.
+// Every attempt uses the same a, so an adopted record keeps a's time and
+// the undo of a request that gives up still recognises it. A container
+// without a MAC is not retried: nothing would find what an attempt took,
+// and a retry could take a second address (dockerd always sends the MAC
+// to this driver, which asks for it).
 func (p *Pools) claim(ctx context.Context, r *retrier, subnet netip.Prefix, addr netip.Addr, a Allocation, takeDelayed bool) (Claim, error) {
 	for {
 		c, err := p.store.Claim(ctx, subnet, addr, a, takeDelayed)
-		if err == nil || !indexed(a) || !r.again(ctx, err) {
+		if err == nil || !(indexed(a) || counted(&a)) || !r.again(ctx, err) {
 			return c, r.giveUp(err)
+		}
+		if counted(&a) {
+			e, err := p.read(ctx, r, subnet, addr)
+			if err != nil {
+				return Claim{}, err
+			}
+			if e.Used != nil && slices.Contains(e.Used.Ops, a.Ops[len(a.Ops)-1]) {
+				return Claim{Taken: true, Version: e.Version}, nil
+			}
 		}
 	}
 }
@@ -361,28 +402,24 @@ func indexed(a Allocation) bool { return a.Kind == KindContainer && a.MAC != "" 
 // adopt makes a retried request the owner of what its endpoint already
 // holds: it stamps the record with this request's time, so the background
 // undo of an earlier failed attempt (which compares the time) leaves it.
-// The stamp is idempotent, so it is retried after transient errors; a
-// request that gives up undoes what it may have claimed, as Allocate does.
-func (p *Pools) adopt(ctx context.Context, r *retrier, subnet netip.Prefix, addr netip.Addr, a Allocation) (netip.Addr, error) {
-	for {
-		err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-			if !sameEndpoint(e.Used, a) {
-				return State{}, false, fmt.Errorf("%w: %s changed hands while being re-requested", ErrUnavailable, addr)
-			}
-			if e.Used.Since.Equal(a.Since) {
-				return State{}, false, nil // this request's own earlier attempt
-			}
-			next := *e.Used
-			next.Since = a.Since
-			return State{Used: &next}, true, nil
-		})
-		switch {
-		case err == nil:
-			return addr, nil
-		case !r.again(ctx, err):
-			return netip.Addr{}, p.undoClaim(subnet, a, r.giveUp(err))
+// A request that gives up undoes what it may have claimed, as Allocate
+// does.
+func (p *Pools) adopt(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) (netip.Addr, error) {
+	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		if !sameEndpoint(e.Used, a) {
+			return State{}, false, fmt.Errorf("%w: %s changed hands while being re-requested", ErrUnavailable, addr)
 		}
+		if e.Used.Since.Equal(a.Since) {
+			return State{}, false, nil // this request's own earlier attempt
+		}
+		next := *e.Used
+		next.Since = a.Since
+		return State{Used: &next}, true, nil
+	})
+	if err != nil {
+		return netip.Addr{}, p.undoClaim(subnet, a, err)
 	}
+	return addr, nil
 }
 
 func sameEndpoint(u *Allocation, a Allocation) bool {
@@ -452,7 +489,7 @@ func (p *Pools) unseeded(ctx context.Context, subnet netip.Prefix, a netip.Addr)
 // host: only then may it claim an unclaimed host address.
 func (p *Pools) Gateway(ctx context.Context, n Network, addr netip.Addr, local bool) (netip.Addr, error) {
 	if !addr.IsValid() {
-		return p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindGateway, Holders: map[string]int{p.cfg.Host: 1}})
+		return p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindGateway, Holders: map[string]int{p.cfg.Host: 1}, Ops: []string{newOpID()}})
 	}
 	return addr, p.hold(ctx, n.Subnet, addr, KindGateway, local)
 }
@@ -483,45 +520,12 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return false, err
 	}
-	var (
-		r       retrier
-		tried   *Allocation // the record the last attempt's swap was to change
-		unknown *Allocation // a container record a swap with unknown outcome was releasing
-	)
-	for {
-		tried = nil
-		err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-			if unknown != nil && !sameRecord(e.Used, unknown) {
-				released = true // gone: that swap committed, or someone else released it
-				return State{}, false, nil
-			}
-			next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.cfg.ReuseDelay)
-			released = change
-			if change {
-				tried = e.Used
-			}
-			return next, change, err
-		})
-		// Retrying is safe for a container record only: the retry changes
-		// that very record or nothing, whereas a new container of this
-		// host may have the address by now. A shared address's holder
-		// count (gateway, aux) would be decremented twice.
-		if tried != nil && tried.Kind != KindContainer {
-			return released, r.giveUp(err)
-		}
-		if tried != nil {
-			unknown = tried
-		}
-		if err == nil || !r.again(ctx, err) {
-			return released, r.giveUp(err)
-		}
-	}
-}
-
-// sameRecord says whether u is the record a, not merely one of the same
-// endpoint: a new claim stamps a new time.
-func sameRecord(u, a *Allocation) bool {
-	return u != nil && u.Kind == a.Kind && u.Host == a.Host && u.MAC == a.MAC && u.Since.Equal(a.Since)
+	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.cfg.ReuseDelay)
+		released = change
+		return next, change, err
+	})
+	return released, err
 }
 
 // AddHostAddr records addr as a host's own LAN address (`ipamctl
@@ -624,18 +628,23 @@ func (p *Pools) edit(ctx context.Context, subnet netip.Prefix, addr netip.Addr, 
 }
 
 // change applies rule to addr's current entry as one compare-and-swap,
-// re-reading and re-applying after a lost race.
+// re-reading and re-applying after a lost race. After a transient error
+// it reads the entry again (within ctx, paced by a retrier) and asks took
+// whether the failed swap committed; if not, it applies the rule again. A
+// counted record carries this change's op id for that question.
 func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rule func(Entry) (State, bool, error)) error {
-	var e Entry
+	var (
+		r   retrier
+		e   Entry
+		err error
+	)
 	if claimed, ok := p.claimed.LoadAndDelete(claimKey{subnet, addr}); ok {
 		p.remembered.Add(-1)
 		e = claimed.(Entry)
-	} else {
-		var err error
-		if e, err = p.store.Entry(ctx, subnet, addr); err != nil {
-			return fmt.Errorf("reading %s in pool %s: %w", addr, subnet, err)
-		}
+	} else if e, err = p.read(ctx, &r, subnet, addr); err != nil {
+		return err
 	}
+	op := newOpID()
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		if e.Ranges == nil {
 			return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
@@ -644,14 +653,35 @@ func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr
 		if err != nil || !change {
 			return err
 		}
-		fresh, ok, err := p.store.Swap(ctx, subnet, e, next)
-		if err != nil {
-			return fmt.Errorf("updating %s in pool %s: %w", addr, subnet, err)
+		if counted(next.Used) {
+			next.Used = withOp(next.Used, op)
 		}
-		if ok {
+		fresh, ok, err := p.store.Swap(ctx, subnet, e, next)
+		switch {
+		case err == nil && ok:
+			return nil
+		case err == nil:
+			e = fresh
+			continue
+		case !r.again(ctx, err):
+			return fmt.Errorf("updating %s in pool %s: %w", addr, subnet, r.giveUp(err))
+		}
+		if fresh, err = p.read(ctx, &r, subnet, addr); err != nil {
+			return err
+		}
+		if took(e, fresh, next, op) {
 			return nil
 		}
 		e = fresh
 	}
 	return fmt.Errorf("updating %s in pool %s: %w", addr, subnet, ErrContention)
+}
+
+// read is Store.Entry, retried after transient errors.
+func (p *Pools) read(ctx context.Context, r *retrier, subnet netip.Prefix, addr netip.Addr) (Entry, error) {
+	e, err := retried(ctx, r, func() (Entry, error) { return p.store.Entry(ctx, subnet, addr) })
+	if err != nil {
+		return e, fmt.Errorf("reading %s in pool %s: %w", addr, subnet, err)
+	}
+	return e, nil
 }

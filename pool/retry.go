@@ -71,3 +71,19 @@ func (r *retrier) giveUp(err error) error {
 	}
 	return fmt.Errorf("%w (after %d attempts that failed with: %v)", err, r.failed, r.last)
 }
+
+// retried calls call until it succeeds, fails for good, or r gives up.
+// Only calls that are safe to repeat use it: reads, and changes that
+// recognise their own earlier attempt.
+func retried[T any](ctx context.Context, r *retrier, call func() (T, error)) (T, error) {
+	for {
+		v, err := call()
+		if err == nil || !r.again(ctx, err) {
+			return v, r.giveUp(err)
+		}
+	}
+}
+
+// newOpID names one change to a counted record or a reference count, the
+// same across its attempts: 64 random bits.
+func newOpID() string { return fmt.Sprintf("%016x", rand.Uint64()) }

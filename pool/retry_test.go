@@ -10,9 +10,9 @@ import (
 	"time"
 )
 
-// flakyStore fails Claim and Swap as etcd does during an election: a
-// failing call either never reaches the store or commits and loses its
-// answer (commit).
+// flakyStore fails Claim, Swap and AddRef as etcd does during an
+// election: a failing call either never reaches the store or commits and
+// loses its answer (commit).
 type flakyStore struct {
 	*memStore
 	mu     sync.Mutex
@@ -20,6 +20,7 @@ type flakyStore struct {
 	calls  map[string]int
 	commit bool
 	err    error
+	refOps map[string]bool // AddRef ops that committed: the contract applies each once
 }
 
 var errElection = fmt.Errorf("%w: etcdserver: request timed out", ErrTransient)
@@ -55,6 +56,27 @@ func (s *flakyStore) Swap(ctx context.Context, subnet netip.Prefix, cur Entry, n
 	return Entry{}, false, s.err
 }
 
+func (s *flakyStore) AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int, op string) (int, error) {
+	failing := s.failing("AddRef")
+	s.mu.Lock()
+	done := s.refOps[op]
+	if !failing || s.commit {
+		s.refOps[op] = true
+	}
+	s.mu.Unlock()
+	switch {
+	case failing && !s.commit:
+		return 0, s.err
+	case done:
+		return s.memStore.AddRef(ctx, subnet, host, 0, op)
+	}
+	n, err := s.memStore.AddRef(ctx, subnet, host, delta, op)
+	if failing {
+		return 0, s.err // committed, answer lost
+	}
+	return n, err
+}
+
 func (s *flakyStore) used(subnet netip.Prefix) map[netip.Addr]Allocation {
 	s.memStore.mu.Lock()
 	defer s.memStore.mu.Unlock()
@@ -75,7 +97,7 @@ func TestTransientErrors(t *testing.T) {
 	gw := netip.MustParseAddr("198.18.0.1")
 	for _, tc := range []struct {
 		name    string
-		op      string // auto, ip, gateway-auto, gateway, release, release-gateway
+		op      string // auto, ip, gateway-auto, gateway, release, release-gateway, attach
 		method  string // the failing call
 		fails   int
 		commit  bool
@@ -91,15 +113,22 @@ func TestTransientErrors(t *testing.T) {
 		{name: "ip, committed", op: "ip", method: "Claim", fails: 3, commit: true, calls: 4, used: 1},
 		{name: "not transient", op: "auto", method: "Claim", fails: 1, commit: true, err: errors.New("etcdserver: mvcc: database space exceeded"), wantErr: errors.ErrUnsupported, calls: 1, used: 0},
 		{name: "deadline ends retries", op: "auto", method: "Claim", fails: forever, commit: true, timeout: 400 * time.Millisecond, wantErr: ErrTransient, used: 0},
-		{name: "gateway without MAC not retried", op: "gateway-auto", method: "Claim", fails: 1, wantErr: ErrTransient, calls: 1, used: 0},
-		{name: "gateway hold not retried", op: "gateway", method: "Swap", fails: 1, commit: true, wantErr: ErrTransient, calls: 1, used: 1},
+		// A gateway's record counts its hosts' networks: its op id tells a
+		// retry that the failed attempt committed, so the count stays 1.
+		{name: "gateway claim, not committed", op: "gateway-auto", method: "Claim", fails: 2, calls: 3, used: 1},
+		{name: "gateway claim, committed", op: "gateway-auto", method: "Claim", fails: 2, commit: true, calls: 1, used: 1},
+		{name: "gateway hold, not committed", op: "gateway", method: "Swap", fails: 2, calls: 3, used: 1},
+		{name: "gateway hold, committed", op: "gateway", method: "Swap", fails: 2, commit: true, calls: 1, used: 1},
 		{name: "release, committed", op: "release", method: "Swap", fails: 1, commit: true, calls: 1, used: 0},
 		{name: "release, not committed", op: "release", method: "Swap", fails: 2, calls: 3, used: 0},
-		{name: "gateway release not retried", op: "release-gateway", method: "Swap", fails: 1, wantErr: ErrTransient, calls: 1, used: 1},
+		{name: "gateway release, not committed", op: "release-gateway", method: "Swap", fails: 2, calls: 3, used: 0},
+		{name: "gateway release, committed", op: "release-gateway", method: "Swap", fails: 2, commit: true, calls: 1, used: 0},
+		{name: "pool reference, not committed", op: "attach", method: "AddRef", fails: 2, calls: 3},
+		{name: "pool reference, committed", op: "attach", method: "AddRef", fails: 2, commit: true, calls: 2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := mustNetwork(t, "198.18.0.0/24", "")
-			s := &flakyStore{memStore: newMemStore(), fails: map[string]int{}, calls: map[string]int{}, commit: tc.commit, err: tc.err}
+			s := &flakyStore{memStore: newMemStore(), fails: map[string]int{}, calls: map[string]int{}, commit: tc.commit, err: tc.err, refOps: map[string]bool{}}
 			if s.err == nil {
 				s.err = errElection
 			}
@@ -146,6 +175,12 @@ func TestTransientErrors(t *testing.T) {
 				}
 				arm()
 				_, err = p.Release(ctx, n.Subnet, gw)
+			case "attach":
+				arm()
+				err = p.Attach(ctx, n)
+				if refs := s.pools[n.Subnet].refs["h"]; err == nil && refs != 2 {
+					t.Errorf("host h's reference count is %d after a second Attach, want 2", refs)
+				}
 			}
 			switch {
 			case tc.wantErr == nil && err != nil:
@@ -172,6 +207,11 @@ func TestTransientErrors(t *testing.T) {
 			if got.IsValid() && tc.used == 1 && tc.op != "release" {
 				if u, ok := used[got]; !ok || u.MAC != mac {
 					t.Fatalf("used %v; want %s held by %s", used, got, mac)
+				}
+			}
+			for a, u := range used {
+				if counted(&u) && u.Holders["h"] != 1 {
+					t.Fatalf("%s is held %d times by host h, want once: %+v", a, u.Holders["h"], u)
 				}
 			}
 		})

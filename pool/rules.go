@@ -3,6 +3,7 @@ package pool
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"time"
 )
 
@@ -128,6 +129,50 @@ func freed(e Entry, now time.Time, delay time.Duration) State {
 
 func seeded(e Entry) bool { return e.Ranges != nil && e.Ranges.Contains(e.Addr) }
 
+// counted says whether u counts references per host (gateway, aux, a host
+// address in use as gateway): a change to it is not idempotent, so it
+// carries an op id (Allocation.Ops). An anycast address's holders are a
+// set, and a container's record is found by its owner index.
+func counted(u *Allocation) bool {
+	return u != nil && (u.Kind == KindGateway || u.Kind == KindAux || u.Kind == KindHost)
+}
+
+// maxOps bounds Allocation.Ops: a change that failed looks for its id at
+// once, before more than a few other changes can have pushed it out.
+const maxOps = 8
+
+// withOp returns u with op as its latest change.
+func withOp(u *Allocation, op string) *Allocation {
+	next := *u
+	next.Ops = append(slices.Clone(u.Ops[max(len(u.Ops)-maxOps+1, 0):]), op)
+	return &next
+}
+
+// took says whether a swap from e to next, whose outcome is unknown, took
+// effect, judging by fresh, read after it. false means: apply the rule
+// again to fresh. That is right when nothing changed (it did not commit),
+// and for every change but two, which are idempotent (a reservation, an
+// adopted record, an anycast holder, a host address): applied again after
+// a commit, their rule finds nothing to do. The two are a count, which
+// finds its op id, and a removal, which finds the record gone or replaced.
+func took(e, fresh Entry, next State, op string) bool {
+	switch {
+	case fresh.Version == e.Version:
+		return false
+	case counted(next.Used):
+		return fresh.Used != nil && slices.Contains(fresh.Used.Ops, op)
+	case next.Used == nil && e.Used != nil:
+		return !sameRecord(fresh.Used, e.Used)
+	}
+	return false
+}
+
+// sameRecord says whether u is the record a, not merely one of the same
+// endpoint: a new claim stamps a new time.
+func sameRecord(u, a *Allocation) bool {
+	return u != nil && u.Kind == a.Kind && u.Host == a.Host && u.MAC == a.MAC && u.Since.Equal(a.Since)
+}
+
 // claimRule gives an address that automatic allocation never hands out to
 // the endpoint a that asked for it by address (`docker run --ip`): an idle
 // reservation becomes a's container record, keeping its name; an anycast
@@ -140,6 +185,8 @@ func claimRule(e Entry, a Allocation) (State, bool, error) {
 	switch {
 	case u == nil:
 		return State{}, false, fmt.Errorf("%w: %s stopped being reserved or anycast meanwhile; request it again", ErrUnavailable, e.Addr)
+	case a.MAC != "" && sameEndpoint(u, a):
+		return State{}, false, nil // the reservation is a's already: a retry
 	case u.Kind == KindReserved:
 		held := a
 		held.Reservation = u.Reservation

@@ -51,6 +51,11 @@ type Allocation struct {
 	// the idle reservation instead of the free set.
 	Reservation string    `json:"reservation,omitempty"`
 	Since       time.Time `json:"since"`
+	// Ops are the ids of the latest changes to a counted record (gateway,
+	// aux, host: see counted), newest last: a change whose outcome was
+	// unknown (a timeout after the commit) finds its own id here instead
+	// of counting its host twice.
+	Ops []string `json:"ops,omitempty"`
 }
 
 // Vacated is what remains of the record once every holder has let go: the
@@ -185,9 +190,10 @@ type Claim struct {
 // changes state is atomic; a lost race is reported as ok=false or
 // Taken=false, and only a method that retries by itself (CreateMeta,
 // AddRef, Seed) reports ErrContention after too many. ctx bounds each call.
-// Claim, Swap, Entry, Owned and Meta mark an error that did not reach a
-// leader, or whose outcome is unknown, with ErrTransient; the caller's own
-// deadline is not transient.
+// Claim, Swap, AddRef, Entry, Owned, NextReuse and Meta mark an error that
+// did not reach a leader, or whose outcome is unknown, with ErrTransient;
+// the caller's own deadline is not transient. Claim, Swap, CreateMeta and
+// AddRef mark a change refused for want of space with ErrNoSpace.
 type Store interface {
 	// Meta reads a pool; ok is false when it does not exist.
 	Meta(ctx context.Context, subnet netip.Prefix) (m Meta, ok bool, err error)
@@ -227,7 +233,9 @@ type Store interface {
 	Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State) (fresh Entry, ok bool, err error)
 	// AddRef adjusts host's reference count on the pool (RequestPool and
 	// ReleasePool) and returns the new count; it never goes below zero.
-	AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int) (int, error)
+	// op names the change: called again with the same op after an error,
+	// it applies delta at most once.
+	AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int, op string) (int, error)
 }
 
 // Errors; callers wrap them with the pool and address involved.
