@@ -96,7 +96,7 @@ func newPoolCollector(store *etcdstore.Store) *poolCollector {
 	return &poolCollector{
 		store: store,
 		size:  prometheus.NewDesc("talkingdata_pool_size", "Addresses seeded into the pool (its ranges).", []string{"pool"}, nil),
-		addrs: prometheus.NewDesc("talkingdata_pool_addresses", "The pool's addresses by state: free, delayed (released, in their reuse delay) and used (held by anyone, any kind).",
+		addrs: prometheus.NewDesc("talkingdata_pool_addresses", "The pool's seeded addresses by state, adding up to talkingdata_pool_size: free, delayed (released, in their reuse delay) and held (neither: used by any kind). ipamctl pool ls USED also counts used addresses outside the seeded ranges, such as a router.",
 			[]string{"pool", "state"}, nil),
 	}
 }
@@ -109,7 +109,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(n.Size), p)
 		ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(n.Free), p, "free")
 		ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(n.Delayed), p, "delayed")
-		ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(n.Size-n.Free-n.Delayed), p, "used")
+		ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(n.Size-n.Free-n.Delayed), p, "held")
 	}
 }
 

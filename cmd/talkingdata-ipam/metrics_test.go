@@ -44,7 +44,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		`talkingdata_pool_size{pool="198.18.0.0/28"}`:                                            14,
 		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="free"}`:                          11,
 		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="delayed"}`:                       1, // the default 60 s reuse delay
-		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="used"}`:                          2,
+		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="held"}`:                          2,
 		`talkingdata_plugin_call_duration_seconds_count{method="RequestAddress",result="ok"}`:    3,
 		`talkingdata_plugin_call_duration_seconds_count{method="RequestAddress",result="error"}`: 1,
 		`talkingdata_plugin_call_duration_seconds_count{method="ReleaseAddress",result="ok"}`:    1,
@@ -114,7 +114,7 @@ func TestPoolGaugesFromStart(t *testing.T) {
 	want := map[string]float64{
 		`talkingdata_pool_size{pool="198.18.0.0/28"}`:                   14,
 		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="free"}`: 12,
-		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="used"}`: 2,
+		`talkingdata_pool_addresses{pool="198.18.0.0/28",state="held"}`: 2,
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		m := scrape(t, "http://"+addr+"/metrics")
