@@ -269,20 +269,19 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		if err != nil {
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err))
 		}
-		switch {
-		case c.Taken:
+		switch verdictOf(c, want, true) {
+		case claimTaken:
 			p.remember(ctx, n.Subnet, want, a, c.Version)
 			return want, nil
-		case c.Existing == want:
+		case claimRetried:
 			return p.adopt(ctx, n.Subnet, want, a)
-		case c.NoPool:
+		case claimNoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
-		case c.Existing.IsValid():
+		case claimHoldsOther:
 			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
-		case c.Holder != nil && (c.Holder.Kind == KindReserved || c.Holder.Kind == KindAnycast):
+		case claimByRule:
 			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
-		}
-		if c.Holder != nil {
+		case claimHeld:
 			return netip.Addr{}, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, want, c.Holder.Describe())
 		}
 		return netip.Addr{}, p.unseeded(ctx, n.Subnet, want)
@@ -304,15 +303,15 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			free.Add(addr) // the claim may not have reached the store; if it did, the store's update follows
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming an address in pool %s: %w", n, err))
 		}
-		switch {
-		case c.Taken:
+		switch verdictOf(c, addr, false) {
+		case claimTaken:
 			p.remember(ctx, n.Subnet, addr, a, c.Version)
 			return addr, nil
-		case c.Existing.IsValid():
-			return p.adopt(ctx, n.Subnet, c.Existing, a) // a retry: an earlier answer was lost
-		case c.NoPool:
+		case claimRetried:
+			return p.adopt(ctx, n.Subnet, c.Existing, a) // an earlier answer was lost
+		case claimNoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
-		case c.Delayed:
+		case claimDelayed:
 			free.Add(addr) // still free: the store's report of its delay keeps it aside
 		}
 		// Lost a race the copy did not know of yet: take another.
@@ -405,25 +404,11 @@ func indexed(a Allocation) bool { return a.Kind == KindContainer && a.MAC != "" 
 // A request that gives up undoes what it may have claimed, as Allocate
 // does.
 func (p *Pools) adopt(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation) (netip.Addr, error) {
-	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		if !sameEndpoint(e.Used, a) {
-			return State{}, false, fmt.Errorf("%w: %s changed hands while being re-requested", ErrUnavailable, addr)
-		}
-		if e.Used.Since.Equal(a.Since) {
-			return State{}, false, nil // this request's own earlier attempt
-		}
-		next := *e.Used
-		next.Since = a.Since
-		return State{Used: &next}, true, nil
-	})
+	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) { return adoptRule(e, a) })
 	if err != nil {
 		return netip.Addr{}, p.undoClaim(subnet, a, err)
 	}
 	return addr, nil
-}
-
-func sameEndpoint(u *Allocation, a Allocation) bool {
-	return u != nil && u.Kind == KindContainer && u.Host == a.Host && u.MAC == a.MAC
 }
 
 // undoTimeout bounds the background clean-up of a claim whose outcome is
@@ -447,12 +432,7 @@ func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
 		for ctx.Err() == nil {
 			addr, held, err := p.store.Owned(ctx, subnet, a.Host, a.MAC)
 			if err == nil && held {
-				err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-					if !sameEndpoint(e.Used, a) || !e.Used.Since.Equal(a.Since) {
-						return State{}, false, nil
-					}
-					return freed(e, p.now().UTC(), 0), true, nil // never used: no reuse delay
-				})
+				err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) { return undoRule(e, a, p.now().UTC()) })
 			}
 			if err == nil {
 				return
@@ -557,24 +537,7 @@ func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	var was *Allocation
 	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
 		was = e.Used
-		if e.Used == nil {
-			return State{}, false, nil
-		}
-		u := e.Used
-		switch {
-		case only != "" && u.Kind != only:
-			return State{}, false, fmt.Errorf("%s is not a %s address: it is the %s", e.Addr, only, u.Describe())
-		case u.Kind == KindReserved:
-			return State{}, false, fmt.Errorf("%s is reserved as %q and held by no container; to free it: ipamctl reserve rm %s %s", e.Addr, u.Reservation, subnet, e.Addr)
-		case u.Kind == KindAnycast && len(u.Holders) == 0:
-			return State{}, false, fmt.Errorf("%s is an anycast address held by no container; to free it: ipamctl anycast rm %s %s", e.Addr, subnet, e.Addr)
-		case u.Kind == KindAnycast && !force:
-			return State{}, false, fmt.Errorf("%s is an anycast address held by containers on hosts %s; stop them, or use --force", e.Addr, u.HolderList())
-		case len(u.Holders) > 0 && !force:
-			return State{}, false, fmt.Errorf("%s is the %s of hosts %s, whose networks still use it; remove those networks, or use --force",
-				e.Addr, u.Kind, u.HolderList())
-		}
-		return freed(e, p.now().UTC(), p.cfg.ReuseDelay), true, nil
+		return evictRule(e, subnet, force, only, p.now().UTC(), p.cfg.ReuseDelay)
 	})
 	return was, err
 }

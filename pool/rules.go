@@ -3,6 +3,7 @@ package pool
 import (
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"time"
 )
@@ -208,6 +209,92 @@ func claimRule(e Entry, a Allocation) (State, bool, error) {
 	}
 	next.Holders[a.Host], next.MACs[a.Host] = 1, a.MAC
 	return State{Used: &next}, true, nil
+}
+
+// claimVerdict is what a Claim's answer means for the request.
+type claimVerdict int
+
+const (
+	claimTaken      claimVerdict = iota // the address is the request's now
+	claimRetried                        // the endpoint holds it already: an earlier answer was lost
+	claimNoPool                         // the pool does not exist
+	claimHoldsOther                     // the endpoint holds another address than the one it named
+	claimByRule                         // reserved or anycast: claimRule decides
+	claimHeld                           // someone else holds it
+	claimDelayed                        // free, in its reuse delay
+	claimGone                           // neither free nor used: a lost race, or never seeded
+)
+
+// verdictOf reads c, the answer to a claim of addr; named says the request
+// named addr (--ip), so that only that address is its own.
+func verdictOf(c Claim, addr netip.Addr, named bool) claimVerdict {
+	switch {
+	case c.Taken:
+		return claimTaken
+	case c.Existing.IsValid() && (!named || c.Existing == addr):
+		return claimRetried
+	case c.NoPool:
+		return claimNoPool
+	case c.Existing.IsValid():
+		return claimHoldsOther
+	case c.Holder != nil && (c.Holder.Kind == KindReserved || c.Holder.Kind == KindAnycast):
+		return claimByRule
+	case c.Holder != nil:
+		return claimHeld
+	case c.Delayed:
+		return claimDelayed
+	}
+	return claimGone
+}
+
+// adoptRule makes a, a retried request, the owner of the container record
+// its endpoint already holds: the record takes a's time, so the background
+// undo of an earlier failed attempt (which compares the time) leaves it.
+func adoptRule(e Entry, a Allocation) (State, bool, error) {
+	switch {
+	case !sameEndpoint(e.Used, a):
+		return State{}, false, fmt.Errorf("%w: %s changed hands while being re-requested", ErrUnavailable, e.Addr)
+	case e.Used.Since.Equal(a.Since):
+		return State{}, false, nil // this request's own earlier attempt
+	}
+	next := *e.Used
+	next.Since = a.Since
+	return State{Used: &next}, true, nil
+}
+
+// undoRule frees what a claim that failed with an error may have taken:
+// the record of a's endpoint, if it is still that very attempt's (a retry
+// that adopted it stamped it anew). It was never used: no reuse delay.
+func undoRule(e Entry, a Allocation, now time.Time) (State, bool, error) {
+	if !sameEndpoint(e.Used, a) || !e.Used.Since.Equal(a.Since) {
+		return State{}, false, nil
+	}
+	return freed(e, now, 0), true, nil
+}
+
+func sameEndpoint(u *Allocation, a Allocation) bool {
+	return u != nil && u.Kind == KindContainer && u.Host == a.Host && u.MAC == a.MAC
+}
+
+// evictRule is the operator's release of e (in subnet): see Pools.Evict.
+func evictRule(e Entry, subnet netip.Prefix, force bool, only Kind, now time.Time, delay time.Duration) (State, bool, error) {
+	u := e.Used
+	switch {
+	case u == nil:
+		return State{}, false, nil
+	case only != "" && u.Kind != only:
+		return State{}, false, fmt.Errorf("%s is not a %s address: it is the %s", e.Addr, only, u.Describe())
+	case u.Kind == KindReserved:
+		return State{}, false, fmt.Errorf("%s is reserved as %q and held by no container; to free it: ipamctl reserve rm %s %s", e.Addr, u.Reservation, subnet, e.Addr)
+	case u.Kind == KindAnycast && len(u.Holders) == 0:
+		return State{}, false, fmt.Errorf("%s is an anycast address held by no container; to free it: ipamctl anycast rm %s %s", e.Addr, subnet, e.Addr)
+	case u.Kind == KindAnycast && !force:
+		return State{}, false, fmt.Errorf("%s is an anycast address held by containers on hosts %s; stop them, or use --force", e.Addr, u.HolderList())
+	case len(u.Holders) > 0 && !force:
+		return State{}, false, fmt.Errorf("%s is the %s of hosts %s, whose networks still use it; remove those networks, or use --force",
+			e.Addr, u.Kind, u.HolderList())
+	}
+	return freed(e, now, delay), true, nil
 }
 
 // reserveRule takes e out of automatic allocation under name. A container
