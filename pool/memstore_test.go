@@ -307,7 +307,10 @@ func (s *memStore) Owned(_ context.Context, subnet netip.Prefix, host, mac strin
 func (s *memStore) AddRef(_ context.Context, subnet netip.Prefix, host string, delta int, _ string) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	p := s.pools[subnet]
+	p, ok := s.pools[subnet]
+	if !ok {
+		return 0, fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
+	}
 	p.refs[host] = max(p.refs[host]+delta, 0)
 	return p.refs[host], nil
 }

@@ -1,0 +1,4 @@
+package pool
+
+// NewMemStore gives the in-memory store to the external contract test.
+func NewMemStore() Store { return newMemStore() }
