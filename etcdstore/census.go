@@ -48,7 +48,7 @@ func (s *Census) Status(host string) *HostStatus {
 func (s *Store) Census(ctx context.Context) (Census, error) {
 	r, err := s.cli.Txn(ctx).Then(
 		clientv3.OpGet(s.k.metaDir(), clientv3.WithPrefix()),
-		clientv3.OpGet(s.k.prefix+"used/", clientv3.WithPrefix()),
+		clientv3.OpGet(s.k.usedRoot(), clientv3.WithPrefix()),
 		clientv3.OpGet(s.k.hostsDir(), clientv3.WithPrefix()),
 		clientv3.OpGet(s.k.lastSeenDir(), clientv3.WithPrefix()),
 	).Commit()
@@ -97,7 +97,7 @@ func (s *Store) Census(ctx context.Context) (Census, error) {
 // listed decodes a used/<subnet>/<addr> key and its record.
 func (s *Store) listed(kv *mvccpb.KeyValue) (ListedAddr, error) {
 	key := string(kv.Key)
-	subnetPart, _, ok := strings.Cut(strings.TrimPrefix(key, s.k.prefix+"used/"), "/")
+	subnetPart, _, ok := strings.Cut(strings.TrimPrefix(key, s.k.usedRoot()), "/")
 	i := strings.LastIndexByte(subnetPart, '-')
 	if !ok || i < 0 {
 		return ListedAddr{}, fmt.Errorf("malformed used key %q", key)

@@ -239,12 +239,3 @@ func (s *Store) CopyCounts() map[netip.Prefix]CopyCount {
 	}
 	return out
 }
-
-// Ping reads from etcd with quorum, as an allocation would: an error means
-// allocations would fail now.
-func (s *Store) Ping(ctx context.Context) error {
-	if _, err := s.cli.Get(ctx, s.k.metaDir(), clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil {
-		return fmt.Errorf("reading from etcd: %w", err)
-	}
-	return nil
-}

@@ -21,6 +21,8 @@ import (
 //	owners/<subnet>/<host>/<mac>  the address an endpoint holds: written and
 //	                       deleted in the same transactions as its used/ key,
 //	                       so a retried request finds what it already got
+//	hosts/<host>           the host's daemon runs now: on its lease (hosts.go)
+//	lastseen/<host>        when the host's daemon last wrote, no lease
 //
 // <subnet> is "198.18.0.0-16". <addr> sorts in address order, so a key
 // range is an address range: IPv4 is zero-padded ("198.018.001.023"),
@@ -30,7 +32,8 @@ type keys struct{ prefix string }
 func (k keys) meta(s netip.Prefix) string      { return k.prefix + "meta/" + subnetKey(s) }
 func (k keys) metaDir() string                 { return k.prefix + "meta/" }
 func (k keys) freeDir(s netip.Prefix) string   { return k.prefix + "free/" + subnetKey(s) + "/" }
-func (k keys) usedDir(s netip.Prefix) string   { return k.prefix + "used/" + subnetKey(s) + "/" }
+func (k keys) usedRoot() string                { return k.prefix + "used/" }
+func (k keys) usedDir(s netip.Prefix) string   { return k.usedRoot() + subnetKey(s) + "/" }
 func (k keys) refsRoot() string                { return k.prefix + "refs/" }
 func (k keys) refsDir(s netip.Prefix) string   { return k.refsRoot() + subnetKey(s) + "/" }
 func (k keys) ownersDir(s netip.Prefix) string { return k.prefix + "owners/" + subnetKey(s) + "/" }
