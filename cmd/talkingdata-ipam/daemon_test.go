@@ -49,6 +49,11 @@ func TestEmbeddedEtcdSingleHost(t *testing.T) {
 	if _, err := os.Lstat(sock); err == nil {
 		t.Fatal("socket left behind after a clean shutdown")
 	}
+	// A clean stop logs no error, etcd's included, in the daemon's format.
+	logged, _ := os.ReadFile(filepath.Join(dir, "daemon.log"))
+	if strings.Contains(string(logged), "level=ERROR") || strings.Contains(string(logged), `"level":`) {
+		t.Fatalf("a clean stop logged errors or etcd's own JSON lines:\n%s", logged)
+	}
 
 	startDaemon(t, bin, sock, data)
 	other := map[string]string{"com.docker.network.endpoint.macaddress": "02:42:c6:12:00:02"}
