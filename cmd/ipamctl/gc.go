@@ -42,7 +42,10 @@ its reservation, not to the free set.
 Nothing changes without --apply. Each release is one etcd transaction that
 succeeds only if the record is unchanged since it was listed (and, for a
 dead host, while it is still dead), so an address re-allocated meanwhile is
-never freed.`,
+never freed.
+
+RESULT is one of:
+` + gcResultHelp(),
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "apply", Usage: "release the orphans (default: only list them)"},
@@ -62,15 +65,35 @@ never freed.`,
 
 // Results of one address in gc.
 const (
-	gcOrphan   = "orphan"   // would be released with --apply
-	gcReleased = "released" // released by --apply
-	gcChanged  = "changed"  // --apply: changed since listed (re-allocated, host back): kept
+	gcOrphan   = "orphan"
+	gcReleased = "released"
+	gcChanged  = "changed"
 	gcFailed   = "failed"
-	gcYoung    = "young"  // younger than --min-age: kept
-	gcGrace    = "grace"  // its host died less than --grace ago: kept
-	gcUnseen   = "unseen" // its host has no liveness record: kept
-	gcAdvice   = "advice" // a dead host's gateway, aux or host address: listed only
+	gcYoung    = "young"
+	gcGrace    = "grace"
+	gcUnseen   = "unseen"
+	gcAdvice   = "advice"
 )
+
+// gcResults says what each result means, for gc --help.
+var gcResults = []struct{ result, means string }{
+	{gcOrphan, "no container has it: released with --apply"},
+	{gcReleased, "released by --apply"},
+	{gcChanged, "changed since it was listed (re-allocated, its host back): kept"},
+	{gcFailed, "--apply could not release it (DETAIL says why)"},
+	{gcYoung, "allocated less than --min-age ago, its container may be starting: kept (--min-age 0s includes it)"},
+	{gcGrace, "its host died less than --grace ago: kept"},
+	{gcUnseen, "its host has no liveness record: kept"},
+	{gcAdvice, "a dead host's gateway, aux, host or anycast address: listed with the command that frees it"},
+}
+
+func gcResultHelp() string {
+	var b strings.Builder
+	for _, r := range gcResults {
+		fmt.Fprintf(&b, "  %-9s %s\n", r.result, r.means)
+	}
+	return b.String()
+}
 
 // gcJSON is the output of `gc --json`.
 type gcJSON struct {
