@@ -9,23 +9,23 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Host liveness, and the consistent view `ipamctl gc` works from.
 //
-//	hosts/<host>     {"host","since","hostname","pid"}: bound to a lease the
-//	                 daemon keeps alive; gone within the TTL once the daemon
-//	                 stops, crashes or loses etcd
-//	lastseen/<host>  {"host","seen","since","stopped"}: no lease; rewritten
-//	                 every SeenEvery and at shutdown, so a dead host's age is
-//	                 known after its lease key is gone
+//	hosts/<host>     {"host","since","hostname","pid","instance","bootId"}:
+//	                 bound to a lease the daemon keeps alive; gone within the
+//	                 TTL once the daemon stops, crashes or loses etcd
+//	lastseen/<host>  {"host","seen","since","instance","stopped"}: no lease;
+//	                 rewritten every SeenEvery and at shutdown, so a dead
+//	                 host's age is known after its lease key is gone
 //
 // The lease key answers "is the daemon running now" with etcd's own clock
 // (the TTL runs on the server); lastseen answers "for how long not", with
-// the daemon's clock.
+// the daemon's clock. One daemon holds a host id at a time (see
+// hostclaim.go): a second one on another machine is refused at start.
 
 func (k keys) host(id string) string     { return k.prefix + "hosts/" + id }
 func (k keys) hostsDir() string          { return k.prefix + "hosts/" }
@@ -51,6 +51,15 @@ type HostRecord struct {
 	Since    time.Time `json:"since"` // when the daemon started
 	Hostname string    `json:"hostname,omitempty"`
 	PID      int       `json:"pid,omitempty"`
+	// Instance is random per daemon start: it tells two daemons of one
+	// host id apart where hostname and pid do not (a cloned machine, a
+	// plugin in its own pid namespace).
+	Instance string `json:"instance,omitempty"`
+	// BootID is the kernel's boot id of the daemon's machine. A daemon with
+	// the same one is on the same machine since the same boot, so the
+	// key's holder is its predecessor and taken over at once; empty (not
+	// known) never matches.
+	BootID string `json:"bootId,omitempty"`
 }
 
 // LastSeen is the value of a host's lastseen key.
@@ -58,6 +67,8 @@ type LastSeen struct {
 	Host  string    `json:"host"`
 	Seen  time.Time `json:"seen"`
 	Since time.Time `json:"since"` // when the daemon that wrote it started
+	// Instance is the HostRecord.Instance of the daemon that wrote it.
+	Instance string `json:"instance,omitempty"`
 	// Stopped is set by a clean shutdown; a crash leaves it false.
 	Stopped bool `json:"stopped,omitempty"`
 }
@@ -108,11 +119,14 @@ type KeeperConfig struct {
 // retries, and when the lease is lost (etcd unreachable for longer than
 // the TTL, the lease revoked, or the key deleted) it announces the host
 // again with a new lease. Its failures are logged, never fatal: the daemon
-// serves whether or not its liveness is recorded.
+// serves whether or not its liveness is recorded. It never takes the key
+// from a live daemon of another machine (HostTakenError): it logs that
+// daemon and waits for its key to go.
 type Keeper struct {
 	s      *Store
 	rec    HostRecord
 	cfg    KeeperConfig
+	log    *slog.Logger
 	cancel context.CancelFunc
 	done   chan struct{}
 
@@ -121,8 +135,14 @@ type Keeper struct {
 	stopped bool
 }
 
-// StartKeeper announces rec.Host and keeps it announced until Stop.
-func (s *Store) StartKeeper(rec HostRecord, cfg KeeperConfig) *Keeper {
+// StartKeeper announces rec.Host and keeps it announced until Stop. The
+// first announcement happens before it returns, and ctx bounds it: if
+// another machine's daemon holds the host id, StartKeeper waits for that
+// daemon's lease to show whether it runs, and returns a *HostTakenError
+// if it does. Other failures (etcd unreachable) are left to the keeper to
+// retry; StartKeeper returns an error only for a taken host or an ended
+// ctx.
+func (s *Store) StartKeeper(ctx context.Context, rec HostRecord, cfg KeeperConfig) (*Keeper, error) {
 	if cfg.TTL <= 0 {
 		cfg.TTL = DefaultLeaseTTL
 	}
@@ -136,10 +156,16 @@ func (s *Store) StartKeeper(rec HostRecord, cfg KeeperConfig) *Keeper {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	k := &Keeper{s: s, rec: rec, cfg: cfg, cancel: cancel, done: make(chan struct{})}
-	go k.run(ctx)
-	return k
+	k := &Keeper{s: s, rec: rec, cfg: cfg, log: cfg.Log.With("host", rec.Host), done: make(chan struct{})}
+	err := k.announceFirst(ctx)
+	var taken *HostTakenError
+	if err != nil && (errors.As(err, &taken) || ctx.Err() != nil) {
+		return nil, err
+	}
+	run, cancel := context.WithCancel(context.Background())
+	k.cancel = cancel
+	go k.run(run, err)
+	return k, nil
 }
 
 // Lease is the current lease, 0 while the host is not announced.
@@ -157,52 +183,68 @@ func (k *Keeper) setLease(id clientv3.LeaseID) {
 
 // run refreshes the lease every TTL/3 (three chances before it expires)
 // and lastseen every SeenEvery, and re-announces after losing the lease.
-func (k *Keeper) run(ctx context.Context) {
+// err is the first announcement's outcome.
+func (k *Keeper) run(ctx context.Context, err error) {
 	defer close(k.done)
-	log := k.cfg.Log.With("host", k.rec.Host)
-	var nextSeen time.Time
+	var nextSeen time.Time // due: the key is not held yet after a failed start
+	if err == nil {
+		nextSeen = time.Now().Add(k.cfg.SeenEvery)
+	}
 	failing := false
+	reported := "" // the HostTakenError last logged
+	lease := k.Lease()
 	for {
-		var err error
-		lease := k.Lease()
-		switch {
-		case lease == 0:
-			err = k.announce(ctx, log)
-			nextSeen = time.Now().Add(k.cfg.SeenEvery)
-		case !time.Now().Before(nextSeen):
-			if err = k.keepAlive(ctx, lease); err == nil {
-				err = k.seen(ctx, lease, log)
-			}
-			if err == nil {
-				nextSeen = time.Now().Add(k.cfg.SeenEvery)
-			}
-		default:
-			err = k.keepAlive(ctx, lease)
-		}
-		if ctx.Err() != nil {
-			return
-		}
 		wait := k.cfg.TTL / 3
+		var taken *HostTakenError
 		switch {
 		case lease != 0 && errors.Is(err, rpctypes.ErrLeaseNotFound):
-			log.Warn("liveness lease lost (etcd unreachable for longer than its TTL, or the lease was revoked); announcing the host again",
+			k.log.Warn("liveness lease lost (etcd unreachable for longer than its TTL, or the lease was revoked); announcing the host again",
 				"ttl", k.cfg.TTL)
 			k.setLease(0)
 			wait = 0
+		case errors.As(err, &taken):
+			// Taking the key would only make the two daemons take it from
+			// each other; it is checked again every TTL/3 and taken once
+			// the other's lease has gone.
+			if err.Error() != reported {
+				k.log.Error("another machine's daemon holds this host id: the two release each other's addresses until one machine gets its own --host-id; this daemon takes the id once the other's lease is gone",
+					"err", err)
+				reported = err.Error()
+			}
 		case err != nil:
 			if !failing {
-				log.Warn("cannot record this host's liveness in etcd; retrying (the daemon keeps serving)", "err", err)
+				k.log.Warn("cannot record this host's liveness in etcd; retrying (the daemon keeps serving)", "err", err)
 			}
 			failing = true
 			wait = min(wait, time.Second)
-		case failing:
-			log.Info("liveness recorded in etcd again")
-			failing = false
+		case failing || reported != "":
+			k.log.Info("liveness recorded in etcd again")
+			failing, reported = false, ""
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(wait):
+		}
+		lease = k.Lease()
+		due := lease == 0 || !time.Now().Before(nextSeen)
+		switch {
+		case lease == 0:
+			err = k.announce(ctx)
+		case due:
+			if err = k.keepAlive(ctx, lease); err == nil {
+				err = k.hold(ctx, lease)
+			}
+		default:
+			err = k.keepAlive(ctx, lease)
+		}
+		// A round that did not hold the key (etcd down, a key another
+		// daemon holds) leaves hold due, so the next round tries again.
+		if err == nil && due {
+			nextSeen = time.Now().Add(k.cfg.SeenEvery)
+		}
+		if ctx.Err() != nil {
+			return
 		}
 	}
 }
@@ -212,49 +254,8 @@ func (k *Keeper) call(ctx context.Context) (context.Context, context.CancelFunc)
 }
 
 func (k *Keeper) lastSeenValue(stopped bool) string {
-	b, _ := json.Marshal(LastSeen{Host: k.rec.Host, Seen: time.Now().UTC(), Since: k.rec.Since.UTC(), Stopped: stopped})
+	b, _ := json.Marshal(LastSeen{Host: k.rec.Host, Seen: time.Now().UTC(), Since: k.rec.Since.UTC(), Instance: k.rec.Instance, Stopped: stopped})
 	return string(b)
-}
-
-// announce grants a lease and writes the host key with it, and lastseen,
-// in one transaction.
-func (k *Keeper) announce(ctx context.Context, log *slog.Logger) error {
-	cctx, cancel := k.call(ctx)
-	defer cancel()
-	g, err := k.s.cli.Grant(cctx, int64(k.cfg.TTL/time.Second))
-	if err != nil {
-		return fmt.Errorf("granting a lease: %w", err)
-	}
-	// A lease whose transaction below fails expires by itself.
-	rec, _ := json.Marshal(k.rec)
-	key := k.s.k.host(k.rec.Host)
-	r, err := k.s.cli.Txn(cctx).Then(
-		clientv3.OpGet(key),
-		clientv3.OpPut(key, string(rec), clientv3.WithLease(g.ID)),
-		clientv3.OpPut(k.s.k.lastSeen(k.rec.Host), k.lastSeenValue(false)),
-	).Commit()
-	if err != nil {
-		return fmt.Errorf("writing %s: %w", key, err)
-	}
-	k.warnIfOther(r.Responses[0].GetResponseRange().Kvs, log)
-	k.setLease(g.ID)
-	log.Info("host announced in etcd", "key", key, "lease", fmt.Sprintf("%x", int64(g.ID)), "ttl", k.cfg.TTL)
-	return nil
-}
-
-// warnIfOther reports a host key written by a daemon on another machine:
-// two daemons with one --host-id would release each other's addresses.
-// (The same hostname is this daemon's predecessor, before its lease ran
-// out.)
-func (k *Keeper) warnIfOther(kvs []*mvccpb.KeyValue, log *slog.Logger) {
-	if len(kvs) == 0 {
-		return
-	}
-	var prev HostRecord
-	if json.Unmarshal(kvs[0].Value, &prev) == nil && prev.Hostname != k.rec.Hostname {
-		log.Warn("another machine announces the same host id: every host needs its own --host-id",
-			"other", prev.Hostname, "pid", prev.PID, "since", prev.Since)
-	}
 }
 
 func (k *Keeper) keepAlive(ctx context.Context, lease clientv3.LeaseID) error {
@@ -264,33 +265,13 @@ func (k *Keeper) keepAlive(ctx context.Context, lease clientv3.LeaseID) error {
 	return err
 }
 
-// seen rewrites lastseen and, in the same transaction, puts the host key
-// back if it is missing or no longer bound to this lease.
-func (k *Keeper) seen(ctx context.Context, lease clientv3.LeaseID, log *slog.Logger) error {
-	cctx, cancel := k.call(ctx)
-	defer cancel()
-	key, seen := k.s.k.host(k.rec.Host), k.lastSeenValue(false)
-	rec, _ := json.Marshal(k.rec)
-	r, err := k.s.cli.Txn(cctx).
-		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
-		Then(clientv3.OpPut(k.s.k.lastSeen(k.rec.Host), seen)).
-		Else(clientv3.OpGet(key),
-			clientv3.OpPut(key, string(rec), clientv3.WithLease(lease)),
-			clientv3.OpPut(k.s.k.lastSeen(k.rec.Host), seen)).Commit()
-	if err != nil {
-		return err
-	}
-	if !r.Succeeded {
-		k.warnIfOther(r.Responses[0].GetResponseRange().Kvs, log)
-		log.Warn("liveness key was missing or replaced; written again", "key", key)
-	}
-	return nil
-}
-
-// Stop ends the keeper, records a clean shutdown in lastseen and revokes
-// the lease, which deletes the host key at once. ctx bounds those calls;
-// if they fail the key still disappears when the lease expires. Stopping
-// again does nothing.
+// Stop ends the keeper and, if the host key is still its own, records a
+// clean shutdown in lastseen and deletes the key, in one transaction; then
+// it revokes the lease. A key another daemon holds is left alone, so that
+// daemon's host does not show as stopped; so is everything while the
+// keeper holds no lease (never announced, or between losing one and the
+// next). ctx bounds those calls; if they fail the key still disappears
+// when the lease expires. Stopping again does nothing.
 func (k *Keeper) Stop(ctx context.Context) error {
 	k.cancel()
 	<-k.done
@@ -298,20 +279,26 @@ func (k *Keeper) Stop(ctx context.Context) error {
 	again := k.stopped
 	k.stopped = true
 	k.mu.Unlock()
-	if again {
+	lease := k.Lease()
+	if again || lease == 0 {
 		return nil
 	}
 	cctx, cancel := k.call(ctx)
 	defer cancel()
-	_, err := k.s.cli.Put(cctx, k.s.k.lastSeen(k.rec.Host), k.lastSeenValue(true))
-	if err != nil {
+	key := k.s.k.host(k.rec.Host)
+	r, err := k.s.cli.Txn(cctx).
+		If(clientv3.Compare(clientv3.LeaseValue(key), "=", lease)).
+		Then(clientv3.OpPut(k.s.k.lastSeen(k.rec.Host), k.lastSeenValue(true)), clientv3.OpDelete(key)).
+		Commit()
+	switch {
+	case err != nil:
 		err = fmt.Errorf("recording shutdown in %s: %w", k.s.k.lastSeen(k.rec.Host), err)
+	case !r.Succeeded:
+		k.log.Info("the host key is not this daemon's; left alone, and not marked stopped", "key", key)
 	}
-	if lease := k.Lease(); lease != 0 {
-		if _, rerr := k.s.cli.Revoke(cctx, lease); rerr != nil && !errors.Is(rerr, rpctypes.ErrLeaseNotFound) {
-			err = errors.Join(err, fmt.Errorf("revoking liveness lease: %w", rerr))
-		}
-		k.setLease(0)
+	if _, rerr := k.s.cli.Revoke(cctx, lease); rerr != nil && !errors.Is(rerr, rpctypes.ErrLeaseNotFound) {
+		err = errors.Join(err, fmt.Errorf("revoking liveness lease: %w", rerr))
 	}
+	k.setLease(0)
 	return err
 }

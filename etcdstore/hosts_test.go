@@ -2,6 +2,7 @@ package etcdstore_test
 
 import (
 	"context"
+	"crypto/rand"
 	"net/netip"
 	"os"
 	"testing"
@@ -19,9 +20,19 @@ var fastKeeper = etcdstore.KeeperConfig{TTL: 3 * time.Second, SeenEvery: 300 * t
 
 func startKeeper(t *testing.T, s *etcdstore.Store, host string) *etcdstore.Keeper {
 	t.Helper()
-	k := s.StartKeeper(etcdstore.HostRecord{Host: host, Since: time.Now().UTC(), Hostname: "test", PID: os.Getpid()}, fastKeeper)
+	k, err := s.StartKeeper(ctxT(t, 10*time.Second), hostRecord(host, "boot-1"), fastKeeper)
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { k.Stop(context.Background()) })
 	return k
+}
+
+// hostRecord is a daemon's record on the machine of boot id boot, with an
+// instance of its own.
+func hostRecord(host, boot string) etcdstore.HostRecord {
+	return etcdstore.HostRecord{Host: host, Since: time.Now().UTC(), Hostname: "test", PID: os.Getpid(),
+		Instance: rand.Text()[:16], BootID: boot}
 }
 
 // status polls the census until cond holds for host, or fails after 10s.

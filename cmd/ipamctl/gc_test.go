@@ -63,7 +63,10 @@ func deadHostsPool(t *testing.T, c *ctl) {
 	// Liveness: "alive" runs a keeper; the others left lastseen records
 	// behind at various times; "unseen" never ran one.
 	_, store := c.pools("alive")
-	k := store.StartKeeper(etcdstore.HostRecord{Host: "alive", Since: time.Now()}, etcdstore.KeeperConfig{TTL: 3 * time.Second})
+	k, err := store.StartKeeper(ctx(t), etcdstore.HostRecord{Host: "alive", Since: time.Now()}, etcdstore.KeeperConfig{TTL: 3 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { k.Stop(context.Background()) })
 	now := time.Now().UTC()
 	cli := c.etcd.Client(t)

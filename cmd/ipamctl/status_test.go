@@ -35,7 +35,10 @@ func TestStatus(t *testing.T) {
 	}
 
 	_, store := c.pools("ctl")
-	k := store.StartKeeper(etcdstore.HostRecord{Host: "ctl", Since: time.Now(), PID: 4242}, etcdstore.KeeperConfig{})
+	k, err := store.StartKeeper(ctx(t), etcdstore.HostRecord{Host: "ctl", Since: time.Now(), PID: 4242}, etcdstore.KeeperConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() { k.Stop(context.Background()) })
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		if _, _, err := c.run("status"); err == nil {

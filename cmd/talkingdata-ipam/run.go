@@ -63,6 +63,13 @@ func run(c *cli.Context) error {
 
 	host := c.String("host-id")
 	store := etcdstore.New(cli, c.String("etcd-prefix"))
+	// Before anything touches etcd or the socket exists: a second machine
+	// with this host id is refused here.
+	live, err := startLiveness(ctx, store, host, log)
+	if err != nil {
+		return err
+	}
+	defer live.stop() // after the calls in flight have drained
 	driver := &ipam.Driver{
 		Pools:      pool.New(store, pool.Config{Host: host, RequireInit: c.Bool("require-init"), ReuseDelay: c.Duration("reuse-delay")}),
 		Timeout:    c.Duration("request-timeout"),
@@ -92,8 +99,6 @@ func run(c *cli.Context) error {
 	}
 	serving = true
 	defer os.Remove(path)
-	live := startLiveness(etcdstore.New(cli, c.String("etcd-prefix")), host, log)
-	defer live.stop() // after the calls in flight have drained
 	handler := ipam.Handler(driver, log)
 	if m != nil {
 		handler = m.instrument(handler)
