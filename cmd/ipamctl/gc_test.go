@@ -63,7 +63,7 @@ func deadHostsPool(t *testing.T, c *ctl) {
 	// Liveness: "alive" runs a keeper; the others left lastseen records
 	// behind at various times; "unseen" never ran one.
 	_, store := c.pools("alive")
-	k, err := store.StartKeeper(ctx(t), etcdstore.HostRecord{Host: "alive", Since: time.Now()}, etcdstore.KeeperConfig{TTL: 3 * time.Second})
+	k, err := store.StartKeeper(ctx(t), etcdstore.HostRecord{Host: "alive", Since: time.Now(), Instance: "alive-instance"}, etcdstore.KeeperConfig{TTL: 3 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,12 +182,15 @@ func TestGCDeadHosts(t *testing.T) {
 	states := map[string]string{}
 	for _, h := range okJSON[[]hostAddrJSON](c, "host", "ls") {
 		states[h.Host] = h.Live
+		if h.Host == "alive" && h.Instance != "alive-instance" {
+			t.Errorf("host ls: alive's instance %q, want the keeper's", h.Instance)
+		}
 	}
 	wantStates := map[string]string{"alive": "alive", "gone": "dead", "recent": "dead", "unseen": "unknown", "ctl": "dead", "stopped-old": "stopped"}
 	if !maps.Equal(states, wantStates) {
 		t.Fatalf("host ls liveness: %v, want %v", states, wantStates)
 	}
-	if out := c.ok("host", "ls"); !strings.Contains(out, "LIVE") || !strings.Contains(out, "stopped") {
+	if out := c.ok("host", "ls"); !strings.Contains(out, "LIVE") || !strings.Contains(out, "stopped") || !strings.Contains(out, "alive-instance") {
 		t.Fatalf("host ls table:\n%s", out)
 	}
 }

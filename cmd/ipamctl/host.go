@@ -78,8 +78,11 @@ type hostAddrJSON struct {
 	Result  string         `json:"result,omitempty"`  // host-range: recorded, already recorded, failed
 	Error   string         `json:"error,omitempty"`
 	// host ls: the host's daemon, alive, stopped, dead or unknown (see
-	// etcdstore.HostStatus), and when it last reported.
+	// etcdstore.HostStatus), its instance (the live one's, else the one
+	// last seen: tells two daemons of one host id apart), and when it last
+	// reported.
 	Live     string    `json:"live,omitempty"`
+	Instance string    `json:"instance,omitempty"`
 	LastSeen time.Time `json:"lastSeen,omitzero"`
 }
 
@@ -209,7 +212,10 @@ func hostRows(cen etcdstore.Census, only netip.Prefix) []hostAddrJSON {
 			st := cen.Status(out[i].Host)
 			out[i].Live = st.State()
 			if st.LastSeen != nil {
-				out[i].LastSeen = st.LastSeen.Seen.UTC()
+				out[i].Instance, out[i].LastSeen = st.LastSeen.Instance, st.LastSeen.Seen.UTC()
+			}
+			if st.Live != nil {
+				out[i].Instance = st.Live.Instance
 			}
 		}
 	}
@@ -287,10 +293,10 @@ func printHostAddrs(c *cli.Context, out []hostAddrJSON, withResult bool) error {
 		}
 		return t.flush()
 	}
-	t := newTable(c.App.Writer, "ADDRESS", "SUBNET", "HOST", "GATEWAY OF", "LIVE", "LAST SEEN")
+	t := newTable(c.App.Writer, "ADDRESS", "SUBNET", "HOST", "GATEWAY OF", "LIVE", "INSTANCE", "LAST SEEN")
 	for _, h := range out {
 		gw := (&pool.Allocation{Holders: h.Gateway}).HolderList()
-		t.row(dash(h.Address), dash(h.Subnet), dash(h.Host), dash(gw), dash(h.Live), dash(formatTime(h.LastSeen)))
+		t.row(dash(h.Address), dash(h.Subnet), dash(h.Host), dash(gw), dash(h.Live), dash(h.Instance), dash(formatTime(h.LastSeen)))
 	}
 	return t.flush()
 }
