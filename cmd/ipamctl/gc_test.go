@@ -147,6 +147,15 @@ func TestGCDeadHosts(t *testing.T) {
 	if results(shorter)["198.18.1.13"] != gcOrphan {
 		t.Fatalf("with --grace 1m, recent's address: %v", results(shorter))
 	}
+	// A live lease key outweighs lastseen, even one marked stopped long ago
+	// (as a second daemon of the host id stopping used to leave it).
+	b, _ := json.Marshal(etcdstore.LastSeen{Host: "alive", Seen: time.Now().Add(-time.Hour), Stopped: true})
+	if _, err := c.etcd.Client(t).Put(ctx(t), testPrefix+"/lastseen/alive", string(b)); err != nil {
+		t.Fatal(err)
+	}
+	if r := results(okJSON[gcJSON](c, "gc", "--dead-hosts", "--grace", "0s")); r["198.18.1.10"] != "" {
+		t.Fatalf("gc --dead-hosts --grace 0s lists the live host's address: %v", r)
+	}
 	// As seen from host "gone" itself, its own addresses are never listed.
 	if self := results(okJSON[gcJSON](c, "gc", "--dead-hosts", "--host-id", "gone")); self["198.18.1.11"] != "" || self["198.18.1.15"] != gcOrphan {
 		t.Fatalf("gc --dead-hosts --host-id gone: %v", self)
