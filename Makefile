@@ -112,13 +112,15 @@ bench: test-deps build
 # bench-to,NAME,ARGS: go test -run '^$' ARGS, its output shown and kept in BENCH_OUT/NAME.txt.
 bench-to = $(GO) test -run '^$$' $(2) > $(BENCH_OUT)/$(1).txt; s=$$?; cat $(BENCH_OUT)/$(1).txt; exit $$s
 
-# The long chaos test (issue 4) on a fresh lab: 10,000 allocations and 10,000 releases through
-# three hosts' plugins at concurrency 32 while the etcd leader is killed and restarted every 5s
-# and plugins are killed with -9 every 3s; prints the counts, fails on any anomaly. Needs root.
-# Its short form is e2e's TestChaos, part of `make test`. More flags: CHAOS_ARGS="-timeline".
+# The long chaos test (issues 4 and 15) on a fresh lab, 32 concurrent endpoints on three hosts'
+# plugins, in phases: 4,000 operations through 3 etcd leader kills (0 failed, p99 <= 3s: issue
+# 15's target); frozen and restarted members (0 failed); 15 plugin kills (failures allowed).
+# Prints the counts and each phase's p99, failed requests and faults; fails on any anomaly.
+# Needs root. Its short form is e2e's TestChaos, part of `make test`. More flags:
+# CHAOS_ARGS="-timeline", or -phase to run other phases (go run ./tools/chaos -h).
 .PHONY: chaos
 chaos: test-deps
-	$(GO) run ./tools/chaos -ops 20000 -concurrency 32 -min-leader-kills 10 -min-plugin-kills 15 $(CHAOS_ARGS)
+	$(GO) run ./tools/chaos -concurrency 32 $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(BIN) dist

@@ -1,10 +1,12 @@
 // Package harness is a chaos test of the talkingdata IPAM plugin on a lab (internal/lab): workers
 // act as Docker endpoints on the lab's hosts and allocate and release addresses through the
-// plugins' sockets, speaking the remote IPAM protocol as dockerd does, while the etcd leader and
-// plugin processes are killed (SIGKILL) and restarted. It records which endpoint holds which
-// address at every moment, so an address handed to a second holder while the first still holds
-// it is caught when it happens, and afterwards compares etcd (read directly, at one revision)
-// with what the endpoints believe.
+// plugins' sockets, speaking the remote IPAM protocol as dockerd does, through phases of faults:
+// etcd's (a leader killed, a member frozen, a member restarted), where not one request may
+// fail, then the plugins' (killed and restarted), where dockerd sees failed requests but
+// nothing may be lost or leaked. It records which endpoint holds which address at every moment,
+// so an address handed to a second holder while the first still holds it is caught when it
+// happens, and afterwards compares etcd (read directly, at one revision) with what the
+// endpoints believe.
 //
 // The tool tools/chaos and the test e2e/chaos_test.go run it; see Run.
 package harness
@@ -17,7 +19,6 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,10 +32,9 @@ import (
 
 // Config is one run. Zero values take the defaults in Defaults.
 type Config struct {
-	// Ops is the number of logical operations (a RequestAddress or a ReleaseAddress, however
-	// often it had to be re-sent) to complete at least; the load also goes on until the fault
-	// minimums are met.
-	Ops int
+	// Phases run one after the other; operations are logical (a RequestAddress or a
+	// ReleaseAddress, however often it had to be re-sent).
+	Phases []Phase
 	// Concurrency is the number of workers, each one endpoint at a time.
 	Concurrency int
 	// Subnet and IPRange are the Docker network's --subnet and --ip-range; the pool is created
@@ -48,16 +48,12 @@ type Config struct {
 	// MaxHold bounds how long a worker holds an address before releasing it (uniform from 0).
 	MaxHold time.Duration
 
-	// Faults turns the fault loops on.
-	Faults bool
-	// LeaderEvery is the period of the etcd leader kills; EtcdDown how long the killed member
-	// stays down.
-	LeaderEvery, EtcdDown time.Duration
-	// PluginEvery is the period of the plugin kills; PluginDown how long a plugin stays down.
-	PluginEvery, PluginDown time.Duration
-	// MinLeaderKills and MinPluginKills keep the load running until that many faults happened.
-	MinLeaderKills, MinPluginKills int
-	// MaxDuration stops the load even if Ops or the fault minimums were not reached (a failure).
+	// FaultGap is the load before each fault of a phase and after its last.
+	FaultGap time.Duration
+	// EtcdDown is how long a killed leader stays down, MemberDown a restarted follower,
+	// Freeze a frozen member, PluginDown a killed plugin.
+	EtcdDown, MemberDown, Freeze, PluginDown time.Duration
+	// MaxDuration stops a phase even if its operations or faults were not done (a failure).
 	MaxDuration time.Duration
 
 	// CallTimeout bounds one HTTP call. dockerd has none for legacy plugins; the plugin's own
@@ -82,9 +78,14 @@ type Config struct {
 	Logf func(format string, args ...any)
 }
 
-// Defaults is the long form's configuration.
+// Defaults is the long form's configuration. Its first phase is issue 15's target: 4,000
+// requests at 32 concurrent through 3 leader kills with 0 failed and p99 ≤ 3s.
 var Defaults = Config{
-	Ops:                 20000,
+	Phases: []Phase{
+		{Name: "leader-kills", Ops: 4000, Faults: []string{"leader-kill", "leader-kill", "leader-kill"}, MaxP99: 3 * time.Second},
+		{Name: "members", Ops: 2000, Faults: []string{"leader-freeze", "follower-freeze", "follower-restart", "leader-freeze", "follower-freeze", "follower-restart"}},
+		{Name: "plugin-kills", Ops: 10000, Faults: slices.Repeat([]string{"plugin-kill"}, 15)},
+	},
 	Concurrency:         32,
 	Subnet:              "198.18.0.0/16",
 	IPRange:             "198.18.4.0/22",
@@ -92,14 +93,12 @@ var Defaults = Config{
 	KeepPercent:         2,
 	MaxKeep:             200,
 	MaxHold:             20 * time.Millisecond,
-	Faults:              true,
-	LeaderEvery:         5 * time.Second,
+	FaultGap:            3 * time.Second,
 	EtcdDown:            2 * time.Second,
-	PluginEvery:         3 * time.Second,
+	MemberDown:          5 * time.Second,
+	Freeze:              3 * time.Second,
 	PluginDown:          time.Second,
-	MinLeaderKills:      10,
-	MinPluginKills:      15,
-	MaxDuration:         15 * time.Minute,
+	MaxDuration:         5 * time.Minute,
 	CallTimeout:         30 * time.Second,
 	GiveUp:              60 * time.Second,
 	ReleaseErrorRetries: 10,
@@ -118,13 +117,16 @@ func (c *Config) fill() {
 			*v = def
 		}
 	}
-	setInt(&c.Ops, d.Ops)
+	if c.Phases == nil {
+		c.Phases = d.Phases
+	}
 	setInt(&c.Concurrency, d.Concurrency)
 	setInt(&c.ReleaseErrorRetries, d.ReleaseErrorRetries)
 	setDur(&c.MaxHold, d.MaxHold)
-	setDur(&c.LeaderEvery, d.LeaderEvery)
+	setDur(&c.FaultGap, d.FaultGap)
 	setDur(&c.EtcdDown, d.EtcdDown)
-	setDur(&c.PluginEvery, d.PluginEvery)
+	setDur(&c.MemberDown, d.MemberDown)
+	setDur(&c.Freeze, d.Freeze)
 	setDur(&c.PluginDown, d.PluginDown)
 	setDur(&c.MaxDuration, d.MaxDuration)
 	setDur(&c.CallTimeout, d.CallTimeout)
@@ -183,15 +185,10 @@ type Result struct {
 	CheckRan bool   // ipamctl check exists and ran
 	Check    string // its verdict
 
-	LeaderKills, PluginKills int64
-	FaultErrors              int           // fault commands (kill, restart, finding the leader) that failed
-	Duration                 time.Duration // of the load under faults
-	Seed                     uint64
-
-	// Latency sums up how long single calls took under load, per method.
-	Latency string
-	// ErrorKinds counts the failed calls under load by method and message (digits elided).
-	ErrorKinds map[string]int
+	Phases      []PhaseResult
+	FaultErrors int           // fault commands (kill, freeze, restart, finding the leader) that failed
+	Duration    time.Duration // of the phases
+	Seed        uint64
 
 	Failures  []string // one line each: what makes the run fail
 	Anomalies []string // evidence, several lines each
@@ -202,10 +199,10 @@ type Result struct {
 func (r *Result) Line() string {
 	return fmt.Sprintf("chaos: operations=%d (allocations=%d releases=%d, calls=%d) errors-returned=%d transport-errors=%d retries=%d "+
 		"duplicates=%d lost=%d lost-at-grant=%d releases-not-done=%d leaked=%d leaked-releases=%d failed-allocations=%d stale-release-retries=%d (freeing a holder's: %d) invariant-violations=%d free-mismatch=%d "+
-		"grants-verified=%d unverified-reads=%d leader-kills=%d plugin-kills=%d duration=%s seed=%d",
+		"grants-verified=%d unverified-reads=%d duration=%s seed=%d",
 		r.Ops, r.Allocs, r.Releases, r.Calls, r.Errors, r.TransportErrors, r.Retries,
 		r.Duplicates, r.Lost, r.LostAtGrant, r.ReleasesNotDone, r.Leaked, r.LeakedReleases, r.FailedAllocs, r.StaleReleaseRetries, r.StaleReleaseFreed, r.InvariantViolations, r.FreeMismatch,
-		r.GrantsVerified, r.Unverified, r.LeaderKills, r.PluginKills, r.Duration.Round(100*time.Millisecond), r.Seed)
+		r.GrantsVerified, r.Unverified, r.Duration.Round(100*time.Millisecond), r.Seed)
 }
 
 // Report is the summary line, the failures, and the anomalies with their evidence.
@@ -213,16 +210,23 @@ func (r *Result) Report(timeline bool) string {
 	var b strings.Builder
 	b.WriteString(r.Line() + "\n")
 	fmt.Fprintf(&b, "ipamctl check: %s\n", r.Check)
-	if r.Latency != "" {
-		fmt.Fprintf(&b, "latency: %s\n", r.Latency)
-	}
-	kinds := make([]string, 0, len(r.ErrorKinds))
-	for k := range r.ErrorKinds {
-		kinds = append(kinds, k)
-	}
-	slices.SortFunc(kinds, func(a, b string) int { return r.ErrorKinds[b] - r.ErrorKinds[a] })
-	for _, k := range kinds {
-		fmt.Fprintf(&b, "failed calls: %5d × %s\n", r.ErrorKinds[k], k)
+	for _, p := range r.Phases {
+		b.WriteString(p.Line() + "\n")
+		fmt.Fprintf(&b, "  latency: %s\n", p.Latency)
+		for _, f := range p.Faults {
+			b.WriteString("  fault: " + f + "\n")
+		}
+		kinds := make([]string, 0, len(p.ErrorKinds))
+		for k := range p.ErrorKinds {
+			kinds = append(kinds, k)
+		}
+		slices.SortFunc(kinds, func(a, b string) int { return p.ErrorKinds[b] - p.ErrorKinds[a] })
+		for _, k := range kinds {
+			fmt.Fprintf(&b, "  failed calls: %5d × %s\n", p.ErrorKinds[k], k)
+		}
+		for _, e := range p.FailedEvidence {
+			b.WriteString("  FAILED REQUEST: " + e + "\n")
+		}
 	}
 	for _, f := range r.Failures {
 		b.WriteString("FAIL: " + f + "\n")
@@ -245,6 +249,7 @@ type endpoint struct {
 	mac    string
 	p      *plugin
 	worker int
+	phase  string
 
 	mu        sync.Mutex
 	addr      netip.Addr
@@ -262,7 +267,7 @@ func (e *endpoint) logf(format string, args ...any) {
 func (e *endpoint) describe() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return fmt.Sprintf("endpoint mac %s on %s (worker %d, state %s):\n      %s", e.mac, e.p.name, e.worker, e.state,
+	return fmt.Sprintf("endpoint mac %s on %s (worker %d, phase %s, state %s):\n      %s", e.mac, e.p.name, e.worker, e.phase, e.state,
 		strings.Join(e.events, "\n      "))
 }
 
@@ -282,8 +287,9 @@ type runner struct {
 	subnet  netip.Prefix
 	seeded  map[netip.Addr]bool
 	etcd    *clientv3.Client
-	start   time.Time
 	macBase uint32
+	// faultRng is the fault goroutine's, for its choices (hosts, followers).
+	faultRng *rand.Rand
 
 	macSeq   atomic.Uint32
 	stopLoad atomic.Bool
@@ -291,7 +297,6 @@ type runner struct {
 	// counters updated by workers; copied into res at the end
 	ops, allocs, releases, calls, errs, terrs, retries, failed, leakedRel, stale atomic.Int64
 	verified, unverified, lostAtGrant, notReleased, staleFreed                   atomic.Int64
-	leaderKills, pluginKills                                                     atomic.Int64
 
 	mu        sync.Mutex
 	held      map[netip.Addr][]*endpoint // who holds each address right now, per the endpoints (two: a duplicate)
@@ -302,46 +307,11 @@ type runner struct {
 	timeline  []string                   // faults and phases
 	faultErrs []string                   // a fault command that failed
 	stales    map[netip.Addr]*endpoint   // last stale release retry per address
-	latency   map[string][]time.Duration // per method, every call under load
-	errKinds  map[string]int             // see failedCall
+	cur       *phaseRun                  // the phase under way, if any
 }
 
+// digits elides numbers and MACs from error texts, to count them by kind.
 var digits = regexp.MustCompile(`[0-9a-f]{2}(:[0-9a-f]{2}){5}|[0-9]+`)
-
-// failedCall counts a failed call by method and message, digits and MACs elided.
-func (r *runner) failedCall(method string, err error) {
-	k := method + ": " + digits.ReplaceAllString(err.Error(), "#")
-	r.mu.Lock()
-	if r.errKinds != nil {
-		r.errKinds[k]++
-	}
-	r.mu.Unlock()
-}
-
-func (r *runner) took(method string, d time.Duration) {
-	r.mu.Lock()
-	if r.latency != nil {
-		r.latency[method] = append(r.latency[method], d)
-	}
-	r.mu.Unlock()
-}
-
-func (r *runner) latencySummary() string {
-	var parts []string
-	for _, m := range []string{"RequestAddress", "ReleaseAddress"} {
-		ds := slices.Clone(r.latency[m])
-		if len(ds) == 0 {
-			continue
-		}
-		slices.Sort(ds)
-		q := func(f float64) time.Duration {
-			return ds[min(int(f*float64(len(ds))), len(ds)-1)].Round(100 * time.Microsecond)
-		}
-		slow := len(ds) - sort.Search(len(ds), func(i int) bool { return ds[i] >= time.Second })
-		parts = append(parts, fmt.Sprintf("%s p50 %s p99 %s max %s (%d calls ≥1s)", m, q(0.5), q(0.99), ds[len(ds)-1].Round(time.Millisecond), slow))
-	}
-	return strings.Join(parts, "; ")
-}
 
 func (r *runner) logf(format string, args ...any) {
 	line := stamp(time.Now()) + " " + fmt.Sprintf(format, args...)
@@ -358,6 +328,9 @@ func (r *runner) newEndpoint(p *plugin, worker int) *endpoint {
 	mac := fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", byte(r.macBase>>8), byte(r.macBase), byte(n>>16), byte(n>>8), byte(n))
 	e := &endpoint{mac: mac, p: p, worker: worker, state: "allocating"}
 	r.mu.Lock()
+	if r.cur != nil {
+		e.phase = r.cur.Name
+	}
 	r.byMAC[mac] = e
 	r.mu.Unlock()
 	return e
@@ -422,6 +395,7 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Result, error) {
 		byMAC:    map[string]*endpoint{},
 		stales:   map[netip.Addr]*endpoint{},
 		macBase:  uint32(cfg.Seed>>16) & 0xffff,
+		faultRng: rand.New(rand.NewPCG(cfg.Seed, 0)),
 	}
 	r.res.Seed = cfg.Seed
 	var err error
@@ -450,7 +424,14 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Result, error) {
 	if err := r.setup(ctx); err != nil {
 		return &r.res, err
 	}
-	err = r.load(ctx)
+	for _, p := range cfg.Phases {
+		start := time.Now()
+		err = r.runPhase(ctx, &phaseRun{Phase: p})
+		r.res.Duration += time.Since(start)
+		if err != nil {
+			break
+		}
+	}
 	r.counters()
 	if err != nil {
 		r.finish()
@@ -514,67 +495,6 @@ func (r *runner) setup(ctx context.Context) error {
 	}
 	r.logf("setup: %d sticky addresses held", r.cfg.Sticky)
 	return nil
-}
-
-// load runs the workers and the fault loops until the operations and fault minimums are
-// reached, then stops the faults and waits until every member and plugin runs again.
-func (r *runner) load(ctx context.Context) error {
-	r.start = time.Now()
-	r.mu.Lock()
-	r.latency = map[string][]time.Duration{}
-	r.errKinds = map[string]int{}
-	r.mu.Unlock()
-	r.logf("load: %d workers, at least %d operations, faults %v", r.cfg.Concurrency, r.cfg.Ops, r.cfg.Faults)
-	faultCtx, stopFaults := context.WithCancel(ctx)
-	defer stopFaults()
-	var faults sync.WaitGroup
-	if r.cfg.Faults {
-		faults.Add(2)
-		go func() { defer faults.Done(); r.leaderLoop(faultCtx) }()
-		go func() { defer faults.Done(); r.pluginLoop(faultCtx) }()
-	}
-	var workers sync.WaitGroup
-	for w := 0; w < r.cfg.Concurrency; w++ {
-		workers.Add(1)
-		go func() { defer workers.Done(); r.worker(ctx, w) }()
-	}
-	// The controller: stop when enough is done, or at MaxDuration.
-	tick := time.NewTicker(100 * time.Millisecond)
-	lastLog := time.Now()
-	for !r.stopLoad.Load() {
-		select {
-		case <-ctx.Done():
-			r.stopLoad.Store(true)
-		case <-tick.C:
-		}
-		done := r.ops.Load() >= int64(r.cfg.Ops)
-		if r.cfg.Faults {
-			done = done && r.leaderKills.Load() >= int64(r.cfg.MinLeaderKills) && r.pluginKills.Load() >= int64(r.cfg.MinPluginKills)
-		}
-		if done {
-			r.stopLoad.Store(true)
-		}
-		if time.Since(r.start) > r.cfg.MaxDuration {
-			r.stopLoad.Store(true)
-			r.fail("the load did not complete within %s: %d operations, %d leader kills, %d plugin kills",
-				r.cfg.MaxDuration, r.ops.Load(), r.leaderKills.Load(), r.pluginKills.Load())
-		}
-		if time.Since(lastLog) >= 5*time.Second {
-			lastLog = time.Now()
-			r.cfg.Logf("%s progress: %d operations, %d errors returned, %d transport errors, %d leader kills, %d plugin kills",
-				stamp(time.Now()), r.ops.Load(), r.errs.Load(), r.terrs.Load(), r.leaderKills.Load(), r.pluginKills.Load())
-		}
-	}
-	tick.Stop()
-	// The faults stop first (a member or plugin down is restarted), so that the operations in
-	// flight can finish; they keep retrying meanwhile.
-	r.logf("load: stopping the faults and the workers")
-	stopFaults()
-	workers.Wait()
-	r.res.Duration = time.Since(r.start)
-	r.logf("load: workers done after %s", r.res.Duration.Round(time.Millisecond))
-	faults.Wait()
-	return r.restoreAll(ctx)
 }
 
 func (r *runner) worker(ctx context.Context, id int) {
@@ -727,7 +647,7 @@ func (r *runner) allocate(ctx context.Context, e *endpoint) (netip.Addr, bool) {
 		res, err := e.p.RequestAddress(cctx, pluginclient.RequestAddressRequest{PoolID: r.poolID, Options: map[string]string{pluginclient.OptMAC: e.mac}})
 		cancel()
 		r.calls.Add(1)
-		r.took("RequestAddress", time.Since(t0))
+		r.record("RequestAddress", e, t0, err)
 		took := time.Since(t0).Round(time.Millisecond)
 		if err == nil {
 			a, perr := netip.ParsePrefix(res.Address)
@@ -750,7 +670,6 @@ func (r *runner) allocate(ctx context.Context, e *endpoint) (netip.Addr, bool) {
 			r.errs.Add(1)
 		}
 		e.logf("RequestAddress #%d sent %s → %v (%s)", attempt, stamp(t0), err, took)
-		r.failedCall("RequestAddress", err)
 		e.set(func(e *endpoint) { e.uncertain = true })
 		if r.cfg.FailOnErrorAnswer && !pluginclient.IsTransport(err) {
 			r.failed.Add(1)
@@ -799,7 +718,7 @@ func (r *runner) release(ctx context.Context, e *endpoint, a netip.Addr) bool {
 		err := e.p.ReleaseAddress(cctx, r.poolID, a.String())
 		cancel()
 		r.calls.Add(1)
-		r.took("ReleaseAddress", time.Since(t0))
+		r.record("ReleaseAddress", e, t0, err)
 		took := time.Since(t0).Round(time.Millisecond)
 		if err == nil {
 			e.logf("ReleaseAddress %s #%d sent %s → ok (%s)", a, attempt, stamp(t0), took)
@@ -808,7 +727,6 @@ func (r *runner) release(ctx context.Context, e *endpoint, a netip.Addr) bool {
 			return true
 		}
 		e.logf("ReleaseAddress %s #%d sent %s → %v (%s)", a, attempt, stamp(t0), err, took)
-		r.failedCall("ReleaseAddress", err)
 		if pluginclient.IsTransport(err) {
 			r.terrs.Add(1)
 		} else {
@@ -830,7 +748,6 @@ func (r *runner) counters() {
 	r.res.Ops, r.res.Allocs, r.res.Releases, r.res.Calls = r.ops.Load(), r.allocs.Load(), r.releases.Load(), r.calls.Load()
 	r.res.Errors, r.res.TransportErrors, r.res.Retries = r.errs.Load(), r.terrs.Load(), r.retries.Load()
 	r.res.FailedAllocs, r.res.LeakedReleases, r.res.StaleReleaseRetries = r.failed.Load(), r.leakedRel.Load(), r.stale.Load()
-	r.res.LeaderKills, r.res.PluginKills = r.leaderKills.Load(), r.pluginKills.Load()
 	r.res.GrantsVerified, r.res.Unverified = r.verified.Load(), r.unverified.Load()
 	r.res.LostAtGrant, r.res.ReleasesNotDone = int(r.lostAtGrant.Load()), int(r.notReleased.Load())
 	if r.res.LostAtGrant > 0 {
@@ -843,11 +760,6 @@ func (r *runner) counters() {
 	if r.res.ReleasesNotDone > 0 {
 		r.res.Failures = append(r.res.Failures, fmt.Sprintf("%d releases answered with success left the holder's record in etcd", r.res.ReleasesNotDone))
 	}
-	r.mu.Lock()
-	r.res.Latency = r.latencySummary()
-	r.latency = nil // the verification's calls are not counted
-	r.res.ErrorKinds, r.errKinds = r.errKinds, nil
-	r.mu.Unlock()
 }
 
 // finish adds the duplicates, fault errors and timeline to the result.

@@ -3,6 +3,7 @@ package harness
 import (
 	"net/netip"
 	"testing"
+	"time"
 )
 
 func TestKeys(t *testing.T) {
@@ -68,5 +69,49 @@ func TestHoldDuplicate(t *testing.T) {
 	r.unhold(a, e3)
 	if len(r.held) != 0 {
 		t.Fatalf("holders left: %v", r.held)
+	}
+}
+
+func TestParsePhase(t *testing.T) {
+	p, err := ParsePhase("leader-kills:4000:leader-kill*3,follower-freeze:3s")
+	if err != nil || p.Name != "leader-kills" || p.Ops != 4000 || len(p.Faults) != 4 || p.Faults[3] != "follower-freeze" || p.MaxP99 != 3*time.Second {
+		t.Fatalf("ParsePhase = %+v, %v", p, err)
+	}
+	if got := p.String(); got != "leader-kills:4000:leader-kill*3,follower-freeze:3s" {
+		t.Errorf("String = %q", got)
+	}
+	if p.failuresAllowed() {
+		t.Error("etcd faults allow failures")
+	}
+	if p, err := ParsePhase("load:100:"); err != nil || len(p.Faults) != 0 {
+		t.Errorf("no faults: %+v, %v", p, err)
+	}
+	if p, _ := ParsePhase("x:1:plugin-kill"); !p.failuresAllowed() {
+		t.Error("plugin kills allow no failures")
+	}
+	for _, bad := range []string{"x:1", "x:y:leader-kill", "x:1:nospace", "x:1:leader-kill*0", "x:1:leader-kill:soon", ":1:"} {
+		if _, err := ParsePhase(bad); err == nil {
+			t.Errorf("ParsePhase(%q) took it", bad)
+		}
+	}
+}
+
+func TestNearestFault(t *testing.T) {
+	t0 := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	fs := []*faultRecord{
+		{kind: "leader-kill", target: "etcd1 (the leader)", start: t0, end: t0.Add(3 * time.Second)},
+		{kind: "leader-freeze", target: "etcd2 (the leader)", start: t0.Add(10 * time.Second), end: t0.Add(13 * time.Second)},
+	}
+	for _, c := range []struct {
+		at   time.Duration
+		want string
+	}{
+		{time.Second, "1.00s after the leader-kill of etcd1 (the leader) at 12:00:00.000, while it lasted"},
+		{4 * time.Second, "4.00s after the leader-kill of etcd1 (the leader) at 12:00:00.000"},
+		{9 * time.Second, "1.00s before the leader-freeze of etcd2 (the leader) at 12:00:10.000"},
+	} {
+		if got := nearestFault(fs, t0.Add(c.at)); got != c.want {
+			t.Errorf("at +%s: %q, want %q", c.at, got, c.want)
+		}
 	}
 }
