@@ -47,16 +47,19 @@ func New(cli *clientv3.Client, prefix string) *Store {
 
 // metaValue is the stored form of pool.Meta.
 type metaValue struct {
-	Subnet    string    `json:"subnet"`
-	Ranges    string    `json:"ranges"`
-	Seeding   bool      `json:"seeding,omitempty"`
-	CreatedBy string    `json:"createdBy"`
-	Created   time.Time `json:"created"`
+	Subnet  string `json:"subnet"`
+	Ranges  string `json:"ranges"`
+	Seeding bool   `json:"seeding,omitempty"`
+	// ReuseDelay is a Go duration ("1m0s"); pools recorded before it
+	// existed have none and get pool.DefaultReuseDelay.
+	ReuseDelay string    `json:"reuseDelay,omitempty"`
+	CreatedBy  string    `json:"createdBy"`
+	Created    time.Time `json:"created"`
 }
 
 func encodeMeta(m pool.Meta) string {
 	b, _ := json.Marshal(metaValue{Subnet: m.Subnet.String(), Ranges: pool.FormatRanges(m.Ranges),
-		Seeding: m.Seeding, CreatedBy: m.CreatedBy, Created: m.Created})
+		Seeding: m.Seeding, ReuseDelay: m.ReuseDelay.String(), CreatedBy: m.CreatedBy, Created: m.Created})
 	return string(b)
 }
 
@@ -73,7 +76,13 @@ func decodeMeta(key string, value []byte, rev int64) (pool.Meta, error) {
 	if err != nil {
 		return pool.Meta{}, fmt.Errorf("malformed ranges in %s: %w", key, err)
 	}
-	return pool.Meta{Subnet: subnet, Ranges: ranges, Seeding: v.Seeding, CreatedBy: v.CreatedBy, Created: v.Created, Rev: rev}, nil
+	delay := pool.DefaultReuseDelay
+	if v.ReuseDelay != "" {
+		if delay, err = time.ParseDuration(v.ReuseDelay); err != nil {
+			return pool.Meta{}, fmt.Errorf("malformed reuse delay in %s: %w", key, err)
+		}
+	}
+	return pool.Meta{Subnet: subnet, Ranges: ranges, Seeding: v.Seeding, ReuseDelay: delay, CreatedBy: v.CreatedBy, Created: v.Created, Rev: rev}, nil
 }
 
 // metaFrom decodes the first of kvs; ok is false if there is none.
@@ -263,7 +272,7 @@ func entryFrom(addr netip.Addr, rs []*pb.ResponseOp) (pool.Entry, error) {
 	}
 	m, ok, err := metaFrom(rs[2].GetResponseRange().Kvs)
 	if ok {
-		e.Ranges, e.Version.Meta = m.Ranges, m.Rev
+		e.Ranges, e.ReuseDelay, e.Version.Meta = m.Ranges, m.ReuseDelay, m.Rev
 	}
 	return e, err
 }

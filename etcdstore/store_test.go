@@ -422,7 +422,7 @@ func TestReuseDelayAgainstEtcd(t *testing.T) {
 			t.Fatalf("allocation %d got %s, still in its reuse delay", i, got)
 		}
 	}
-	if _, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:03:01"}); !errors.Is(err, pool.ErrNoFree) || !strings.Contains(err.Error(), "--reuse-delay); the first is due in 1h") {
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:03:01"}); !errors.Is(err, pool.ErrNoFree) || !strings.Contains(err.Error(), "reuse delay (ipamctl pool show); the first is due in 1h") {
 		t.Fatalf("only delayed addresses left: %v; want the refusal to say the first is due in about an hour", err)
 	}
 }

@@ -249,7 +249,7 @@ func (s *memStore) entry(subnet netip.Prefix, addr netip.Addr) Entry {
 	if !ok {
 		return e
 	}
-	e.Ranges, e.Version.Meta = p.meta.Ranges, p.meta.Rev
+	e.Ranges, e.ReuseDelay, e.Version.Meta = p.meta.Ranges, p.meta.ReuseDelay, p.meta.Rev
 	if rev, free := p.free[addr]; free {
 		e.Free, e.Version.Free = true, rev
 	}

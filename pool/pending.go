@@ -30,7 +30,7 @@ func (p *Pools) PendingRelease(ctx context.Context, subnet netip.Prefix, addr ne
 	if e.Ranges == nil {
 		return Pending{}, false, fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
 	}
-	_, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.cfg.ReuseDelay)
+	_, change, err := releaseRule(e, p.cfg.Host, p.now().UTC())
 	if err != nil || !change {
 		return Pending{}, false, err
 	}
@@ -46,7 +46,7 @@ func (p *Pools) ReleasePending(ctx context.Context, r Pending) (released bool, e
 			released = false
 			return State{}, false, nil
 		}
-		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.cfg.ReuseDelay)
+		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC())
 		released = change
 		return next, change, err
 	})

@@ -43,7 +43,9 @@ type Config struct {
 	Host        string // this host's id, the owner of what it allocates
 	RequireInit bool   // refuse pools not seeded by ipamctl init-range
 	MaxAutoSeed uint64 // 0 means DefaultMaxAutoSeed
-	// ReuseDelay keeps a released container address from being handed out
+	// ReuseDelay is recorded in the pools this host creates (Attach on
+	// first use, AddRanges): each pool's own delay keeps its released
+	// container addresses from being handed out
 	// again for this long; 0 disables it.
 	ReuseDelay time.Duration
 }
@@ -116,7 +118,7 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 		// Retrying is safe: a creation that did commit is found as the
 		// existing pool.
 		m, err = retried(ctx, &r, func() (Meta, error) {
-			m, _, err := p.store.CreateMeta(ctx, Meta{Subnet: n.Subnet, Ranges: set, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC()})
+			m, _, err := p.store.CreateMeta(ctx, Meta{Subnet: n.Subnet, Ranges: set, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC(), ReuseDelay: p.cfg.ReuseDelay})
 			return m, err
 		})
 		if err != nil {
@@ -200,11 +202,11 @@ func (p *Pools) AddRanges(ctx context.Context, subnet netip.Prefix, set *netipx.
 			return 0, fmt.Errorf("pool %s would hold %s addresses, more than the limit of %d (each free address is one etcd key and a bit in every daemon's copy): seed a smaller range, such as %s",
 				subnet, FormatCount(size), MaxPoolSize, firstBlock(subnet, MaxPoolSize))
 		}
-		next := Meta{Subnet: subnet, Ranges: union, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC()}
+		next := Meta{Subnet: subnet, Ranges: union, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC(), ReuseDelay: p.cfg.ReuseDelay}
 		if !ok {
 			m, ok, err = p.store.CreateMeta(ctx, next)
 		} else if !union.Equal(m.Ranges) || m.Seeding {
-			next.CreatedBy, next.Created = m.CreatedBy, m.Created
+			next.CreatedBy, next.Created, next.ReuseDelay = m.CreatedBy, m.Created, m.ReuseDelay
 			m, ok, err = p.store.UpdateMeta(ctx, m, next)
 		}
 		if err != nil {
@@ -215,6 +217,31 @@ func (p *Pools) AddRanges(ctx context.Context, subnet netip.Prefix, set *netipx.
 		}
 	}
 	return 0, fmt.Errorf("recording ranges of pool %s: %w", subnet, ErrContention)
+}
+
+// SetReuseDelay records d as the pool's reuse delay (`ipamctl pool set`):
+// every daemon and ipamctl apply it to the pool's releases from then on.
+func (p *Pools) SetReuseDelay(ctx context.Context, subnet netip.Prefix, d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("reuse delay %s: it cannot be negative (0 turns it off)", d)
+	}
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		m, ok, err := p.store.Meta(ctx, subnet)
+		switch {
+		case err != nil:
+			return fmt.Errorf("reading pool %s: %w", subnet, err)
+		case !ok:
+			return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
+		case m.ReuseDelay == d:
+			return nil
+		}
+		next := m
+		next.ReuseDelay = d
+		if _, ok, err = p.store.UpdateMeta(ctx, m, next); err != nil || ok {
+			return err
+		}
+	}
+	return fmt.Errorf("setting the reuse delay of pool %s: %w", subnet, ErrContention)
 }
 
 // finishSeeding seeds m's ranges and clears its Seeding mark. Seeding is
@@ -322,7 +349,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 // allDelayed is the refusal when every free address of n's range is in its
 // reuse delay: it says when the first comes out, as the store times it.
 func (p *Pools) allDelayed(ctx context.Context, n Network) error {
-	const why = "the only free ones are in their reuse delay (--reuse-delay)"
+	const why = "the only free ones are in the pool's reuse delay (ipamctl pool show)"
 	d, ok, err := p.store.NextReuse(ctx, n.Subnet)
 	switch {
 	case err != nil:
@@ -362,7 +389,7 @@ func (p *Pools) remember(ctx context.Context, subnet netip.Prefix, addr netip.Ad
 	if p.remembered.Load() >= maxRemembered {
 		return
 	}
-	if _, replaced := p.claimed.Swap(claimKey{subnet, addr}, Entry{Addr: addr, Used: &a, Ranges: m.Ranges, Version: v}); !replaced {
+	if _, replaced := p.claimed.Swap(claimKey{subnet, addr}, Entry{Addr: addr, Used: &a, Ranges: m.Ranges, ReuseDelay: m.ReuseDelay, Version: v}); !replaced {
 		p.remembered.Add(1)
 	}
 }
@@ -501,7 +528,7 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 		return false, err
 	}
 	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC(), p.cfg.ReuseDelay)
+		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC())
 		released = change
 		return next, change, err
 	})
@@ -537,7 +564,7 @@ func (p *Pools) Evict(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	var was *Allocation
 	err := p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
 		was = e.Used
-		return evictRule(e, subnet, force, only, p.now().UTC(), p.cfg.ReuseDelay)
+		return evictRule(e, subnet, force, only, p.now().UTC())
 	})
 	return was, err
 }
@@ -557,7 +584,7 @@ func (p *Pools) Reserve(ctx context.Context, subnet netip.Prefix, addr netip.Add
 // a held one stays with its container until released. It returns the
 // record as it now is (nil: no longer used).
 func (p *Pools) Unreserve(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (*Allocation, error) {
-	return p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unreserveRule(e, p.cfg.ReuseDelay) })
+	return p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unreserveRule(e) })
 }
 
 // AddAnycast marks addr as anycast (`ipamctl anycast add`): every host may
@@ -568,7 +595,7 @@ func (p *Pools) AddAnycast(ctx context.Context, subnet netip.Prefix, addr netip.
 
 // RemoveAnycast frees an anycast address; one still held needs force.
 func (p *Pools) RemoveAnycast(ctx context.Context, subnet netip.Prefix, addr netip.Addr, force bool) error {
-	_, err := p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unanycastRule(e, force, p.cfg.ReuseDelay) })
+	_, err := p.edit(ctx, subnet, addr, func(e Entry) (State, bool, error) { return unanycastRule(e, force) })
 	return err
 }
 

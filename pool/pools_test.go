@@ -509,7 +509,7 @@ func TestReuseDelay(t *testing.T) {
 		err       string        // part of the refusal
 	}{
 		{name: "automatic, within the delay", host: "a", after: time.Second, got: other},
-		{name: "automatic, only the delayed one left", host: "a", after: time.Second, takeOther: true, err: "the only free ones are in their reuse delay (--reuse-delay); the first is due in 59s"},
+		{name: "automatic, only the delayed one left", host: "a", after: time.Second, takeOther: true, err: "the only free ones are in the pool's reuse delay (ipamctl pool show); the first is due in 59s"},
 		{name: "automatic, after the delay", host: "a", after: time.Minute + time.Second, takeOther: true, got: released},
 		// The store times the delay: hosts' clocks do not shorten or lengthen it.
 		{name: "automatic, asker's clock ahead", host: "b", after: time.Second, skew: 2 * time.Minute, takeOther: true, err: "the first is due in 59s"},

@@ -18,10 +18,10 @@ func TestFloatingAddress(t *testing.T) {
 	s := newMemStore()
 	n := mustNetwork(t, "198.18.0.0/29", "") // .1-.6
 	ps := hosts(t, s, n, "a", "b")
-	for _, p := range ps {
-		p.cfg.ReuseDelay = time.Hour // must not apply to the reservation
+	op := New(s, Config{Host: "operator"})
+	if err := op.SetReuseDelay(ctx, n.Subnet, time.Hour); err != nil { // must not apply to the reservation
+		t.Fatal(err)
 	}
-	op := New(s, Config{Host: "operator", ReuseDelay: time.Hour})
 	vip := netip.MustParseAddr("198.18.0.3")
 	if u, err := op.Reserve(ctx, n.Subnet, vip, "web"); err != nil || u.Kind != KindReserved || u.Reservation != "web" {
 		t.Fatalf("reserve: %+v, %v", u, err)

@@ -51,7 +51,7 @@ func holdRule(e Entry, kind Kind, host string, local bool, now time.Time) (State
 // its host when its last network lets go of it as gateway; a reserved
 // address returns to its idle reservation; an anycast address stays
 // anycast.
-func releaseRule(e Entry, host string, now time.Time, delay time.Duration) (next State, change bool, err error) {
+func releaseRule(e Entry, host string, now time.Time) (next State, change bool, err error) {
 	u := e.Used
 	if u == nil {
 		return State{}, false, nil
@@ -62,7 +62,7 @@ func releaseRule(e Entry, host string, now time.Time, delay time.Duration) (next
 			return State{}, false, fmt.Errorf("%w: %s is held by another host: %s; host %q may not release it",
 				ErrUnavailable, e.Addr, u.Describe(), host)
 		}
-		return freed(e, now, delay), true, nil
+		return freed(e, now), true, nil
 	case KindReserved:
 		return State{}, false, nil // idle: nothing of this host's to release
 	case KindAnycast:
@@ -89,7 +89,7 @@ func releaseRule(e Entry, host string, now time.Time, delay time.Duration) (next
 			}
 			return State{Used: &kept}, true, nil
 		case len(rest) == 0:
-			return freed(e, now, delay), true, nil
+			return freed(e, now), true, nil
 		case rest[kept.Host] == 0:
 			kept.Host = firstHost(rest)
 		}
@@ -112,10 +112,10 @@ func without[V any](m map[string]V, key string) map[string]V {
 
 // freed is e's state once nobody holds it: the idle reservation or anycast
 // address it was (stamped now), else free again if seeded. A container's
-// address is kept from automatic allocation for delay, so that LAN
-// neighbours' ARP caches forget the old container's MAC first; an idle
-// reservation needs no delay, as only an explicit request takes it.
-func freed(e Entry, now time.Time, delay time.Duration) State {
+// address is kept from automatic allocation for the pool's reuse delay, so
+// that LAN neighbours' ARP caches forget the old container's MAC first; an
+// idle reservation needs no delay, as only an explicit request takes it.
+func freed(e Entry, now time.Time) State {
 	if e.Used != nil {
 		if idle := e.Used.Vacated(now); idle != nil {
 			return State{Used: idle}
@@ -123,7 +123,7 @@ func freed(e Entry, now time.Time, delay time.Duration) State {
 	}
 	s := State{Free: seeded(e)}
 	if s.Free && e.Used != nil && e.Used.Kind == KindContainer {
-		s.Delay = delay
+		s.Delay = e.ReuseDelay
 	}
 	return s
 }
@@ -269,7 +269,8 @@ func undoRule(e Entry, a Allocation, now time.Time) (State, bool, error) {
 	if !sameEndpoint(e.Used, a) || !e.Used.Since.Equal(a.Since) {
 		return State{}, false, nil
 	}
-	return freed(e, now, 0), true, nil
+	e.ReuseDelay = 0
+	return freed(e, now), true, nil
 }
 
 func sameEndpoint(u *Allocation, a Allocation) bool {
@@ -277,7 +278,7 @@ func sameEndpoint(u *Allocation, a Allocation) bool {
 }
 
 // evictRule is the operator's release of e (in subnet): see Pools.Evict.
-func evictRule(e Entry, subnet netip.Prefix, force bool, only Kind, now time.Time, delay time.Duration) (State, bool, error) {
+func evictRule(e Entry, subnet netip.Prefix, force bool, only Kind, now time.Time) (State, bool, error) {
 	u := e.Used
 	switch {
 	case u == nil:
@@ -294,7 +295,7 @@ func evictRule(e Entry, subnet netip.Prefix, force bool, only Kind, now time.Tim
 		return State{}, false, fmt.Errorf("%s is the %s of hosts %s, whose networks still use it; remove those networks, or use --force",
 			e.Addr, u.Kind, u.HolderList())
 	}
-	return freed(e, now, delay), true, nil
+	return freed(e, now), true, nil
 }
 
 // reserveRule takes e out of automatic allocation under name. A container
@@ -321,13 +322,13 @@ func reserveRule(e Entry, name string, now time.Time) (State, bool, error) {
 
 // unreserveRule ends e's reservation: an idle one is freed (if seeded),
 // a held one stays with its container, whose release then frees it.
-func unreserveRule(e Entry, delay time.Duration) (State, bool, error) {
+func unreserveRule(e Entry) (State, bool, error) {
 	u := e.Used
 	switch {
 	case u == nil || u.Reservation == "":
 		return State{}, false, fmt.Errorf("%s is not reserved (see ipamctl reserve ls)", e.Addr)
 	case u.Kind == KindReserved:
-		return State{Free: seeded(e), Delay: delay}, true, nil
+		return State{Free: seeded(e), Delay: e.ReuseDelay}, true, nil
 	}
 	held := *u
 	held.Reservation = ""
@@ -347,7 +348,7 @@ func anycastRule(e Entry, now time.Time) (State, bool, error) {
 
 // unanycastRule frees an anycast address (if seeded); one that containers
 // still hold needs force.
-func unanycastRule(e Entry, force bool, delay time.Duration) (State, bool, error) {
+func unanycastRule(e Entry, force bool) (State, bool, error) {
 	u := e.Used
 	switch {
 	case u == nil || u.Kind != KindAnycast:
@@ -356,7 +357,7 @@ func unanycastRule(e Entry, force bool, delay time.Duration) (State, bool, error
 		return State{}, false, fmt.Errorf("anycast address %s is held by containers on hosts %s; stop them first, or use --force",
 			e.Addr, u.HolderList())
 	}
-	return State{Free: seeded(e), Delay: delay}, true, nil
+	return State{Free: seeded(e), Delay: e.ReuseDelay}, true, nil
 }
 
 // hostAddrRule records e as a host address not yet claimed by any host.

@@ -17,12 +17,13 @@ var (
 	ruleDelay = time.Minute
 )
 
-// ruleEntry is 198.18.0.5 of a pool seeding 198.18.0.1-198.18.0.9, held by u.
+// ruleEntry is 198.18.0.5 of a pool seeding 198.18.0.1-198.18.0.9 with a
+// reuse delay of ruleDelay, held by u.
 func ruleEntry(u *Allocation) Entry {
 	var b netipx.IPSetBuilder
 	b.AddRange(netipx.MustParseIPRange("198.18.0.1-198.18.0.9"))
 	set, _ := b.IPSet()
-	return Entry{Addr: netip.MustParseAddr("198.18.0.5"), Used: u, Ranges: set}
+	return Entry{Addr: netip.MustParseAddr("198.18.0.5"), Used: u, Ranges: set, ReuseDelay: ruleDelay}
 }
 
 func TestReservationAndAnycastRules(t *testing.T) {
@@ -69,19 +70,19 @@ func TestReservationAndAnycastRules(t *testing.T) {
 			nil, State{}, false, "stopped being reserved or anycast meanwhile"},
 
 		// Releases by a host (dockerd's ReleaseAddress).
-		{"release held reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleDelay) },
+		{"release held reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow) },
 			held("a", "m1", "web"), State{Used: idle}, true, ""},
-		{"release held reservation by another host", func(e Entry) (State, bool, error) { return releaseRule(e, "b", ruleNow, ruleDelay) },
+		{"release held reservation by another host", func(e Entry) (State, bool, error) { return releaseRule(e, "b", ruleNow) },
 			held("a", "m1", "web"), State{}, false, "held by another host"},
-		{"release idle reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleDelay) },
+		{"release idle reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow) },
 			idle, State{}, false, ""},
-		{"release anycast one host", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleDelay) },
+		{"release anycast one host", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow) },
 			anycast(map[string]string{"a": "m1", "b": "m2"}), State{Used: anycast(map[string]string{"b": "m2"})}, true, ""},
-		{"release anycast last host", func(e Entry) (State, bool, error) { return releaseRule(e, "b", ruleNow, ruleDelay) },
+		{"release anycast last host", func(e Entry) (State, bool, error) { return releaseRule(e, "b", ruleNow) },
 			anycast(map[string]string{"b": "m2"}), State{Used: anycast(nil)}, true, ""},
-		{"release anycast not held", func(e Entry) (State, bool, error) { return releaseRule(e, "c", ruleNow, ruleDelay) },
+		{"release anycast not held", func(e Entry) (State, bool, error) { return releaseRule(e, "c", ruleNow) },
 			anycast(map[string]string{"b": "m2"}), State{}, false, ""},
-		{"release plain container", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow, ruleDelay) },
+		{"release plain container", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow) },
 			ptr(ctr("a", "m1")), freeLater, true, ""},
 
 		// ipamctl reserve and reserve rm.
@@ -97,11 +98,11 @@ func TestReservationAndAnycastRules(t *testing.T) {
 			gateway, State{}, false, `in use: gateway of host "a"`},
 		{"reserve an anycast address", func(e Entry) (State, bool, error) { return reserveRule(e, "web", ruleNow) },
 			anycast(nil), State{}, false, "in use: anycast address, not held"},
-		{"unreserve idle", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleDelay) },
+		{"unreserve idle", func(e Entry) (State, bool, error) { return unreserveRule(e) },
 			idle, freeLater, true, ""},
-		{"unreserve held", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleDelay) },
+		{"unreserve held", func(e Entry) (State, bool, error) { return unreserveRule(e) },
 			held("a", "m1", "web"), State{Used: ptr(ctr("a", "m1"))}, true, ""},
-		{"unreserve plain container", func(e Entry) (State, bool, error) { return unreserveRule(e, ruleDelay) },
+		{"unreserve plain container", func(e Entry) (State, bool, error) { return unreserveRule(e) },
 			ptr(ctr("a", "m1")), State{}, false, "is not reserved"},
 
 		// ipamctl anycast add and rm.
@@ -111,13 +112,13 @@ func TestReservationAndAnycastRules(t *testing.T) {
 			anycast(map[string]string{"a": "m1"}), State{}, false, ""},
 		{"anycast a container's address", func(e Entry) (State, bool, error) { return anycastRule(e, ruleNow) },
 			ptr(ctr("a", "m1")), State{}, false, `in use: container of host "a"`},
-		{"anycast rm idle", func(e Entry) (State, bool, error) { return unanycastRule(e, false, ruleDelay) },
+		{"anycast rm idle", func(e Entry) (State, bool, error) { return unanycastRule(e, false) },
 			anycast(nil), freeLater, true, ""},
-		{"anycast rm held", func(e Entry) (State, bool, error) { return unanycastRule(e, false, ruleDelay) },
+		{"anycast rm held", func(e Entry) (State, bool, error) { return unanycastRule(e, false) },
 			anycast(map[string]string{"a": "m1", "b": "m2"}), State{}, false, "held by containers on hosts a,b; stop them first, or use --force"},
-		{"anycast rm held forced", func(e Entry) (State, bool, error) { return unanycastRule(e, true, ruleDelay) },
+		{"anycast rm held forced", func(e Entry) (State, bool, error) { return unanycastRule(e, true) },
 			anycast(map[string]string{"a": "m1"}), freeLater, true, ""},
-		{"anycast rm of a reservation", func(e Entry) (State, bool, error) { return unanycastRule(e, true, ruleDelay) },
+		{"anycast rm of a reservation", func(e Entry) (State, bool, error) { return unanycastRule(e, true) },
 			idle, State{}, false, "not an anycast address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -138,7 +139,7 @@ func TestReservationAndAnycastRules(t *testing.T) {
 	// An unseeded address leaves the reservation to nothing: not free.
 	e := ruleEntry(idle)
 	e.Addr = netip.MustParseAddr("198.18.0.200")
-	if next, _, _ := unreserveRule(e, ruleDelay); next.Free {
+	if next, _, _ := unreserveRule(e); next.Free {
 		t.Errorf("unreserving an unseeded address freed it")
 	}
 }

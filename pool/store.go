@@ -138,10 +138,14 @@ type Meta struct {
 	Ranges *netipx.IPSet
 	// Seeding is true from the moment ranges are added until every address
 	// of them is in the free set; whoever finds it true finishes the job.
-	Seeding   bool
-	CreatedBy string
-	Created   time.Time
-	Rev       int64 // store version, compared on update
+	Seeding bool
+	// ReuseDelay keeps the pool's released container addresses from
+	// automatic allocation for this long: one setting for every daemon
+	// and ipamctl (init-range and pool set record it).
+	ReuseDelay time.Duration
+	CreatedBy  string
+	Created    time.Time
+	Rev        int64 // store version, compared on update
 }
 
 // Entry is a consistent snapshot of one address: free, used, or neither,
@@ -149,11 +153,12 @@ type Meta struct {
 // exist), and the versions the store needs to apply a change only if
 // nothing moved in between.
 type Entry struct {
-	Addr    netip.Addr
-	Free    bool
-	Used    *Allocation
-	Ranges  *netipx.IPSet
-	Version Version
+	Addr       netip.Addr
+	Free       bool
+	Used       *Allocation
+	Ranges     *netipx.IPSet
+	ReuseDelay time.Duration // the pool's
+	Version    Version
 }
 
 // Version is opaque to pool: the store's revisions of the keys behind an Entry.

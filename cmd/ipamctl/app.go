@@ -73,14 +73,30 @@ func connect(c *cli.Context) (*env, error) {
 	return &env{
 		client: client,
 		store:  store,
-		// Operator releases wait out the same reuse delay as the daemon's.
-		pools:     pool.New(store, pool.Config{Host: c.String("host-id"), ReuseDelay: pool.DefaultReuseDelay}),
+		// Releases apply each pool's own reuse delay; this one is only
+		// recorded in a pool init-range creates.
+		pools:     pool.New(store, pool.Config{Host: c.String("host-id"), ReuseDelay: reuseDelay(c)}),
 		timeout:   timeout,
 		endpoints: strings.Join(cfg.Endpoints, ","),
 	}, nil
 }
 
 func (e *env) Close() error { return e.client.Close() }
+
+// reuseDelayFlag sets a pool's reuse delay (init-range, pool set).
+func reuseDelayFlag() cli.Flag {
+	return &cli.DurationFlag{Name: "reuse-delay", Value: pool.DefaultReuseDelay,
+		Usage: "the pool's reuse delay: automatic allocation does not hand a released container address out again for this long, on any host (--ip takes it at once; 0 turns it off)"}
+}
+
+// reuseDelay is the command's --reuse-delay, or the default for commands
+// without one.
+func reuseDelay(c *cli.Context) time.Duration {
+	if c.IsSet("reuse-delay") {
+		return c.Duration("reuse-delay")
+	}
+	return pool.DefaultReuseDelay
+}
 
 // do runs fn bounded by --timeout plus extra, and turns a deadline into a
 // message that says what to check: etcd's client only says "context

@@ -34,7 +34,10 @@ them that is neither free nor used into the free set. Re-running it is
 harmless: it adds only what is missing and never touches used addresses.
 
 A CIDR range means its usable addresses: --range 198.18.0.0/16 of subnet
-198.18.0.0/16 leaves out the network and broadcast addresses.`,
+198.18.0.0/16 leaves out the network and broadcast addresses.
+
+A new pool records --reuse-delay; for an existing one, --reuse-delay given
+explicitly changes it (as ipamctl pool set does).`,
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "subnet", Required: true, Usage: "the pool's subnet, e.g. 198.18.0.0/16"},
@@ -42,6 +45,7 @@ A CIDR range means its usable addresses: --range 198.18.0.0/16 of subnet
 				Usage: "addresses to seed: A-B, a CIDR, or one address (repeatable)"},
 			&cli.StringSliceFlag{Name: "exclude",
 				Usage: "addresses to leave out of the ranges: A-B, a CIDR, or one address (repeatable)"},
+			reuseDelayFlag(),
 			jsonFlag(),
 		},
 		Action: initRange,
@@ -100,8 +104,10 @@ func initRange(c *cli.Context) error {
 
 	var added uint64
 	err = e.do(c, extra, func(ctx context.Context) error {
-		added, err = e.pools.AddRanges(ctx, subnet, set, progress(c.App.ErrWriter, subnet))
-		return err
+		if added, err = e.pools.AddRanges(ctx, subnet, set, progress(c.App.ErrWriter, subnet)); err != nil || !c.IsSet("reuse-delay") {
+			return err
+		}
+		return e.pools.SetReuseDelay(ctx, subnet, c.Duration("reuse-delay"))
 	})
 	if err != nil {
 		return err

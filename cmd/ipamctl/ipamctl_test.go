@@ -148,6 +148,52 @@ func TestInitRange(t *testing.T) {
 	}
 }
 
+// The reuse delay is the pool's: init-range records it, pool set changes
+// it, a re-run of init-range without --reuse-delay keeps it, and a release
+// through any Pools applies it whatever that Pools' own setting.
+func TestPoolReuseDelay(t *testing.T) {
+	c := newCtl(t)
+	const subnet = "198.18.0.0/29"
+	delay := func() string { return okJSON[poolShowJSON](c, "pool", "show", subnet).ReuseDelay }
+	c.ok("init-range", "--subnet", subnet, "--range", "198.18.0.1-198.18.0.2")
+	if got := delay(); got != "1m0s" {
+		t.Fatalf("a pool init-range created without --reuse-delay: %s, want 1m0s", got)
+	}
+	c.ok("init-range", "--subnet", subnet, "--range", "198.18.0.3", "--reuse-delay", "0s")
+	if got := delay(); got != "0s" {
+		t.Fatalf("after init-range --reuse-delay 0s: %s", got)
+	}
+	c.ok("init-range", "--subnet", subnet, "--range", "198.18.0.4")
+	if got := delay(); got != "0s" {
+		t.Fatalf("init-range without --reuse-delay changed it: %s", got)
+	}
+	if out := c.ok("pool", "set", subnet, "--reuse-delay", "1h"); !strings.Contains(out, "reuse delay 1h0m0s") {
+		t.Fatalf("pool set said %q", out)
+	}
+	if got := delay(); got != "1h0m0s" {
+		t.Fatalf("after pool set: %s", got)
+	}
+	c.fails("nothing to set", "pool", "set", subnet)
+	c.fails("does not exist", "pool", "set", "198.18.9.0/24", "--reuse-delay", "1s")
+
+	// A daemon run with no delay releases into the pool's hour.
+	n, err := pool.NewNetwork(subnet, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, store := c.pools("h1") // ReuseDelay 0, as a daemon run with --reuse-delay 0
+	a := netip.MustParseAddr("198.18.0.1")
+	if _, err := p.Allocate(ctx(t), n, a, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:00:01"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Release(ctx(t), n.Subnet, a); err != nil {
+		t.Fatal(err)
+	}
+	if d, ok, err := store.NextReuse(ctx(t), n.Subnet); err != nil || !ok || d < 59*time.Minute {
+		t.Fatalf("after a release by a daemon with --reuse-delay 0: next reuse in %s (ok %v, %v), want the pool's hour", d, ok, err)
+	}
+}
+
 // A /16 reports its progress on stderr, never on stdout.
 func TestInitRangeLarge(t *testing.T) {
 	c := newCtl(t)

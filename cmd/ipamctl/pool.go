@@ -20,7 +20,7 @@ import (
 func poolCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "pool",
-		Usage: "list, show and remove pools",
+		Usage: "list, show, set and remove pools",
 		Subcommands: []*cli.Command{
 			{
 				Name:    "ls",
@@ -35,6 +35,13 @@ func poolCommand() *cli.Command {
 				ArgsUsage: "SUBNET",
 				Flags:     []cli.Flag{jsonFlag()},
 				Action:    poolShow,
+			},
+			{
+				Name:      "set",
+				Usage:     "change a pool's settings, for every host",
+				ArgsUsage: "SUBNET",
+				Flags:     []cli.Flag{reuseDelayFlag()},
+				Action:    poolSet,
 			},
 			{
 				Name:      "rm",
@@ -61,15 +68,17 @@ type poolJSON struct {
 	Used   int64    `json:"used"`
 	// Utilisation is used/(free+used) in percent, one decimal. Used may
 	// hold addresses outside the ranges (a router), so it is not used/size.
-	Utilisation float64   `json:"utilisation"`
-	CreatedBy   string    `json:"createdBy"`
-	Created     time.Time `json:"created,omitzero"`
+	Utilisation float64 `json:"utilisation"`
+	// ReuseDelay is the pool's reuse delay, as a Go duration ("1m0s").
+	ReuseDelay string    `json:"reuseDelay"`
+	CreatedBy  string    `json:"createdBy"`
+	Created    time.Time `json:"created,omitzero"`
 }
 
 func newPoolJSON(m pool.Meta, free, used int64) poolJSON {
 	p := poolJSON{
 		Subnet: m.Subnet.String(), State: "ready", Ranges: rangeList(m.Ranges), Size: pool.SetSize(m.Ranges),
-		Free: free, Used: used, CreatedBy: m.CreatedBy, Created: m.Created.UTC(),
+		Free: free, Used: used, ReuseDelay: m.ReuseDelay.String(), CreatedBy: m.CreatedBy, Created: m.Created.UTC(),
 	}
 	if m.Seeding {
 		p.State = "seeding"
@@ -242,6 +251,7 @@ func printPoolShow(c *cli.Context, p poolShowJSON) error {
 	t.row("FREE", strconv.FormatInt(p.Free, 10))
 	t.row("USED", strconv.FormatInt(p.Used, 10))
 	t.row("UTILISATION", p.utilisation())
+	t.row("REUSE DELAY", p.ReuseDelay)
 	t.row("CREATED", fmt.Sprintf("%s by %s", dash(formatTime(p.Created)), dash(p.CreatedBy)))
 	if err := t.flush(); err != nil {
 		return err
@@ -304,6 +314,30 @@ func sortedKeys(m map[string]int, rank func(string) int) []string {
 		return keys[i] < keys[j]
 	})
 	return keys
+}
+
+func poolSet(c *cli.Context) error {
+	subnet, err := subnetArg(c)
+	if err != nil {
+		return err
+	}
+	if !c.IsSet("reuse-delay") {
+		return errors.New("nothing to set: give --reuse-delay")
+	}
+	e, err := connect(c)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	err = e.do(c, 0, func(ctx context.Context) error { return e.pools.SetReuseDelay(ctx, subnet, c.Duration("reuse-delay")) })
+	if errors.Is(err, pool.ErrUnknownPool) {
+		return fmt.Errorf("pool %s does not exist (see ipamctl pool ls)", subnet)
+	}
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(c.App.Writer, "pool %s: reuse delay %s\n", subnet, c.Duration("reuse-delay"))
+	return err
 }
 
 func poolRemove(c *cli.Context) error {

@@ -39,7 +39,7 @@ func main() {
 			&cli.DurationFlag{Name: "request-timeout", EnvVars: []string{"IPAM_REQUEST_TIMEOUT"}, Value: defaultRequestTimeout,
 				Usage: "bound on every plugin call, etcd round trips included"},
 			&cli.DurationFlag{Name: "reuse-delay", EnvVars: []string{"IPAM_REUSE_DELAY"}, Value: pool.DefaultReuseDelay,
-				Usage: "keep automatic allocation from handing a released container address out again for this long; --ip takes it at once (0 disables)"},
+				Usage: "the reuse delay recorded in a pool this daemon creates on first use (a network on a pool ipamctl init-range did not seed): automatic allocation does not hand a released container address out again for this long; each pool's own delay applies (ipamctl pool show, pool set)"},
 			&cli.BoolFlag{Name: "require-init", EnvVars: []string{"IPAM_REQUIRE_INIT"},
 				Usage: "refuse pools not seeded with `ipamctl init-range` instead of seeding them on first use"},
 			&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{"IPAM_METRICS_ADDR"},

@@ -233,8 +233,8 @@ type daemon struct {
 	client *pluginclient.Client
 }
 
-// startDaemon runs the plugin with the settings a benchmark needs: no reuse delay (a released
-// address is free at once, as in the baseline) and warn logging (info logs every call).
+// startDaemon runs the plugin with warn logging (info logs every call). The benchmark's pools
+// have no reuse delay (initRange): a released address is free at once, as in the baseline.
 func startDaemon(ctx context.Context, bin, dir string, i int, endpoints []string, prefix string) (*daemon, error) {
 	id := fmt.Sprintf("bench%d", i)
 	socket := filepath.Join(dir, id+".sock")
@@ -244,7 +244,6 @@ func startDaemon(ctx context.Context, bin, dir string, i int, endpoints []string
 		"--host-id", id,
 		"--socket", socket,
 		"--data-dir", filepath.Join(dir, id+"-data"), // unused with --etcd-endpoints; never the system's
-		"--reuse-delay", "0s",
 		"--log-level", "warn")
 	if err != nil {
 		return nil, err
