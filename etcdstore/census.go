@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -16,13 +15,13 @@ import (
 )
 
 // `ipamctl gc`'s consistent view of pools, used addresses and hosts, and
-// its compare-guarded release.
+// the guard of its releases.
 
 // ListedAddr is a used address as a Census found it.
 type ListedAddr struct {
 	Subnet netip.Prefix
 	UsedAddr
-	Rev int64 // the used key's revision, compared by ReleaseListed
+	Rev int64 // the used key's revision: pool.ReleaseListed compares it
 }
 
 // Census is every pool, used address and host status at one revision.
@@ -122,75 +121,12 @@ func (s *Store) listed(kv *mvccpb.KeyValue) (ListedAddr, error) {
 	return ListedAddr{Subnet: subnet, UsedAddr: UsedAddr{Addr: a, Allocation: alloc}, Rev: kv.ModRevision}, nil
 }
 
-// ReleaseListed frees a, as listed by Census, and its owner-index entry,
-// in one transaction that succeeds only if its record is unchanged since
-// (same revision): an address released and handed to someone else
-// meanwhile is never freed. A container holding a reservation returns to
-// the idle reservation instead of the free set. With dead set, it also requires that dead.Host
-// has no lease key and that its lastseen record is the one listed: a host
-// that came back keeps its addresses. The address returns to the free set
-// if it lies in the pool's seeded ranges, as pool's release rule does,
-// kept from automatic allocation for delay (zero: not at all). released is
-// false when something changed; err only reports a failed store.
-func (s *Store) ReleaseListed(ctx context.Context, a ListedAddr, dead *HostStatus, delay time.Duration) (released bool, err error) {
-	used, meta := s.k.used(a.Subnet, a.Addr), s.k.meta(a.Subnet)
-	m, ok, err := s.Meta(ctx, a.Subnet)
-	for attempt := 0; attempt < maxAttempts; attempt++ {
-		if err != nil || !ok {
-			return false, err // a pool removed meanwhile took the address with it
-		}
-		cmps := []clientv3.Cmp{
-			clientv3.Compare(clientv3.ModRevision(used), "=", a.Rev),
-			clientv3.Compare(clientv3.ModRevision(meta), "=", m.Rev),
-		}
-		if dead != nil {
-			cmps = append(cmps,
-				clientv3.Compare(clientv3.CreateRevision(s.k.host(dead.Host)), "=", 0),
-				clientv3.Compare(clientv3.ModRevision(s.k.lastSeen(dead.Host)), "=", dead.SeenRev))
-		}
-		ops := []clientv3.Op{clientv3.OpDelete(used)}
-		if idle := a.Allocation.Vacated(time.Now().UTC()); idle != nil {
-			// A reserved address stays reserved, out of the free set.
-			value, err := json.Marshal(idle)
-			if err != nil {
-				return false, err
-			}
-			ops = []clientv3.Op{clientv3.OpPut(used, string(value))}
-		} else if m.Ranges.Contains(a.Addr) {
-			ops = append(ops, clientv3.OpPut(s.k.free(a.Subnet, a.Addr), ""))
-			if delay > 0 && a.Allocation.Kind == pool.KindContainer {
-				lease, err := s.delayLease(ctx, delay)
-				if err != nil {
-					return false, fmt.Errorf("releasing %s in pool %s: %w", a.Addr, a.Subnet, err)
-				}
-				ops = append(ops, clientv3.OpPut(s.k.delay(a.Subnet, a.Addr), "", clientv3.WithLease(lease)))
-			}
-		}
-		if owner := s.k.owner(a.Subnet, a.Allocation); owner != "" {
-			// The owner index goes with the record, if it names this
-			// address (the same endpoint cannot hold two).
-			ops = append(ops, clientv3.OpTxn(
-				[]clientv3.Cmp{clientv3.Compare(clientv3.Value(owner), "=", a.Addr.String())},
-				[]clientv3.Op{clientv3.OpDelete(owner)}, nil))
-		}
-		r, terr := s.cli.Txn(ctx).If(cmps...).Then(ops...).
-			Else(clientv3.OpGet(used, clientv3.WithKeysOnly()), clientv3.OpGet(meta)).Commit()
-		if terr != nil {
-			return false, fmt.Errorf("releasing %s in pool %s: %w", a.Addr, a.Subnet, terr)
-		}
-		if r.Succeeded {
-			return true, nil
-		}
-		kvs := r.Responses[0].GetResponseRange().Kvs
-		if len(kvs) == 0 || kvs[0].ModRevision != a.Rev {
-			return false, nil // released, or re-allocated, meanwhile
-		}
-		// The record is unchanged. If the pool's ranges moved, retry with
-		// them; otherwise the dead host came back: leave it alone.
-		prev := m.Rev
-		if m, ok, err = metaFrom(r.Responses[1].GetResponseRange().Kvs); err == nil && ok && m.Rev == prev {
-			return false, nil
-		}
+// DeadHostGuard holds while h is as dead as a Census found it: no lease
+// key, and its lastseen record unchanged. gc releases a dead host's
+// addresses under it, so a host that came back keeps them.
+func (s *Store) DeadHostGuard(h *HostStatus) pool.Guard {
+	return guard{
+		clientv3.Compare(clientv3.CreateRevision(s.k.host(h.Host)), "=", 0),
+		clientv3.Compare(clientv3.ModRevision(s.k.lastSeen(h.Host)), "=", h.SeenRev),
 	}
-	return false, fmt.Errorf("releasing %s in pool %s: %w", a.Addr, a.Subnet, pool.ErrContention)
 }

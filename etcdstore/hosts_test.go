@@ -134,9 +134,10 @@ func TestKeeperRecovers(t *testing.T) {
 	}
 }
 
-// TestReleaseListedGuards: a listed address is released only while its
-// record is the listed one and, for a dead host, while that host stays
-// dead; the owner index goes with it and the pool stays consistent.
+// TestReleaseListedGuards: gc's release (pool.ReleaseListed) frees a listed
+// address only while its record is the listed one and, under the store's
+// DeadHostGuard, while that host stays dead; the owner index goes with it,
+// the pool's reuse delay applies, and the pool stays consistent.
 func TestReleaseListedGuards(t *testing.T) {
 	_, s, _, n := attachedPool(t, "198.18.0.0/24", "198.18.0.128/25")
 	ctx := ctxT(t, time.Minute)
@@ -178,6 +179,14 @@ func TestReleaseListedGuards(t *testing.T) {
 		t.Fatalf("IPv6 entry listed as %+v", u)
 	}
 	status := cen.Status("dead")
+	gc := pool.New(s, pool.Config{Host: "operator"})
+	release := func(u etcdstore.ListedAddr, dead *etcdstore.HostStatus) (bool, error) {
+		var guards []pool.Guard
+		if dead != nil {
+			guards = append(guards, s.DeadHostGuard(dead))
+		}
+		return gc.ReleaseListed(ctx, u.Subnet, u.Addr, u.Rev, guards...)
+	}
 
 	// .130 is released by its host and handed to another endpoint: the
 	// stale listing must not free the new holder.
@@ -188,7 +197,7 @@ func TestReleaseListedGuards(t *testing.T) {
 	if _, err := other.Allocate(ctx, n, addr("198.18.0.130"), pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:c6:12:01:82"}); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.130")], nil, 0); ok || err != nil {
+	if ok, err := release(listed[addr("198.18.0.130")], nil); ok || err != nil {
 		t.Fatalf("stale listing of a re-allocated address: released=%v err=%v", ok, err)
 	}
 
@@ -196,28 +205,27 @@ func TestReleaseListedGuards(t *testing.T) {
 	// again (its lastseen moved).
 	k = startKeeper(t, s, "dead")
 	waitStatus(t, s, "dead", "alive", alive)
-	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.131")], status, 0); ok || err != nil {
+	if ok, err := release(listed[addr("198.18.0.131")], status); ok || err != nil {
 		t.Fatalf("release while the host is alive: released=%v err=%v", ok, err)
 	}
 	if err := k.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := s.ReleaseListed(ctx, listed[addr("198.18.0.131")], status, 0); ok || err != nil {
+	if ok, err := release(listed[addr("198.18.0.131")], status); ok || err != nil {
 		t.Fatalf("release with a stale lastseen: released=%v err=%v", ok, err)
 	}
 
-	// A fresh listing releases it, .131 with a reuse delay; a second
-	// attempt finds nothing.
+	// A fresh listing releases it, .131 into its pool's reuse delay; a
+	// second attempt finds nothing.
+	if err := gc.SetReuseDelay(ctx, n.Subnet, time.Hour); err != nil {
+		t.Fatal(err)
+	}
 	cen, listed = census()
 	for _, a := range []string{"198.18.0.131", "fd00:12::7"} {
-		var delay time.Duration
-		if a == "198.18.0.131" {
-			delay = time.Hour
-		}
-		if ok, err := s.ReleaseListed(ctx, listed[addr(a)], cen.Status("dead"), delay); !ok || err != nil {
+		if ok, err := release(listed[addr(a)], cen.Status("dead")); !ok || err != nil {
 			t.Fatalf("release of %s: released=%v err=%v", a, ok, err)
 		}
-		if ok, err := s.ReleaseListed(ctx, listed[addr(a)], cen.Status("dead"), 0); ok || err != nil {
+		if ok, err := release(listed[addr(a)], cen.Status("dead")); ok || err != nil {
 			t.Fatalf("second release of %s: released=%v err=%v", a, ok, err)
 		}
 	}

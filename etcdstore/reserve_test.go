@@ -63,7 +63,7 @@ func TestReservedAndAnycastOnEtcd(t *testing.T) {
 		if u.Addr != vip {
 			continue
 		}
-		if ok, err := s.ReleaseListed(ctx, u, nil, time.Hour); !ok || err != nil {
+		if ok, err := pool.New(s, pool.Config{Host: "operator"}).ReleaseListed(ctx, u.Subnet, u.Addr, u.Rev); !ok || err != nil {
 			t.Fatalf("gc release: %v %v", ok, err)
 		}
 	}

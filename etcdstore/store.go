@@ -285,7 +285,10 @@ func (s *Store) Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr)
 	return entryFrom(addr, r.Responses)
 }
 
-func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, next pool.State) (pool.Entry, bool, error) {
+// guard is etcdstore's pool.Guard: compares added to a Swap.
+type guard []clientv3.Cmp
+
+func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, next pool.State, guards ...pool.Guard) (pool.Entry, bool, error) {
 	free, used, meta, delay := s.k.free(subnet, cur.Addr), s.k.used(subnet, cur.Addr), s.k.meta(subnet), s.k.delay(subnet, cur.Addr)
 	var ops []clientv3.Op
 	writes := []string{free, used}
@@ -322,6 +325,9 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 		orElse: s.entryOps(subnet, cur.Addr),
 		writes: writes,
 	}
+	for _, g := range guards {
+		t.cmps = append(t.cmps, g.(guard)...)
+	}
 	// The owner index follows the used record in the same transaction. An
 	// endpoint that becomes the holder (taking a reservation) must hold
 	// nothing else in the pool, as in Claim.
@@ -351,13 +357,20 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 		return pool.Entry{}, true, nil
 	}
 	fresh, err := entryFrom(cur.Addr, r.Responses)
-	if err == nil && owner != "" && fresh.Version == cur.Version {
+	if err != nil || fresh.Version != cur.Version {
+		return fresh, false, err
+	}
+	// The entry is unchanged: the owner compare or a guard failed.
+	if owner != "" {
 		if kvs := r.Responses[3].GetResponseRange().Kvs; len(kvs) > 0 {
 			return fresh, false, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s",
 				pool.ErrUnavailable, next.Used.MAC, next.Used.Host, kvs[0].Value, subnet)
 		}
 	}
-	return fresh, false, err
+	if len(guards) > 0 {
+		return fresh, false, pool.ErrGuard
+	}
+	return fresh, false, nil
 }
 
 // AddRef applies delta with a compare on the key's revision, retrying

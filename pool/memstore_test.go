@@ -260,11 +260,19 @@ func (s *memStore) entry(subnet netip.Prefix, addr netip.Addr) Entry {
 	return e
 }
 
-func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next State) (Entry, bool, error) {
+// memGuard is the in-memory store's Guard: it holds while it returns true.
+type memGuard func() bool
+
+func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next State, guards ...Guard) (Entry, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if fresh := s.entry(subnet, cur.Addr); fresh.Version != cur.Version {
 		return fresh, false, nil
+	}
+	for _, g := range guards {
+		if !g.(memGuard)() {
+			return cur, false, ErrGuard
+		}
 	}
 	p := s.pools[subnet]
 	if was, now := ownerKey(cur.Used), ownerKey(next.Used); was != now && now != "" {

@@ -16,11 +16,11 @@ type fullStore struct {
 	full *atomic.Bool
 }
 
-func (s fullStore) Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State) (Entry, bool, error) {
+func (s fullStore) Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State, guards ...Guard) (Entry, bool, error) {
 	if s.full.Load() {
 		return Entry{}, false, fmt.Errorf("database space exceeded: %w", ErrNoSpace)
 	}
-	return s.memStore.Swap(ctx, subnet, cur, next)
+	return s.memStore.Swap(ctx, subnet, cur, next, guards...)
 }
 
 // TestPendingRelease: a release refused for want of space is kept as the

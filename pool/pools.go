@@ -535,6 +535,23 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 	return released, err
 }
 
+// ReleaseListed is gc's release of an address it listed as an orphan:
+// addr is released as dockerd's release would have done it (freed, or back
+// to its idle reservation) only while its record is the one listed (the
+// store's revision rev) and every guard holds (a dead host still dead).
+// released is false when something changed meanwhile.
+func (p *Pools) ReleaseListed(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rev int64, guards ...Guard) (released bool, err error) {
+	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		next, change := listedRule(e, rev, p.now().UTC())
+		released = change
+		return next, change, nil
+	}, guards...)
+	if errors.Is(err, ErrGuard) {
+		return false, nil
+	}
+	return released, err
+}
+
 // AddHostAddr records addr as a host's own LAN address (`ipamctl
 // host-range`), so no container gets it. The first host that uses it as its
 // gateway claims it. added is false when it was recorded already.
@@ -622,7 +639,7 @@ func (p *Pools) edit(ctx context.Context, subnet netip.Prefix, addr netip.Addr, 
 // it reads the entry again (within ctx, paced by a retrier) and asks took
 // whether the failed swap committed; if not, it applies the rule again. A
 // counted record carries this change's op id for that question.
-func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rule func(Entry) (State, bool, error)) error {
+func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rule func(Entry) (State, bool, error), guards ...Guard) error {
 	var (
 		r   retrier
 		e   Entry
@@ -646,7 +663,7 @@ func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr
 		if counted(next.Used) {
 			next.Used = withOp(next.Used, op)
 		}
-		fresh, ok, err := p.store.Swap(ctx, subnet, e, next)
+		fresh, ok, err := p.store.Swap(ctx, subnet, e, next, guards...)
 		switch {
 		case err == nil && ok:
 			return nil

@@ -168,8 +168,8 @@ func TestAnycastAddress(t *testing.T) {
 // commitThenFailSwap commits swaps but reports a timeout.
 type commitThenFailSwap struct{ *memStore }
 
-func (s commitThenFailSwap) Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State) (Entry, bool, error) {
-	fresh, ok, err := s.memStore.Swap(ctx, subnet, cur, next)
+func (s commitThenFailSwap) Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State, guards ...Guard) (Entry, bool, error) {
+	fresh, ok, err := s.memStore.Swap(ctx, subnet, cur, next, guards...)
 	if err == nil && ok {
 		return Entry{}, false, context.DeadlineExceeded
 	}
@@ -199,5 +199,47 @@ func TestTakenReservationWithUnknownOutcomeIsUndone(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("not back to the idle reservation: %+v", e)
 		}
+	}
+}
+
+// TestReleaseListed: gc's release frees an address only while its record
+// is the one listed and every guard holds, as its holder's release would
+// (into the pool's reuse delay, a reservation back to idle).
+func TestReleaseListed(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/29", "")
+	h := hosts(t, s, n, "h")[0]
+	gc := New(s, Config{Host: "operator"})
+	if err := gc.SetReuseDelay(ctx, n.Subnet, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	a := netip.MustParseAddr("198.18.0.1")
+	if _, err := h.Allocate(ctx, n, a, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}); err != nil {
+		t.Fatal(err)
+	}
+	listed, _ := s.Entry(ctx, n.Subnet, a)
+	dead := true
+	var stillDead Guard = memGuard(func() bool { return dead })
+
+	dead = false // the host came back
+	if ok, err := gc.ReleaseListed(ctx, n.Subnet, a, listed.Version.Used, stillDead); ok || err != nil {
+		t.Fatalf("release with a failing guard: %v, %v", ok, err)
+	}
+	dead = true
+	if ok, err := gc.ReleaseListed(ctx, n.Subnet, a, listed.Version.Used-1, stillDead); ok || err != nil {
+		t.Fatalf("release of another record: %v, %v", ok, err)
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, a); e.Used == nil {
+		t.Fatal("the address was released by a refused call")
+	}
+	if ok, err := gc.ReleaseListed(ctx, n.Subnet, a, listed.Version.Used, stillDead); !ok || err != nil {
+		t.Fatalf("release: %v, %v", ok, err)
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, a); e.Used != nil || !e.Free {
+		t.Fatalf("after the release: %+v", e)
+	}
+	if d, ok, _ := s.NextReuse(ctx, n.Subnet); !ok || d < 59*time.Minute {
+		t.Fatalf("next reuse in %s (%v), want the pool's hour", d, ok)
 	}
 }

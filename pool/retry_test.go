@@ -46,12 +46,12 @@ func (s *flakyStore) Claim(ctx context.Context, subnet netip.Prefix, addr netip.
 	return Claim{}, s.err
 }
 
-func (s *flakyStore) Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State) (Entry, bool, error) {
+func (s *flakyStore) Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State, guards ...Guard) (Entry, bool, error) {
 	if !s.failing("Swap") {
-		return s.memStore.Swap(ctx, subnet, cur, next)
+		return s.memStore.Swap(ctx, subnet, cur, next, guards...)
 	}
 	if s.commit {
-		_, _, _ = s.memStore.Swap(ctx, subnet, cur, next) // its answer is lost: the error below is it
+		_, _, _ = s.memStore.Swap(ctx, subnet, cur, next, guards...) // its answer is lost: the error below is it
 	}
 	return Entry{}, false, s.err
 }

@@ -277,6 +277,15 @@ func sameEndpoint(u *Allocation, a Allocation) bool {
 	return u != nil && u.Kind == KindContainer && u.Host == a.Host && u.MAC == a.MAC
 }
 
+// listedRule releases e for gc as its holder's release would, if its
+// record is still the one listed at revision rev.
+func listedRule(e Entry, rev int64, now time.Time) (State, bool) {
+	if e.Used == nil || e.Version.Used != rev {
+		return State{}, false
+	}
+	return freed(e, now), true
+}
+
 // evictRule is the operator's release of e (in subnet): see Pools.Evict.
 func evictRule(e Entry, subnet netip.Prefix, force bool, only Kind, now time.Time) (State, bool, error) {
 	u := e.Used

@@ -234,14 +234,20 @@ type Store interface {
 	// Swap gives cur.Addr the state next if cur is still current; else it
 	// returns the fresh entry and ok=false. When next makes an endpoint
 	// the holder, it must hold nothing else in the pool: else Swap fails
-	// with ErrUnavailable.
-	Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State) (fresh Entry, ok bool, err error)
+	// with ErrUnavailable. It also requires every guard (made by this
+	// store) to hold, in the same transaction: else it fails with ErrGuard.
+	Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State, guards ...Guard) (fresh Entry, ok bool, err error)
 	// AddRef adjusts host's reference count on the pool (RequestPool and
 	// ReleasePool) and returns the new count; it never goes below zero.
 	// op names the change: called again with the same op after an error,
 	// it applies delta at most once.
 	AddRef(ctx context.Context, subnet netip.Prefix, host string, delta int, op string) (int, error)
 }
+
+// Guard is a condition a store checks in the same transaction as a Swap,
+// made by that store for what it alone can see: etcdstore's says a host is
+// still as dead as gc found it. pool only passes it on.
+type Guard any
 
 // Errors; callers wrap them with the pool and address involved.
 var (
@@ -251,6 +257,7 @@ var (
 	ErrContention   = errors.New("pool: gave up after too many lost races")
 	ErrNotInitiated = errors.New("pool: not initialised")
 	ErrOverlap      = errors.New("pool: subnet overlaps another pool")
+	ErrGuard        = errors.New("pool: a condition of the change no longer holds")
 	// ErrTransient marks a store error that says the call did not reach
 	// etcd's leader or its outcome is unknown (an election, a lost
 	// connection), not that it was refused: the same call may succeed

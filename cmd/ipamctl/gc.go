@@ -53,8 +53,6 @@ RESULT is one of:
 				Usage: "this host's Docker API"},
 			&cli.StringFlag{Name: "host-id", Usage: "the host whose addresses to check (default: the global --host-id)"},
 			&cli.DurationFlag{Name: "min-age", Value: time.Minute, Usage: "keep addresses allocated more recently than this"},
-			&cli.DurationFlag{Name: "reuse-delay", Value: pool.DefaultReuseDelay,
-				Usage: "automatic allocation does not hand released addresses out again for this long (as the daemon's --reuse-delay); --ip takes them at once"},
 			&cli.BoolFlag{Name: "dead-hosts", Usage: "reclaim container addresses of dead hosts instead"},
 			&cli.DurationFlag{Name: "grace", Value: 10 * time.Minute, Usage: "with --dead-hosts: how long a host must have been gone"},
 			jsonFlag(),
@@ -123,8 +121,8 @@ func gc(c *cli.Context) error {
 	}
 	deadHosts := c.Bool("dead-hosts")
 	switch {
-	case c.Duration("min-age") < 0 || c.Duration("grace") < 0 || c.Duration("reuse-delay") < 0:
-		return fmt.Errorf("--min-age, --grace and --reuse-delay must not be negative")
+	case c.Duration("min-age") < 0 || c.Duration("grace") < 0:
+		return fmt.Errorf("--min-age and --grace must not be negative")
 	case deadHosts && c.IsSet("min-age"):
 		return fmt.Errorf("--min-age applies to this host's addresses; with --dead-hosts use --grace")
 	case !deadHosts && c.IsSet("grace"):
@@ -162,9 +160,13 @@ func gc(c *cli.Context) error {
 			if f.row.Result != gcOrphan {
 				continue
 			}
+			var guards []pool.Guard
+			if f.dead != nil {
+				guards = append(guards, e.store.DeadHostGuard(f.dead))
+			}
 			var ok bool
 			err := e.do(c, 0, func(ctx context.Context) (err error) {
-				ok, err = e.store.ReleaseListed(ctx, f.listed, f.dead, c.Duration("reuse-delay"))
+				ok, err = e.pools.ReleaseListed(ctx, f.listed.Subnet, f.listed.Addr, f.listed.Rev, guards...)
 				return err
 			})
 			switch {
