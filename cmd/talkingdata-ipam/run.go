@@ -55,14 +55,14 @@ func run(c *cli.Context) error {
 		m = newMetrics()
 		cfg.Observe = m.observeEtcd
 	}
-	cli, err := etcdstore.Dial(cfg)
+	etcd, err := etcdstore.Dial(cfg)
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
+	defer etcd.Close()
 
 	host := c.String("host-id")
-	store := etcdstore.New(cli, c.String("etcd-prefix"))
+	store := etcdstore.New(etcd, c.String("etcd-prefix"))
 	// Before anything touches etcd or the socket exists: a second machine
 	// with this host id is refused here.
 	live, err := startLiveness(ctx, store, host, log)
