@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Installs the Debian packages that the integration tests (internal/etcdtest, internal/dockertest)
 # need: a real etcd, a real dockerd, a static busybox for the offline test image, the netns and
-# mount-namespace tools, and systemd-analyze for the unit files `make install` puts in place.
-# Then scripts/install-engines.sh puts the newer Docker engines of the test matrix (26.1, 28.5,
-# 29) and etcd 3.5 into the engine cache (.cache/engines), nothing of them system-wide.
+# mount-namespace tools, systemd-analyze for the unit files `make install` puts in place, and
+# qemu for the tests that need kernel options the running kernel lacks (internal/vm). Then
+# scripts/install-vm-kernel.sh puts Debian's kernel for those into .cache/vm-kernel, and
+# scripts/install-engines.sh puts the newer Docker engines of the test matrix (26.1, 28.5, 29)
+# and etcd 3.5 into the engine cache (.cache/engines), nothing of them system-wide.
 # Idempotent; prints one line per package or engine it installs and nothing otherwise.
 # It never starts the system dockerd or etcd: the tests start private ones.
 set -euo pipefail
 
-# libseccomp-dev: install-engines.sh builds Docker 29's runc with seccomp (cgo).
-pkgs=(docker.io docker-compose etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux systemd libseccomp-dev)
+# libseccomp-dev: install-engines.sh builds Docker 29's runc with seccomp (cgo). kmod and
+# xz-utils: install-vm-kernel.sh indexes and unpacks the VM's kernel.
+pkgs=(docker.io docker-compose etcd-server etcd-client busybox-static iproute2 iputils-ping util-linux systemd libseccomp-dev
+	qemu-system-x86 kmod xz-utils)
 
 missing=()
 for p in "${pkgs[@]}"; do
@@ -18,8 +22,7 @@ for p in "${pkgs[@]}"; do
 	fi
 done
 # The VLAN, macvlan and ipvlan tests need these in the kernel; where they are modules, load
-# them. A kernel built without them cannot be helped: those tests skip and `make test` lists
-# them as NOT RUN.
+# them. On a kernel built without them, those tests run in a VM (internal/vm).
 if [[ "$(id -u)" == 0 ]] && command -v modprobe >/dev/null; then
 	for m in 8021q macvlan ipvlan; do
 		modprobe -q "$m" 2>/dev/null || true
@@ -28,6 +31,7 @@ fi
 
 here="$(dirname "${BASH_SOURCE[0]}")"
 if ((${#missing[@]} == 0)); then
+	"$here/install-vm-kernel.sh"
 	exec "$here/install-engines.sh"
 fi
 
@@ -70,4 +74,5 @@ rm -f "$log"
 for p in "${missing[@]}"; do
 	echo "installed $p"
 done
+"$here/install-vm-kernel.sh"
 "$here/install-engines.sh"
