@@ -21,7 +21,7 @@ func (s *Store) Pools(ctx context.Context) ([]pool.Meta, error) {
 
 // pools also returns the revision the list was read at.
 func (s *Store) pools(ctx context.Context) ([]pool.Meta, int64, error) {
-	r, err := s.cli.Get(ctx, s.k.metaDir(), clientv3.WithPrefix())
+	r, err := s.get(ctx, s.k.metaDir(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, 0, fmt.Errorf("listing pools: %w", transient(ctx, err))
 	}

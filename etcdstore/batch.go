@@ -22,8 +22,6 @@ const (
 	// maxInFlight batches are committed at once, so a batch forms while
 	// the previous one is on the wire. A lone request goes at once.
 	maxInFlight = 2
-	// batchTimeout bounds a batch none of whose requests has a deadline.
-	batchTimeout = 30 * time.Second
 )
 
 // subTxn is one request's transaction.
@@ -157,18 +155,24 @@ func (b *batcher) commit(batch []*pendingTxn) {
 	}
 }
 
-// batchContext lasts as long as the latest deadline among the requests:
-// one caller giving up must not cancel the others' writes.
+// batchContext lasts as long as the latest deadline among the requests
+// (one caller giving up must not cancel the others' writes), and no longer
+// than one attempt (see attempt): each caller retries on its own.
 func batchContext(batch []*pendingTxn) (context.Context, context.CancelFunc) {
-	var latest time.Time
+	end := time.Now().Add(attemptTimeout)
+	latest := time.Time{}
 	for _, p := range batch {
 		d, ok := p.ctx.Deadline()
 		if !ok {
-			return context.WithTimeout(context.Background(), batchTimeout)
+			latest = end
+			break
 		}
 		if d.After(latest) {
 			latest = d
 		}
 	}
-	return context.WithDeadline(context.Background(), latest)
+	if latest.After(end) {
+		latest = end
+	}
+	return context.WithDeadline(clientv3.WithRequireLeader(context.Background()), latest)
 }

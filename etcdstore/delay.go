@@ -72,7 +72,9 @@ func (s *Store) delayLease(ctx context.Context, delay time.Duration) (clientv3.L
 
 func (s *Store) grantDelayLease(ctx context.Context, delay time.Duration) (clientv3.LeaseID, error) {
 	asked := time.Now()
-	g, err := s.cli.Grant(ctx, delayTTL(delay))
+	actx, cancel := attempt(ctx)
+	defer cancel()
+	g, err := s.cli.Grant(actx, delayTTL(delay))
 	if err != nil {
 		return 0, fmt.Errorf("granting a reuse-delay lease: %w", marked(ctx, err))
 	}
@@ -105,7 +107,7 @@ func (s *Store) forgetDelayLease(id clientv3.LeaseID) {
 // key created first holds the oldest release, whose lease (granted at most
 // a bucket earlier than any other's) expires first, give or take a bucket.
 func (s *Store) NextReuse(ctx context.Context, subnet netip.Prefix) (time.Duration, bool, error) {
-	r, err := s.cli.Get(ctx, s.k.delaysDir(subnet), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
+	r, err := s.get(ctx, s.k.delaysDir(subnet), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1))
 	if err != nil {
 		return 0, false, fmt.Errorf("reading the reuse delays of pool %s: %w", subnet, transient(ctx, err))
@@ -113,7 +115,9 @@ func (s *Store) NextReuse(ctx context.Context, subnet netip.Prefix) (time.Durati
 	if len(r.Kvs) == 0 || r.Kvs[0].Lease == 0 {
 		return 0, false, nil
 	}
-	ttl, err := s.cli.TimeToLive(ctx, clientv3.LeaseID(r.Kvs[0].Lease))
+	actx, cancel := attempt(ctx)
+	defer cancel()
+	ttl, err := s.cli.TimeToLive(actx, clientv3.LeaseID(r.Kvs[0].Lease))
 	if err != nil {
 		return 0, false, fmt.Errorf("reading the lease of %s: %w", r.Kvs[0].Key, transient(ctx, err))
 	}

@@ -104,7 +104,7 @@ func decodeAllocation(key string, value []byte) (*pool.Allocation, error) {
 }
 
 func (s *Store) Meta(ctx context.Context, subnet netip.Prefix) (pool.Meta, bool, error) {
-	r, err := s.cli.Get(ctx, s.k.meta(subnet))
+	r, err := s.get(ctx, s.k.meta(subnet))
 	if err != nil {
 		return pool.Meta{}, false, transient(ctx, err)
 	}
@@ -128,9 +128,8 @@ func (s *Store) CreateMeta(ctx context.Context, m pool.Meta) (pool.Meta, bool, e
 				return pool.Meta{}, false, fmt.Errorf("%w: %s overlaps %s", pool.ErrOverlap, m.Subnet, other.Subnet)
 			}
 		}
-		r, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.CreateRevision(s.k.metaDir()), "<", rev+1).WithPrefix()).
-			Then(clientv3.OpPut(s.k.meta(m.Subnet), encodeMeta(m))).Commit()
+		r, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(s.k.metaDir()), "<", rev+1).WithPrefix()},
+			[]clientv3.Op{clientv3.OpPut(s.k.meta(m.Subnet), encodeMeta(m))}, nil)
 		if err != nil {
 			return pool.Meta{}, false, marked(ctx, err)
 		}
@@ -238,7 +237,7 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 // pool, if any.
 func (s *Store) Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {
 	key := s.k.owner(subnet, &pool.Allocation{Kind: pool.KindContainer, Host: host, MAC: mac})
-	r, err := s.cli.Get(ctx, key)
+	r, err := s.get(ctx, key)
 	if err != nil || len(r.Kvs) == 0 {
 		return netip.Addr{}, false, transient(ctx, err)
 	}
@@ -278,7 +277,7 @@ func entryFrom(addr netip.Addr, rs []*pb.ResponseOp) (pool.Entry, error) {
 }
 
 func (s *Store) Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (pool.Entry, error) {
-	r, err := s.cli.Txn(ctx).Then(s.entryOps(subnet, addr)...).Commit()
+	r, err := s.txn(ctx, nil, s.entryOps(subnet, addr), nil)
 	if err != nil {
 		return pool.Entry{}, transient(ctx, err)
 	}
@@ -383,7 +382,7 @@ func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, de
 	key, meta := s.k.ref(subnet, host), s.k.meta(subnet)
 	unlock := s.refs.lock(key)
 	defer unlock()
-	r, err := s.cli.Get(ctx, key)
+	r, err := s.get(ctx, key)
 	if err != nil {
 		return 0, transient(ctx, err)
 	}
@@ -403,10 +402,8 @@ func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, de
 		if n == 0 {
 			put = clientv3.OpDelete(key)
 		}
-		t, err := s.cli.Txn(ctx).
-			If(clientv3.Compare(clientv3.ModRevision(key), "=", rev),
-				clientv3.Compare(clientv3.CreateRevision(meta), ">", 0)).
-			Then(put).Else(clientv3.OpGet(key), clientv3.OpGet(meta, clientv3.WithCountOnly())).Commit()
+		t, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(key), "=", rev), clientv3.Compare(clientv3.CreateRevision(meta), ">", 0)},
+			[]clientv3.Op{put}, []clientv3.Op{clientv3.OpGet(key), clientv3.OpGet(meta, clientv3.WithCountOnly())})
 		if err != nil {
 			s.refs.setUnknown(key, refUnknown{op: op, rev: rev})
 			return 0, marked(ctx, err)

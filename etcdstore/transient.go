@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -64,7 +65,7 @@ func retryable(err error) bool {
 		return etcdErr.Code() == codes.Unavailable
 	}
 	if errors.Is(err, context.DeadlineExceeded) {
-		return true // not the caller's: a batch's own bound (batchTimeout)
+		return true // not the caller's: one attempt's bound (attemptTimeout)
 	}
 	st, ok := status.FromError(err)
 	if !ok {
@@ -78,4 +79,34 @@ func retryable(err error) bool {
 		return strings.Contains(st.Message(), context.DeadlineExceeded.Error())
 	}
 	return false
+}
+
+// attemptTimeout bounds one attempt of a call on the allocation path. etcd
+// answers such a call in milliseconds; one sent to a member whose leader
+// has just died is held until etcd's own request timeout (5 s plus two
+// election timeouts: 7 s by default) and then fails, too late for a
+// request with 10 s in all. Cut off after 2 s and retried (every caller
+// recognises an attempt that did commit), the request reaches the leader
+// elected meanwhile, about 1 to 2.5 s after the old one died.
+const attemptTimeout = 2 * time.Second
+
+// attempt bounds one call by attemptTimeout (within ctx) and asks that the
+// member know a leader: one that has lost it answers at once, so the retry
+// need not wait.
+func attempt(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(clientv3.WithRequireLeader(ctx), attemptTimeout)
+}
+
+// get and txn are the allocation path's reads and transactions, one
+// bounded attempt each.
+func (s *Store) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	actx, cancel := attempt(ctx)
+	defer cancel()
+	return s.cli.Get(actx, key, opts...)
+}
+
+func (s *Store) txn(ctx context.Context, cmps []clientv3.Cmp, then, orElse []clientv3.Op) (*clientv3.TxnResponse, error) {
+	actx, cancel := attempt(ctx)
+	defer cancel()
+	return s.cli.Txn(actx).If(cmps...).Then(then...).Else(orElse...).Commit()
 }

@@ -292,26 +292,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		if err := CheckHostAddr(n.Subnet, want); err != nil {
 			return netip.Addr{}, err
 		}
-		c, err := p.claim(ctx, &r, n.Subnet, want, a, true)
-		if err != nil {
-			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err))
-		}
-		switch verdictOf(c, want, true) {
-		case claimTaken:
-			p.remember(ctx, n.Subnet, want, a, c.Version)
-			return want, nil
-		case claimRetried:
-			return p.adopt(ctx, n.Subnet, want, a)
-		case claimNoPool:
-			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
-		case claimHoldsOther:
-			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
-		case claimByRule:
-			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
-		case claimHeld:
-			return netip.Addr{}, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, want, c.Holder.Describe())
-		}
-		return netip.Addr{}, p.unseeded(ctx, n.Subnet, want)
+		return p.allocateNamed(ctx, &r, n, want, a)
 	}
 	free, err := p.store.FreeSet(ctx, n.Subnet)
 	if err != nil {
@@ -335,7 +316,13 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			p.remember(ctx, n.Subnet, addr, a, c.Version)
 			return addr, nil
 		case claimRetried:
-			return p.adopt(ctx, n.Subnet, c.Existing, a) // an earlier answer was lost
+			// An earlier answer was lost: addr stays free, the endpoint
+			// has its own. If that attempt's undo freed it meanwhile,
+			// claim afresh.
+			free.Add(addr)
+			if got, err := p.adopt(ctx, n.Subnet, c.Existing, a); !errors.Is(err, errChangedHands) {
+				return got, err
+			}
 		case claimNoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case claimDelayed:
@@ -344,6 +331,36 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		// Lost a race the copy did not know of yet: take another.
 	}
 	return netip.Addr{}, fmt.Errorf("claiming an address in pool %s: %w", n, ErrContention)
+}
+
+// allocateNamed claims want, the address the request named (--ip).
+func (p *Pools) allocateNamed(ctx context.Context, r *retrier, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		c, err := p.claim(ctx, r, n.Subnet, want, a, true)
+		if err != nil {
+			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, err))
+		}
+		switch verdictOf(c, want, true) {
+		case claimTaken:
+			p.remember(ctx, n.Subnet, want, a, c.Version)
+			return want, nil
+		case claimRetried:
+			if got, err := p.adopt(ctx, n.Subnet, want, a); !errors.Is(err, errChangedHands) {
+				return got, err
+			}
+			continue // that attempt's undo freed it meanwhile: claim afresh
+		case claimNoPool:
+			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
+		case claimHoldsOther:
+			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
+		case claimByRule:
+			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
+		case claimHeld:
+			return netip.Addr{}, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, want, c.Holder.Describe())
+		}
+		return netip.Addr{}, p.unseeded(ctx, n.Subnet, want)
+	}
+	return netip.Addr{}, fmt.Errorf("claiming %s in pool %s: %w", want, n.Subnet, ErrContention)
 }
 
 // allDelayed is the refusal when every free address of n's range is in its

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -253,7 +254,7 @@ func verdictOf(c Claim, addr netip.Addr, named bool) claimVerdict {
 func adoptRule(e Entry, a Allocation) (State, bool, error) {
 	switch {
 	case !sameEndpoint(e.Used, a):
-		return State{}, false, fmt.Errorf("%w: %s changed hands while being re-requested", ErrUnavailable, e.Addr)
+		return State{}, false, fmt.Errorf("%w: %s %w", ErrUnavailable, e.Addr, errChangedHands)
 	case e.Used.Since.Equal(a.Since):
 		return State{}, false, nil // this request's own earlier attempt
 	}
@@ -272,6 +273,11 @@ func undoRule(e Entry, a Allocation, now time.Time) (State, bool, error) {
 	e.ReuseDelay = 0
 	return freed(e, now), true, nil
 }
+
+// errChangedHands: the address a retried request's endpoint held is no
+// longer its own (the undo of its failed attempt freed it); the request
+// claims afresh.
+var errChangedHands = errors.New("changed hands while being re-requested")
 
 func sameEndpoint(u *Allocation, a Allocation) bool {
 	return u != nil && u.Kind == KindContainer && u.Host == a.Host && u.MAC == a.MAC

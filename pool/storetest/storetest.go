@@ -54,13 +54,9 @@ func ctx(t *testing.T) context.Context {
 	return c
 }
 
-func set(t *testing.T, ranges ...string) *netipx.IPSet {
+func set(t *testing.T, ranges string) *netipx.IPSet {
 	t.Helper()
-	var b netipx.IPSetBuilder
-	for _, r := range ranges {
-		b.AddRange(netipx.MustParseIPRange(r))
-	}
-	s, err := b.IPSet()
+	s, err := pool.ParseRanges(ranges)
 	if err != nil {
 		t.Fatal(err)
 	}
