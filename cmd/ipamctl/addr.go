@@ -84,13 +84,8 @@ func addrList(c *cli.Context) error {
 		return fmt.Errorf("invalid --kind %q: want one of %s", kind, kindList())
 	}
 	host := c.String("host")
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	var used []etcdstore.UsedAddr
-	err = e.do(c, 0, func(ctx context.Context) error {
+	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
 		// Read the pool first: an empty listing must mean "nothing used",
 		// never "no such pool".
 		if _, err := e.meta(ctx, subnet); err != nil {

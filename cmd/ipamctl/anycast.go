@@ -38,7 +38,7 @@ only its host's hold; the address stays anycast until ipamctl anycast rm.`,
 				Aliases: []string{"list"},
 				Usage:   "list anycast addresses and the hosts holding each",
 				Flags:   []cli.Flag{&cli.StringFlag{Name: "subnet", Usage: "only this pool"}, jsonFlag()},
-				Action:  func(c *cli.Context) error { return listMarked(c, isAnycast) },
+				Action:  listMarked(isAnycast),
 			},
 			{
 				Name:      "rm",

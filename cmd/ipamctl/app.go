@@ -83,6 +83,18 @@ func connect(c *cli.Context) (*env, error) {
 
 func (e *env) Close() error { return e.client.Close() }
 
+// withEtcd is the opening of every verb whose etcd work is one bounded
+// step: connect, run fn under do's deadline (--timeout plus extra), close.
+// Verbs that give each of many steps its own deadline call connect.
+func withEtcd(c *cli.Context, extra time.Duration, fn func(ctx context.Context, e *env) error) error {
+	e, err := connect(c)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	return e.do(c, extra, func(ctx context.Context) error { return fn(ctx, e) })
+}
+
 // reuseDelayFlag sets a pool's reuse delay (init-range, pool set).
 func reuseDelayFlag() cli.Flag {
 	return &cli.DurationFlag{Name: "reuse-delay", Value: pool.DefaultReuseDelay,

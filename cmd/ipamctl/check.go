@@ -50,15 +50,10 @@ func check(c *cli.Context) error {
 		}
 		only = append(only, s)
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	var out []checkJSON
 	var alarms []etcdstore.Alarm
 	total := 0
-	err = e.do(c, 0, func(ctx context.Context) error {
+	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
 		var err error
 		if alarms, err = e.store.Alarms(ctx); err != nil {
 			return err

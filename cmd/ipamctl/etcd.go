@@ -36,12 +36,7 @@ func recoverSpace(c *cli.Context) error {
 	if _, err := positional(c, 0, 0); err != nil {
 		return err
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
-	return e.do(c, c.Duration("defrag-timeout"), func(ctx context.Context) error {
+	return withEtcd(c, c.Duration("defrag-timeout"), func(ctx context.Context, e *env) error {
 		r, err := e.store.RecoverSpace(ctx)
 		if r.Revision > 0 {
 			fmt.Fprintf(c.App.Writer, "compacted etcd's history up to revision %d\n", r.Revision)

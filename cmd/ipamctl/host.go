@@ -53,7 +53,11 @@ func hostCommand() *cli.Command {
 					&cli.StringFlag{Name: "subnet", Usage: "only this pool"},
 					jsonFlag(),
 				},
-				Action: hostList,
+				Action: func(c *cli.Context) error {
+					return listCensus(c, func(cen etcdstore.Census, only netip.Prefix) error {
+						return printHostAddrs(c, hostRows(cen, only), false)
+					})
+				},
 			},
 			{
 				Name:      "release",
@@ -139,38 +143,6 @@ func hostRange(c *cli.Context) error {
 	return nil
 }
 
-func hostList(c *cli.Context) error {
-	if _, err := positional(c, 0, 0); err != nil {
-		return err
-	}
-	var only netip.Prefix
-	if s := c.String("subnet"); s != "" {
-		var err error
-		if only, err = pool.ParseSubnet(s); err != nil {
-			return err
-		}
-	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
-	var cen etcdstore.Census
-	err = e.do(c, 0, func(ctx context.Context) (err error) {
-		if only.IsValid() {
-			if _, err = e.meta(ctx, only); err != nil {
-				return err
-			}
-		}
-		cen, err = e.store.Census(ctx)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	return printHostAddrs(c, hostRows(cen, only), false)
-}
-
 // hostRows lists the host addresses (of pool only, if valid), then every
 // other host that holds addresses there or, without only, has a liveness
 // record; each with its daemon's liveness.
@@ -245,14 +217,9 @@ func hostRelease(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	var was *pool.Allocation
 	var subnet netip.Prefix
-	err = e.do(c, 0, func(ctx context.Context) error {
+	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
 		subnets, err := e.subnets(ctx, netip.Prefix{})
 		if err != nil {
 			return err

@@ -100,13 +100,8 @@ func poolList(c *cli.Context) error {
 	if _, err := positional(c, 0, 0); err != nil {
 		return err
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	var out []poolJSON
-	if err := e.do(c, 0, func(ctx context.Context) (err error) { out, err = e.poolRows(ctx); return err }); err != nil {
+	if err := withEtcd(c, 0, func(ctx context.Context, e *env) (err error) { out, err = e.poolRows(ctx); return err }); err != nil {
 		return err
 	}
 	if c.Bool("json") {
@@ -167,13 +162,8 @@ func poolShow(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	var out poolShowJSON
-	err = e.do(c, 0, func(ctx context.Context) error {
+	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
 		m, err := e.meta(ctx, subnet)
 		if err != nil {
 			return err
@@ -324,12 +314,9 @@ func poolSet(c *cli.Context) error {
 	if !c.IsSet("reuse-delay") {
 		return errors.New("nothing to set: give --reuse-delay")
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
-	err = e.do(c, 0, func(ctx context.Context) error { return e.pools.SetReuseDelay(ctx, subnet, c.Duration("reuse-delay")) })
+	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
+		return e.pools.SetReuseDelay(ctx, subnet, c.Duration("reuse-delay"))
+	})
 	if errors.Is(err, pool.ErrUnknownPool) {
 		return fmt.Errorf("pool %s does not exist (see ipamctl pool ls)", subnet)
 	}
@@ -345,12 +332,7 @@ func poolRemove(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
-	err = e.do(c, 0, func(ctx context.Context) error {
+	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
 		return e.store.DeletePool(ctx, subnet, c.Bool("force"))
 	})
 	if errors.Is(err, pool.ErrUnknownPool) {

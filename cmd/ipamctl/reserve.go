@@ -38,7 +38,7 @@ pool's seeded ranges.`,
 				Aliases: []string{"list"},
 				Usage:   "list reserved addresses, idle or held",
 				Flags:   []cli.Flag{&cli.StringFlag{Name: "subnet", Usage: "only this pool"}, jsonFlag()},
-				Action:  func(c *cli.Context) error { return listMarked(c, isReserved) },
+				Action:  listMarked(isReserved),
 			},
 			{
 				Name:      "rm",
@@ -105,13 +105,8 @@ func editMarked(c *cli.Context, check func() error, edit func(ctx context.Contex
 			return err
 		}
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	var now *pool.Allocation
-	err = e.do(c, 0, func(ctx context.Context) error {
+	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
 		if _, err := e.meta(ctx, subnet); err != nil {
 			return err
 		}
@@ -142,9 +137,11 @@ func unreserve(c *cli.Context) error {
 	})
 }
 
-// listMarked lists the used addresses that match, of one pool (--subnet)
-// or all.
-func listMarked(c *cli.Context, match func(*pool.Allocation) bool) error {
+// listCensus is the opening of host ls, reserve ls and anycast ls: it
+// reads every pool's used addresses, having checked that --subnet, when
+// given, is a pool (so an empty list never means a mistyped subnet), and
+// hands them to show with that subnet (zero: all pools).
+func listCensus(c *cli.Context, show func(cen etcdstore.Census, only netip.Prefix) error) error {
 	if _, err := positional(c, 0, 0); err != nil {
 		return err
 	}
@@ -155,13 +152,8 @@ func listMarked(c *cli.Context, match func(*pool.Allocation) bool) error {
 			return err
 		}
 	}
-	e, err := connect(c)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	var cen etcdstore.Census
-	err = e.do(c, 0, func(ctx context.Context) (err error) {
+	err := withEtcd(c, 0, func(ctx context.Context, e *env) (err error) {
 		if only.IsValid() {
 			if _, err = e.meta(ctx, only); err != nil {
 				return err
@@ -173,13 +165,23 @@ func listMarked(c *cli.Context, match func(*pool.Allocation) bool) error {
 	if err != nil {
 		return err
 	}
-	out := []markJSON{}
-	for _, u := range cen.Used {
-		if (!only.IsValid() || u.Subnet == only) && match(u.Allocation) {
-			out = append(out, newMarkJSON(u.Subnet, u.Addr, u.Allocation))
-		}
+	return show(cen, only)
+}
+
+// listMarked is the action of reserve ls and anycast ls: the used
+// addresses that match.
+func listMarked(match func(*pool.Allocation) bool) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		return listCensus(c, func(cen etcdstore.Census, only netip.Prefix) error {
+			out := []markJSON{}
+			for _, u := range cen.Used {
+				if (!only.IsValid() || u.Subnet == only) && match(u.Allocation) {
+					out = append(out, newMarkJSON(u.Subnet, u.Addr, u.Allocation))
+				}
+			}
+			return printMarked(c, out)
+		})
 	}
-	return printMarked(c, out)
 }
 
 func printMarked(c *cli.Context, out []markJSON) error {
