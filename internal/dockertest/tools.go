@@ -36,26 +36,8 @@ func findTools(t testing.TB) tools {
 	return tl
 }
 
-// LookTool finds a program on PATH or in the sbin directories a non-login root PATH may lack,
-// or returns "". For docker it prefers Debian's /usr/bin/docker, which matches Debian's dockerd,
-// over a newer client that may come first on PATH.
-func LookTool(name string) string {
-	if name == "docker" {
-		if _, err := os.Stat("/usr/bin/docker"); err == nil {
-			return "/usr/bin/docker"
-		}
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
-			return p
-		}
-	}
-	return ""
-}
+// LookTool is testproc.LookTool, under the name dockertest's files and callers use.
+var LookTool = testproc.LookTool
 
 var (
 	driverOnce sync.Once

@@ -1,54 +1,40 @@
 // Package etcdtest starts real, single-member etcd servers for tests.
 //
-// Each Server is a separate etcd process on random loopback ports with its data under
+// Each Server is a separate etcd process (etcdproc) on random loopback ports with its data under
 // t.TempDir(), so tests never share state and never touch a developer's own etcd.
 package etcdtest
 
 import (
+	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/talkingdata/ipam/internal/etcdproc"
 	"github.com/talkingdata/ipam/internal/testproc"
-)
-
-const (
-	healthTimeout = 20 * time.Second
-	stopTimeout   = 10 * time.Second
-	logTailLines  = 30
 )
 
 // Server is one real etcd process started for a test.
 type Server struct {
-	bin     string
-	dir     string // the test's temp dir: data/ and etcd.log live here
-	logPath string
-	client  string // client URL, e.g. http://127.0.0.1:41234
-	peer    string
+	dir string // the test's temp dir: etcd1/data and etcd1/etcd.log live here
 
 	// The client URL's scheme, etcd's extra flags (Start's, or StartSecure's TLS and auth
 	// flags), and what Client and the health check connect with.
-	scheme     string // "http" or "https"
+	scheme     string
 	extraArgs  []string
 	tls        *tls.Config
 	user, pass string
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
+	mu      sync.Mutex
+	cluster etcdproc.Cluster
+	running bool
 }
 
 // Binary is $TALKINGDATA_ETCD (`make test` also runs the etcd tests with etcd 3.5 from the
@@ -85,11 +71,10 @@ func newServer(t testing.TB) *Server {
 	t.Helper()
 	bin, miss := Binary()
 	testproc.Require(t, miss == "", miss)
-	s := &Server{bin: bin, dir: t.TempDir(), scheme: "http"}
-	s.logPath = filepath.Join(s.dir, "etcd.log")
+	s := &Server{dir: t.TempDir(), scheme: "http", cluster: etcdproc.Cluster{Bin: bin}}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("etcd log tail (%s):\n%s", s.logPath, testproc.Tail(s.logPath, logTailLines))
+			t.Log(s.cluster.Tails())
 		}
 		s.Stop(t)
 	})
@@ -99,28 +84,15 @@ func newServer(t testing.TB) *Server {
 // launch starts etcd on fresh ports.
 func (s *Server) launch(t testing.TB) {
 	t.Helper()
-	// Free ports are picked by binding :0 and closing, so another process can grab one before
-	// etcd binds it: retry with new ports when that happens.
-	for attempt := 1; ; attempt++ {
-		s.client = s.scheme + "://" + testproc.FreeLoopbackAddr(t)
-		s.peer = "http://" + testproc.FreeLoopbackAddr(t)
-		err := s.start()
-		if err == nil {
-			return
-		}
-		if attempt < 5 && strings.Contains(testproc.Tail(s.logPath, logTailLines), "address already in use") {
-			// etcd failed before writing membership, but start from a clean data dir anyway.
-			if err := os.RemoveAll(filepath.Join(s.dir, "data")); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		t.Fatalf("etcdtest: %v\netcd log tail:\n%s", err, testproc.Tail(s.logPath, logTailLines))
+	s.cluster.Flags, s.cluster.TLS = s.extraArgs, s.tls
+	if err := s.cluster.StartLoopback(context.Background(), s.dir, 1, s.scheme); err != nil {
+		t.Fatalf("etcdtest: %v", err)
 	}
+	s.running = true
 }
 
 // Endpoints returns the client URLs to give to clientv3 or etcdctl.
-func (s *Server) Endpoints() []string { return []string{s.client} }
+func (s *Server) Endpoints() []string { return s.cluster.Endpoints() }
 
 // Client returns a client for this server that is closed when the test ends. For a
 // StartSecure server it presents the test client certificate and, with auth, logs in as root.
@@ -143,89 +115,23 @@ func (s *Server) Stop(t testing.TB) {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if !s.running {
 		return
 	}
-	if pid := s.cmd.Process.Pid; testproc.Terminate(pid, s.done, stopTimeout) {
-		t.Logf("etcdtest: etcd (pid %d) ignored SIGTERM for %v; killed it", pid, stopTimeout)
+	if s.cluster.StopMember(0) {
+		t.Logf("etcdtest: etcd ignored SIGTERM; killed it")
 	}
-	s.cmd = nil
+	s.running = false
 }
 
 // Restart stops etcd and starts it again on the same ports with the same data dir.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
 	s.Stop(t)
-	if err := s.start(); err != nil {
-		t.Fatalf("etcdtest: restart: %v\netcd log tail:\n%s", err, testproc.Tail(s.logPath, logTailLines))
-	}
-}
-
-// start launches etcd and waits until /health answers.
-func (s *Server) start() error {
-	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return err
-	}
-	defer logf.Close() // the child keeps its own descriptor
-	cmd := exec.Command(s.bin, append([]string{
-		"--name", "tdtest",
-		"--data-dir", filepath.Join(s.dir, "data"),
-		"--listen-client-urls", s.client,
-		"--advertise-client-urls", s.client,
-		"--listen-peer-urls", s.peer,
-		"--initial-advertise-peer-urls", s.peer,
-		"--initial-cluster", "tdtest=" + s.peer,
-		"--initial-cluster-state", "new",
-		// The default, spelled out so tests hit the same per-transaction limit as production.
-		"--max-txn-ops", "128",
-		"--logger", "zap",
-		"--log-outputs", "stderr",
-	}, s.extraArgs...)...)
-	cmd.Env = testproc.EnvWithout("ETCD_") // etcd reads ETCD_* variables as flags
-	cmd.Stdout, cmd.Stderr = logf, logf
-	// Own process group so Stop can kill everything it started; Pdeathsig so a test binary that
-	// dies without running cleanups (e.g. a -timeout panic) does not leave etcd running.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := testproc.Start(cmd); err != nil {
-		return err
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-
-	if err := waitHealthy(s.client, s.tls, done); err != nil {
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		return err
-	}
 	s.mu.Lock()
-	s.cmd, s.done = cmd, done
-	s.mu.Unlock()
-	return nil
-}
-
-// waitHealthy polls etcd's /health endpoint, which reports true once the member has a leader.
-func waitHealthy(clientURL string, tc *tls.Config, exited <-chan struct{}) error {
-	tr := &http.Transport{TLSClientConfig: tc}
-	defer tr.CloseIdleConnections()
-	hc := &http.Client{Timeout: time.Second, Transport: tr}
-	deadline := time.Now().Add(healthTimeout)
-	for {
-		select {
-		case <-exited:
-			return errors.New("etcd exited during startup")
-		default:
-		}
-		if resp, err := hc.Get(clientURL + "/health"); err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK && strings.Contains(string(body), `"health":"true"`) {
-				return nil
-			}
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("etcd at %s not healthy after %v", clientURL, healthTimeout)
-		}
-		time.Sleep(100 * time.Millisecond)
+	defer s.mu.Unlock()
+	if err := s.cluster.StartMember(context.Background(), 0); err != nil {
+		t.Fatalf("etcdtest: restart: %v", err)
 	}
+	s.running = true
 }

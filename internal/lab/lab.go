@@ -151,7 +151,7 @@ func missing(o Options) string {
 		{"setsid", "util-linux"}, {"dockerd", "docker.io"}, {"docker", "docker.io"},
 		{"etcd", "etcd-server"}, {"etcdctl", "etcd-client"}, {"ping", "iputils-ping"},
 	} {
-		if dockertest.LookTool(tool.name) == "" {
+		if testproc.LookTool(tool.name) == "" {
 			return "lab: no " + tool.name + " (Debian package " + tool.pkg + ")"
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/talkingdata/ipam/internal/dockertest"
+	"github.com/talkingdata/ipam/internal/testproc"
 )
 
 // TestLab brings a lab up, checks every part of it, and checks that down leaves nothing, also
@@ -146,7 +147,7 @@ func TestLab(t *testing.T) {
 			}
 		}
 		// Also through curl, as a test would from a host (curl is not among the test deps).
-		if dockertest.LookTool("curl") == "" {
+		if testproc.LookTool("curl") == "" {
 			return
 		}
 		if out := l.Exec(t, 3, "curl", "-sf", "--unix-socket", l.PluginSocket(3), "-X", "POST", "http://x/Plugin.Activate"); !strings.Contains(out, "IpamDriver") {

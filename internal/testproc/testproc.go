@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -162,10 +163,41 @@ func InNetNS(path string, f func() error) error {
 // on now, for a server the test starts next.
 func FreeLoopbackAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := LoopbackAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return addr
+}
+
+// LoopbackAddr is FreeLoopbackAddr for programs that are not tests. Another process may take
+// the port before the caller binds it: retry on "address already in use".
+func LoopbackAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", fmt.Errorf("finding a free loopback port: %w", err)
+	}
 	defer l.Close()
-	return l.Addr().String()
+	return l.Addr().String(), nil
+}
+
+// LookTool finds a program on PATH or in the sbin directories a non-login root PATH may lack,
+// or returns "". For docker it prefers Debian's /usr/bin/docker, which matches Debian's dockerd,
+// over a newer client that may come first on PATH.
+func LookTool(name string) string {
+	if name == "docker" {
+		if _, err := os.Stat("/usr/bin/docker"); err == nil {
+			return "/usr/bin/docker"
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	for _, dir := range []string{"/usr/sbin", "/sbin", "/usr/bin", "/bin"} {
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode()&0o111 != 0 {
+			return p
+		}
+	}
+	return ""
 }

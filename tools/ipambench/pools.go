@@ -90,7 +90,7 @@ type benchPool struct {
 // time (process start and etcd connection included) and its peak RSS in KiB.
 func (r *runner) initRange(ctx context.Context, prefix string, spec poolSpec) (time.Duration, int64, error) {
 	var out bytes.Buffer
-	cmd := exec.Command(r.cfg.IpamctlBin, "--etcd-endpoints", strings.Join(r.etcd.endpoints, ","), "--etcd-prefix", prefix,
+	cmd := exec.Command(r.cfg.IpamctlBin, "--etcd-endpoints", strings.Join(r.endpoints, ","), "--etcd-prefix", prefix,
 		"--host-id", "ipambench", "init-range", "--subnet", spec.subnet, "--range", spec.rng, "--reuse-delay", "0s")
 	cmd.Env = testproc.EnvWithout("IPAM_")
 	cmd.Stdout, cmd.Stderr = &out, &out

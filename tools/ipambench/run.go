@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/internal/etcdproc"
 )
 
 const (
@@ -31,13 +32,14 @@ type runner struct {
 	// basePrefix, so a run against an existing etcd touches nothing else and can delete it all.
 	runPrefix, prefix, basePrefix string
 
-	etcd    *etcdCluster
-	cli     *clientv3.Client
-	store   *etcdstore.Store
-	daemons []*daemon
-	pools   map[string]*benchPool
-	macs    atomic.Uint64
-	res     *results
+	etcd      *etcdproc.Cluster // nil: an etcd given by endpoints
+	endpoints []string
+	cli       *clientv3.Client
+	store     *etcdstore.Store
+	daemons   []*daemon
+	pools     map[string]*benchPool
+	macs      atomic.Uint64
+	res       *results
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -83,7 +85,7 @@ func run(ctx context.Context, cfg config, stdout, stderr io.Writer) (*results, e
 // start brings up etcd (unless given) and the daemons, and notes what runs.
 func (r *runner) start(ctx context.Context) error {
 	if len(r.cfg.EtcdEndpoints) > 0 {
-		r.etcd = &etcdCluster{endpoints: r.cfg.EtcdEndpoints}
+		r.endpoints = r.cfg.EtcdEndpoints
 	} else {
 		bin, err := exec.LookPath(r.cfg.EtcdBin)
 		if err != nil {
@@ -93,15 +95,16 @@ func (r *runner) start(ctx context.Context) error {
 		if r.etcd, err = startEtcd(ctx, bin, r.dir, r.cfg.EtcdCluster); err != nil {
 			return err
 		}
+		r.endpoints = r.etcd.Endpoints()
 	}
-	cli, err := etcdstore.Dial(etcdstore.Config{Endpoints: r.etcd.endpoints, DialTimeout: 5 * time.Second})
+	cli, err := etcdstore.Dial(etcdstore.Config{Endpoints: r.endpoints, DialTimeout: 5 * time.Second})
 	if err != nil {
-		return fmt.Errorf("connecting to etcd %s: %w", r.etcd.endpoints, err)
+		return fmt.Errorf("connecting to etcd %s: %w", r.endpoints, err)
 	}
 	r.cli, r.store = cli, etcdstore.New(cli, r.prefix)
 	r.logf("starting %d plugin daemon(s) (%s)", r.cfg.Instances, r.cfg.PluginBin)
 	for i := 1; i <= r.cfg.Instances; i++ {
-		d, err := startDaemon(ctx, r.cfg.PluginBin, r.dir, i, r.etcd.endpoints, r.prefix)
+		d, err := startDaemon(ctx, r.cfg.PluginBin, r.dir, i, r.endpoints, r.prefix)
 		if err != nil {
 			return err
 		}
@@ -117,12 +120,12 @@ func (r *runner) setup(ctx context.Context) string {
 	etcdVersion := "?"
 	cctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
-	if st, err := r.cli.Status(cctx, r.etcd.endpoints[0]); err == nil {
+	if st, err := r.cli.Status(cctx, r.endpoints[0]); err == nil {
 		etcdVersion = st.Version
 	}
 	kind := fmt.Sprintf("%d-member etcd %s on loopback, started by ipambench", r.cfg.EtcdCluster, etcdVersion)
 	if r.cfg.EtcdCluster == 0 {
-		kind = fmt.Sprintf("existing etcd %s at %s", etcdVersion, strings.Join(r.etcd.endpoints, ","))
+		kind = fmt.Sprintf("existing etcd %s at %s", etcdVersion, strings.Join(r.endpoints, ","))
 	}
 	rev := treeRevision()
 	if bi, err := buildinfo.ReadFile(r.cfg.PluginBin); err == nil {
@@ -169,7 +172,7 @@ func (r *runner) cleanup() {
 		r.cli.Close()
 	}
 	if r.etcd != nil {
-		r.etcd.stop()
+		r.etcd.Stop()
 	}
 	if r.cfg.Keep {
 		r.logf("kept %s", r.dir)
@@ -213,8 +216,8 @@ func (r *runner) deletePrefix(ctx context.Context, prefix string) error {
 // alive fails the run as soon as a daemon died: every later figure would be an error.
 func (r *runner) alive() error {
 	for _, d := range r.daemons {
-		if d.proc.exited() {
-			return fmt.Errorf("%s exited\n%s", d.id, d.proc.tail())
+		if d.proc.Exited() {
+			return fmt.Errorf("%s exited\n%s", d.id, d.proc.Tail(logTail))
 		}
 	}
 	return nil
