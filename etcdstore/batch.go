@@ -49,6 +49,7 @@ type batchResult struct {
 // batcher coalesces concurrent subTxns into shared transactions.
 type batcher struct {
 	kv       clientv3.KV
+	timedOut func(context.Context, error) // told of every attempt's error
 	mu       sync.Mutex
 	queue    []*pendingTxn
 	inFlight int
@@ -134,6 +135,7 @@ func (b *batcher) commit(batch []*pendingTxn) {
 	if len(batch) == 1 {
 		t := batch[0].txn
 		r, err := b.kv.Txn(ctx).If(t.cmps...).Then(t.then...).Else(t.orElse...).Commit()
+		b.timedOut(batch[0].ctx, err)
 		if err != nil {
 			batch[0].done <- batchResult{err: err}
 			return
@@ -146,6 +148,7 @@ func (b *batcher) commit(batch []*pendingTxn) {
 		ops[i] = clientv3.OpTxn(p.txn.cmps, p.txn.then, p.txn.orElse)
 	}
 	r, err := b.kv.Txn(ctx).Then(ops...).Commit()
+	b.timedOut(batch[0].ctx, err)
 	for i, p := range batch {
 		if err != nil {
 			p.done <- batchResult{err: err}

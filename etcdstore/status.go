@@ -26,8 +26,23 @@ type EndpointStatus struct {
 // costs the caller one timeout, not one per endpoint, and its row says why
 // instead.
 func (s *Store) Endpoints(ctx context.Context, timeout time.Duration) []EndpointStatus {
-	eps := s.cli.Endpoints()
-	out := make([]EndpointStatus, len(eps))
+	out := s.statuses(ctx, s.avoid.all, timeout)
+	rows := make([]EndpointStatus, len(out))
+	for i, st := range out {
+		rows[i] = st.EndpointStatus
+	}
+	return rows
+}
+
+// memberStatus is an endpoint's status and whether it answered at all.
+type memberStatus struct {
+	EndpointStatus
+	unreachable bool
+}
+
+// statuses asks eps at once, each within timeout.
+func (s *Store) statuses(ctx context.Context, eps []string, timeout time.Duration) []memberStatus {
+	out := make([]memberStatus, len(eps))
 	var wg sync.WaitGroup
 	for i, ep := range eps {
 		wg.Go(func() { out[i] = s.endpoint(ctx, ep, timeout) })
@@ -36,18 +51,18 @@ func (s *Store) Endpoints(ctx context.Context, timeout time.Duration) []Endpoint
 	return out
 }
 
-func (s *Store) endpoint(ctx context.Context, ep string, timeout time.Duration) EndpointStatus {
+func (s *Store) endpoint(ctx context.Context, ep string, timeout time.Duration) memberStatus {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st := EndpointStatus{Endpoint: ep}
+	st := memberStatus{EndpointStatus: EndpointStatus{Endpoint: ep}}
 	r, err := s.cli.Status(ctx, ep)
 	switch {
 	case err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded):
 		// The client waits for a connection until the deadline, so a
 		// closed port and a frozen member both end here.
-		st.Errors = []string{fmt.Sprintf("no answer within %s: %v", timeout, err)}
+		st.Errors, st.unreachable = []string{fmt.Sprintf("no answer within %s: %v", timeout, err)}, true
 	case err != nil:
-		st.Errors = []string{err.Error()}
+		st.Errors, st.unreachable = []string{err.Error()}, true
 	default:
 		st.Version, st.DBSize, st.RaftIndex = r.Version, r.DbSize, r.RaftIndex
 		st.Leader = r.Leader == r.Header.MemberId

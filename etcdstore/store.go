@@ -38,11 +38,14 @@ type Store struct {
 	views  views
 	delays delayLeases
 	refs   refWriters
+	avoid  avoidance
 }
 
 // New uses cli with keys under prefix.
 func New(cli *clientv3.Client, prefix string) *Store {
-	return &Store{cli: cli, k: keys{prefix: strings.TrimSuffix(prefix, "/") + "/"}, batch: &batcher{kv: cli}}
+	s := &Store{cli: cli, k: keys{prefix: strings.TrimSuffix(prefix, "/") + "/"}, avoid: avoidance{all: cli.Endpoints()}}
+	s.batch = &batcher{kv: cli, timedOut: s.timedOut}
+	return s
 }
 
 // metaValue is the stored form of pool.Meta.

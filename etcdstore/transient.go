@@ -102,11 +102,15 @@ func attempt(ctx context.Context) (context.Context, context.CancelFunc) {
 func (s *Store) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	actx, cancel := attempt(ctx)
 	defer cancel()
-	return s.cli.Get(actx, key, opts...)
+	r, err := s.cli.Get(actx, key, opts...)
+	s.timedOut(ctx, err)
+	return r, err
 }
 
 func (s *Store) txn(ctx context.Context, cmps []clientv3.Cmp, then, orElse []clientv3.Op) (*clientv3.TxnResponse, error) {
 	actx, cancel := attempt(ctx)
 	defer cancel()
-	return s.cli.Txn(actx).If(cmps...).Then(then...).Else(orElse...).Commit()
+	r, err := s.cli.Txn(actx).If(cmps...).Then(then...).Else(orElse...).Commit()
+	s.timedOut(ctx, err)
+	return r, err
 }
