@@ -52,6 +52,9 @@ type Options struct {
 	// Engine is the dockerd build to run and the CLI to talk to it (LookupEngine,
 	// MatrixEngines). The zero value is the system's Debian dockerd 20.10 and its CLI.
 	Engine Engine
+	// Args are dockerd flags added after the engine's, such as a TLS tcp:// listener
+	// (reach it with Expose).
+	Args []string
 }
 
 // Daemon is one private dockerd.
@@ -239,7 +242,7 @@ func (d *Daemon) start(t testing.TB) {
 		// Containers get their own cgroup parent, so cleanup can find their processes.
 		"--cgroup-parent", "/" + d.token,
 	}
-	args = append(args, d.engine.Args...)
+	args = append(append(args, d.engine.Args...), d.opts.Args...)
 	cmd := exec.Command(d.tools.nsenter, args...)
 	cmd.ExtraFiles = []*os.File{nsf} // fd 3
 	cmd.Dir = d.root

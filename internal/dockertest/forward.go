@@ -10,6 +10,8 @@ import (
 	"github.com/talkingdata/ipam/internal/testproc"
 )
 
+const forwardDialTimeout = 5 * time.Second
+
 // Forward makes target (host:port, reachable from the test's network namespace, such as an
 // etcdtest server on loopback) reachable from inside dockerd's network namespace, where a
 // managed plugin with host networking runs. It listens on a free 127.0.0.1 port there and
@@ -17,12 +19,40 @@ import (
 func (d *Daemon) Forward(t testing.TB, target string) string {
 	t.Helper()
 	var l net.Listener
-	if err := testproc.InNetNS(filepath.Join("/run/netns", d.netns), func() (err error) {
+	if err := testproc.InNetNS(d.netnsPath(), func() (err error) {
 		l, err = net.Listen("tcp", "127.0.0.1:0")
 		return err
 	}); err != nil {
 		t.Fatalf("dockertest: listening in netns %s: %v", d.netns, err)
 	}
+	serve(t, l, func() (net.Conn, error) { return net.DialTimeout("tcp", target, forwardDialTimeout) })
+	return l.Addr().String()
+}
+
+// Expose is Forward the other way: it makes target (host:port inside dockerd's network
+// namespace, such as a tcp:// listener of dockerd's own) reachable from the test's, on a free
+// 127.0.0.1 port there, and returns that address.
+func (d *Daemon) Expose(t testing.TB, target string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("dockertest: %v", err)
+	}
+	serve(t, l, func() (c net.Conn, err error) {
+		// The socket stays in the namespace it was made in.
+		err = testproc.InNetNS(d.netnsPath(), func() (err error) {
+			c, err = net.DialTimeout("tcp", target, forwardDialTimeout)
+			return err
+		})
+		return c, err
+	})
+	return l.Addr().String()
+}
+
+func (d *Daemon) netnsPath() string { return filepath.Join("/run/netns", d.netns) }
+
+// serve pipes each connection l accepts to a new one from dial, until the test ends.
+func serve(t testing.TB, l net.Listener, dial func() (net.Conn, error)) {
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -30,16 +60,15 @@ func (d *Daemon) Forward(t testing.TB, target string) string {
 			if err != nil {
 				return // closed at cleanup
 			}
-			go pipe(c, target)
+			go pipe(c, dial)
 		}
 	}()
-	return l.Addr().String()
 }
 
-// pipe copies between c and a new connection to target until either side closes.
-func pipe(c net.Conn, target string) {
+// pipe copies between c and a new connection from dial until either side closes.
+func pipe(c net.Conn, dial func() (net.Conn, error)) {
 	defer c.Close()
-	u, err := net.DialTimeout("tcp", target, 5*time.Second)
+	u, err := dial()
 	if err != nil {
 		return // c closes: the client sees the refusal as a dropped connection
 	}

@@ -2,15 +2,8 @@ package etcdtest
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
-	"encoding/pem"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +13,8 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/talkingdata/ipam/internal/testpki"
 )
 
 // SecureOptions configures StartSecure.
@@ -80,18 +75,18 @@ func StartSecure(t testing.TB, opts SecureOptions) *SecureServer {
 	if err := os.Mkdir(pki, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	ca := newCA(t, "talkingdata-ipam test CA")
-	other := newCA(t, "unrelated test CA")
+	ca := testpki.NewCA(t, "talkingdata-ipam test CA")
+	other := testpki.NewCA(t, "unrelated test CA")
 	s := &SecureServer{
 		Server:   srv,
-		CACert:   ca.writeCert(t, pki, "ca"),
-		OtherCA:  other.writeCert(t, pki, "other-ca"),
+		CACert:   ca.WriteCert(t, pki, "ca"),
+		OtherCA:  other.WriteCert(t, pki, "other-ca"),
 		Prefix:   opts.Prefix,
 		RootUser: "root",
 	}
-	serverCert, serverKey := ca.issue(t, pki, "server", "127.0.0.1", true)
-	s.ClientCert, s.ClientKey = ca.issue(t, pki, "client", ClientCN, false)
-	s.OtherCert, s.OtherKey = other.issue(t, pki, "other-client", ClientCN, false)
+	serverCert, serverKey := ca.Issue(t, pki, "server", "127.0.0.1", true)
+	s.ClientCert, s.ClientKey = ca.Issue(t, pki, "client", ClientCN, false)
+	s.OtherCert, s.OtherKey = other.Issue(t, pki, "other-client", ClientCN, false)
 
 	srv.scheme = "https"
 	srv.extraArgs = []string{
@@ -150,97 +145,6 @@ func (s *SecureServer) enableAuth(t testing.TB) {
 			t.Fatalf("etcdtest: %s: %v", st.what, err)
 		}
 	}
-}
-
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	der  []byte
-}
-
-func newCA(t testing.TB, cn string) *testCA {
-	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testCA{cert: cert, key: key, der: der}
-}
-
-func (ca *testCA) writeCert(t testing.TB, dir, name string) string {
-	t.Helper()
-	return writePEM(t, filepath.Join(dir, name+".pem"), "CERTIFICATE", ca.der)
-}
-
-// issue signs a certificate and writes NAME.pem and NAME-key.pem. A server certificate is for
-// 127.0.0.1 and localhost and is also good for client auth: etcd 3.4's gRPC gateway dials its
-// own gRPC server with it.
-func (ca *testCA) issue(t testing.TB, dir, name, cn string, server bool) (certPath, keyPath string) {
-	t.Helper()
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	if server {
-		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-		tmpl.DNSNames = []string{"localhost"}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return writePEM(t, filepath.Join(dir, name+".pem"), "CERTIFICATE", der),
-		writePEM(t, filepath.Join(dir, name+"-key.pem"), "PRIVATE KEY", keyDER)
-}
-
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
-
-func serial(t testing.TB) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 126))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-func writePEM(t testing.TB, path, typ string, der []byte) string {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
 
 func randHex(t testing.TB, n int) string {
