@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/talkingdata/ipam/internal/testproc"
 )
 
 func TestDaemonEndToEnd(t *testing.T) {
@@ -87,7 +89,7 @@ func TestCleanupAfterDockerdCrash(t *testing.T) {
 	if d == nil {
 		return
 	}
-	if p, ok := listProcs()[ctr]; ctr == 0 || ok && !p.zombie {
+	if p, ok := testproc.Procs()[ctr]; ctr == 0 || ok && !p.Exited {
 		t.Errorf("container process %d still alive after cleanup", ctr)
 	}
 	assertCleanedUp(t, d, true)
