@@ -28,7 +28,7 @@ const busyboxPath = "/bin/busybox" // Debian's busybox-static
 func (d *Daemon) ImportBusybox(t testing.TB) string {
 	t.Helper()
 	d.imgOnce.Do(func() {
-		tarball, err := busyboxRootfs()
+		tarball, err := BusyboxRootfs()
 		if err != nil {
 			d.imgErr = err
 			return
@@ -44,8 +44,9 @@ func (d *Daemon) ImportBusybox(t testing.TB) string {
 	return d.img
 }
 
-// busyboxRootfs builds the image's root filesystem as a tar, once per test binary.
-var busyboxRootfs = sync.OnceValues(func() ([]byte, error) {
+// BusyboxRootfs builds the image's root filesystem as a tar, once per process; ImportBusybox and
+// the lab import it.
+var BusyboxRootfs = sync.OnceValues(func() ([]byte, error) {
 	// A dynamically linked busybox would need the host's libc inside the image.
 	f, err := elf.Open(busyboxPath)
 	if err != nil {

@@ -118,7 +118,7 @@ func Start(t testing.TB, opts Options) *Daemon {
 			t.Fatalf("dockertest: lo up in %s: %v: %s", d.netns, err, out)
 		}
 	}
-	d.driver = storageDriver()
+	d.driver = StorageDriver()
 	d.start(t)
 	return d
 }
@@ -249,7 +249,7 @@ func (d *Daemon) start(t testing.TB) {
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// dockerd finds containerd, runc and docker-init on PATH: prefer the engine's own, then
 	// the ones beside dockerd.
-	cmd.Env = append(testproc.EnvWithout("PATH="), "PATH="+d.engine.pathFor())
+	cmd.Env = append(testproc.EnvWithout("PATH="), "PATH="+d.engine.DockerdPath())
 	// Own process group for Stop; Pdeathsig so a test binary that dies without running its
 	// cleanups (e.g. a -timeout panic) takes dockerd and its containerd with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -279,12 +279,12 @@ func (d *Daemon) mountNS(t testing.TB) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.keeper != nil {
-		if pid := d.keeper.Process.Pid; alive(pid) {
+		if pid := d.keeper.Process.Pid; testproc.Alive(pid) {
 			return pid
 		}
 		t.Fatalf("dockertest: the mount namespace of the stopped dockerd is gone (its keeper, pid %d, exited)", d.keeper.Process.Pid)
 	}
-	sleep := LookTool("sleep")
+	sleep := testproc.LookTool("sleep")
 	cmd := exec.Command(d.tools.unshare, "-m", "--propagation", "private", "--", "/bin/sh", "-c", startScript, "sh",
 		d.root, d.opts.PluginDir, sleep, "infinity")
 	cmd.Dir = d.root
@@ -299,7 +299,7 @@ func (d *Daemon) mountNS(t testing.TB) int {
 		if exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); err == nil && filepath.Base(exe) == filepath.Base(sleep) {
 			return pid
 		}
-		if !alive(pid) || time.Now().After(deadline) {
+		if !testproc.Alive(pid) || time.Now().After(deadline) {
 			t.Fatalf("dockertest: the mount namespace for dockerd was not set up")
 		}
 	}

@@ -47,7 +47,7 @@ const DefaultEngines = "20.10,28.5,29"
 // SystemEngine is the Debian docker.io installed on the machine (20.10 on bookworm): what the
 // zero Engine means. "" paths mean it is not installed.
 func SystemEngine() Engine {
-	return Engine{Name: "20.10", Dockerd: LookTool("dockerd"), Docker: LookTool("docker"), APIVersion: "1.41"}
+	return Engine{Name: "20.10", Dockerd: testproc.LookTool("dockerd"), Docker: testproc.LookTool("docker"), APIVersion: "1.41"}
 }
 
 // IsZero reports whether e is the zero Engine (the system's).
@@ -194,8 +194,8 @@ func ParseEngineNames(list string) []string {
 	return names
 }
 
-// pathFor is dockerd's PATH: the engine's own directories, dockerd's, then the system's.
-func (e Engine) pathFor() string {
+// DockerdPath is dockerd's PATH: the engine's own directories, dockerd's, then the system's.
+func (e Engine) DockerdPath() string {
 	dirs := append(slices.Clone(e.Path), filepath.Dir(e.Dockerd), "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 	if p := os.Getenv("PATH"); p != "" {
 		dirs = append(dirs, p)

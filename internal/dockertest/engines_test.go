@@ -102,7 +102,7 @@ func TestEngineLookup(t *testing.T) {
 		strings.Join(e.Args, "|") != "--a|--b" || e.Compose != "" || e.APIVersion != "1.52" {
 		t.Errorf("FindEngine(29) = %+v, %q", e, miss)
 	}
-	if p := e.pathFor(); !strings.HasPrefix(p, filepath.Join(root, "usr/sbin")+":"+filepath.Join(root, "usr/bin")+":") {
+	if p := e.DockerdPath(); !strings.HasPrefix(p, filepath.Join(root, "usr/sbin")+":"+filepath.Join(root, "usr/bin")+":") {
 		t.Errorf("PATH for 29 = %q", p)
 	}
 

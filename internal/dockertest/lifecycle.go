@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/talkingdata/ipam/internal/testproc"
 )
 
 // SetDaemonConfig replaces the daemon's config file (the --config-file every start passes) with
@@ -60,7 +62,7 @@ func (d *Daemon) forgetDeadContainerd(t testing.TB) {
 			return // none: dockerd starts a new containerd
 		}
 		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || !alive(pid) {
+		if err != nil || !testproc.Alive(pid) {
 			if err := os.Remove(pidfile); err != nil && !os.IsNotExist(err) {
 				t.Fatalf("dockertest: %v", err)
 			}

@@ -32,9 +32,6 @@ func (d *Daemon) strays() []int {
 	return testproc.Family(procs, mine)
 }
 
-// alive reports whether pid is a process that has not exited.
-var alive = testproc.Alive
-
 // cgroupDirs are the containers' cgroup parents.
 func (d *Daemon) cgroupDirs() []string { return testproc.CgroupDirs(d.token) }
 

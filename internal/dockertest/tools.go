@@ -30,24 +30,21 @@ func findTools(t testing.TB) tools {
 		{&tl.nsenter, "nsenter", "util-linux"},
 		{&tl.ip, "ip", "iproute2"},
 	} {
-		*x.dst = LookTool(x.name)
+		*x.dst = testproc.LookTool(x.name)
 		testproc.Require(t, *x.dst != "", "dockertest: no "+x.name+" (Debian package "+x.pkg+")")
 	}
 	return tl
 }
-
-// LookTool is testproc.LookTool, under the name dockertest's files and callers use.
-var LookTool = testproc.LookTool
 
 var (
 	driverOnce sync.Once
 	driver     string
 )
 
-// storageDriver picks overlay2 when the filesystem under /tmp (where data roots live) can host
+// StorageDriver picks overlay2 when the filesystem under /tmp (where data roots live) can host
 // an overlay mount, else vfs (slow, copies every layer, but works anywhere).
 // TDTEST_STORAGE_DRIVER overrides the choice.
-func storageDriver() string {
+func StorageDriver() string {
 	driverOnce.Do(func() {
 		if driver = os.Getenv("TDTEST_STORAGE_DRIVER"); driver != "" {
 			return
@@ -74,6 +71,6 @@ func overlayWorks() bool {
 		}
 	}
 	opts := "lowerdir=" + dir + "/lower,upperdir=" + dir + "/upper,workdir=" + dir + "/work"
-	return exec.Command(LookTool("unshare"), "-m", "--propagation", "private",
+	return exec.Command(testproc.LookTool("unshare"), "-m", "--propagation", "private",
 		"mount", "-t", "overlay", "overlay", "-o", opts, dir+"/merged").Run() == nil
 }

@@ -90,15 +90,14 @@ func (c *Cluster) args(i int) []string {
 // Start starts every member and waits until each is healthy. On failure it stops them all
 // and the error carries their log tails.
 func (c *Cluster) Start(ctx context.Context) error {
-	c.procs = make([]*testproc.Proc, len(c.Members))
 	for i := range c.Members {
-		if err := c.spawn(i); err != nil {
+		if err := c.Spawn(i); err != nil {
 			c.Stop()
 			return err
 		}
 	}
 	for i := range c.Members {
-		if err := c.waitHealthy(ctx, i); err != nil {
+		if err := c.WaitHealthy(ctx, i); err != nil {
 			c.Stop()
 			return err
 		}
@@ -108,17 +107,19 @@ func (c *Cluster) Start(ctx context.Context) error {
 
 // StartMember starts member i again (it must be stopped) and waits until it is healthy.
 func (c *Cluster) StartMember(ctx context.Context, i int) error {
-	if c.procs == nil {
-		c.procs = make([]*testproc.Proc, len(c.Members))
-	}
-	if err := c.spawn(i); err != nil {
+	if err := c.Spawn(i); err != nil {
 		return err
 	}
-	return c.waitHealthy(ctx, i)
+	return c.WaitHealthy(ctx, i)
 }
 
 // Proc is member i's process as this cluster last started it, or nil.
-func (c *Cluster) Proc(i int) *testproc.Proc { return c.procs[i] }
+func (c *Cluster) Proc(i int) *testproc.Proc {
+	if c.procs == nil {
+		return nil
+	}
+	return c.procs[i]
+}
 
 // StopMember ends member i gracefully (SIGTERM, SIGKILL after 10s) and reports whether it had
 // to kill; a stopped member is fine.
@@ -148,7 +149,11 @@ func (c *Cluster) Tails() string {
 	return b.String()
 }
 
-func (c *Cluster) spawn(i int) error {
+// Spawn starts member i without waiting for it.
+func (c *Cluster) Spawn(i int) error {
+	if c.procs == nil {
+		c.procs = make([]*testproc.Proc, len(c.Members))
+	}
 	m := c.Members[i]
 	if err := os.MkdirAll(m.Dir, 0o755); err != nil {
 		return err
@@ -167,9 +172,9 @@ func (c *Cluster) spawn(i int) error {
 	return nil
 }
 
-// waitHealthy polls member i's /health, which says true once the member sees a leader and
+// WaitHealthy polls member i's /health, which says true once the member sees a leader and
 // answers a quorum read. Any member exiting ends the wait: there may be no quorum without it.
-func (c *Cluster) waitHealthy(ctx context.Context, i int) error {
+func (c *Cluster) WaitHealthy(ctx context.Context, i int) error {
 	m, p := c.Members[i], c.procs[i]
 	tr := &http.Transport{TLSClientConfig: c.TLS, DialContext: c.Dial}
 	defer tr.CloseIdleConnections()

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -97,11 +98,12 @@ func Terminate(pid int, done <-chan struct{}, grace time.Duration) (killed bool)
 	}
 }
 
-// EnvWithout returns the environment minus the variables whose "NAME=value" starts with prefix.
-func EnvWithout(prefix string) []string {
+// EnvWithout returns the environment minus the variables whose "NAME=value" starts with one of
+// prefixes.
+func EnvWithout(prefixes ...string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, prefix) {
+		if !slices.ContainsFunc(prefixes, func(p string) bool { return strings.HasPrefix(kv, p) }) {
 			env = append(env, kv)
 		}
 	}
