@@ -32,7 +32,7 @@ func TestChaos(t *testing.T) {
 
 	cfg := harness.Defaults
 	cfg.Phases = []harness.Phase{
-		{Name: "leader-kills", Ops: 1500, Faults: []string{"leader-kill", "leader-kill", "leader-kill"}, MaxP99: 3 * time.Second},
+		{Name: "leader-kills", Ops: 4000, Faults: []string{"leader-kill", "leader-kill", "leader-kill"}, MaxP99: 3 * time.Second}, // issue 15's target
 		{Name: "members", Ops: 500, Faults: []string{"leader-freeze", "follower-freeze", "follower-restart"}},
 		{Name: "plugin-kills", Ops: 1000, Faults: slices.Repeat([]string{"plugin-kill"}, 4)},
 	}
