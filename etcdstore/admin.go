@@ -153,6 +153,7 @@ func (s *Store) DeletePool(ctx context.Context, subnet netip.Prefix, force bool)
 		clientv3.OpDelete(refs, clientv3.WithPrefix()),
 		clientv3.OpDelete(s.k.ownersDir(subnet), clientv3.WithPrefix()),
 		clientv3.OpDelete(s.k.delaysDir(subnet), clientv3.WithPrefix()),
+		clientv3.OpDelete(s.k.stickyDir(subnet), clientv3.WithPrefix()),
 	).Else(
 		clientv3.OpGet(meta, clientv3.WithCountOnly()),
 		clientv3.OpGet(used, clientv3.WithPrefix(), clientv3.WithCountOnly()),

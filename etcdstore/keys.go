@@ -21,6 +21,8 @@ import (
 //	owners/<subnet>/<host>/<mac>  the address an endpoint holds: written and
 //	                       deleted in the same transactions as its used/ key,
 //	                       so a retried request finds what it already got
+//	sticky/<subnet>/<name> the address a sticky name is bound to: written and
+//	                       deleted with the used/ record that carries the name
 //	hosts/<host>           the host's daemon runs now: on its lease (hosts.go)
 //	lastseen/<host>        when the host's daemon last wrote, no lease
 //
@@ -38,6 +40,15 @@ func (k keys) refsRoot() string                { return k.prefix + "refs/" }
 func (k keys) refsDir(s netip.Prefix) string   { return k.refsRoot() + subnetKey(s) + "/" }
 func (k keys) ownersDir(s netip.Prefix) string { return k.prefix + "owners/" + subnetKey(s) + "/" }
 func (k keys) delaysDir(s netip.Prefix) string { return k.prefix + "delays/" + subnetKey(s) + "/" }
+func (k keys) stickyDir(s netip.Prefix) string { return k.prefix + "sticky/" + subnetKey(s) + "/" }
+
+// binding is the sticky-name key of a, or "" when a carries no name.
+func (k keys) binding(s netip.Prefix, a *pool.Allocation) string {
+	if a == nil || a.Sticky == "" {
+		return ""
+	}
+	return k.stickyDir(s) + a.Sticky
+}
 
 // owner is the owner-index key of a, or "" when a has none: only
 // container addresses with a MAC are indexed.

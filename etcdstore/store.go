@@ -211,6 +211,13 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 		t.orElse = append(t.orElse, clientv3.OpGet(owner))
 		t.writes = append(t.writes, owner)
 	}
+	binding, bindingAt := s.k.binding(subnet, &a), len(t.orElse)
+	if binding != "" {
+		t.cmps = append(t.cmps, clientv3.Compare(clientv3.CreateRevision(binding), "=", 0))
+		t.then = append(t.then, clientv3.OpPut(binding, addr.String()))
+		t.orElse = append(t.orElse, clientv3.OpGet(binding))
+		t.writes = append(t.writes, binding)
+	}
 	r, rev, err := s.batch.do(ctx, t)
 	if err != nil {
 		return pool.Claim{}, err
@@ -233,7 +240,28 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 			}
 		}
 	}
+	if binding != "" {
+		if kvs := r.Responses[bindingAt].GetResponseRange().Kvs; len(kvs) > 0 {
+			if c.Bound, err = netip.ParseAddr(string(kvs[0].Value)); err != nil {
+				return c, fmt.Errorf("malformed sticky binding %s: %w", binding, err)
+			}
+		}
+	}
 	return c, nil
+}
+
+// Binding returns the address name is bound to in the pool, if any.
+func (s *Store) Binding(ctx context.Context, subnet netip.Prefix, name string) (netip.Addr, bool, error) {
+	key := s.k.binding(subnet, &pool.Allocation{Sticky: name})
+	r, err := s.get(ctx, key)
+	if err != nil || len(r.Kvs) == 0 {
+		return netip.Addr{}, false, transient(ctx, err)
+	}
+	a, err := netip.ParseAddr(string(r.Kvs[0].Value))
+	if err != nil {
+		return netip.Addr{}, false, fmt.Errorf("malformed sticky binding %s: %w", key, err)
+	}
+	return a, true, nil
 }
 
 // Owned returns the address host's endpoint with this MAC holds in the
@@ -329,6 +357,17 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 	}
 	for _, g := range guards {
 		t.cmps = append(t.cmps, g.(guard)...)
+	}
+	// A sticky binding follows the record that carries its name.
+	if was, now := s.k.binding(subnet, cur.Used), s.k.binding(subnet, next.Used); was != now {
+		if was != "" {
+			ops = append(ops, clientv3.OpDelete(was))
+			t.writes = append(t.writes, was)
+		}
+		if now != "" {
+			ops = append(ops, clientv3.OpPut(now, cur.Addr.String()))
+			t.writes = append(t.writes, now)
+		}
 	}
 	// The owner index follows the used record in the same transaction. An
 	// endpoint that becomes the holder (taking a reservation) must hold

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	api "github.com/docker/go-plugins-helpers/ipam"
@@ -40,6 +41,15 @@ const OptionPrefix = "talkingdata."
 const (
 	OptGateway    = OptionPrefix + "gateway"
 	GatewayRouter = "router"
+)
+
+// OptSticky=StickyName (--ipam-opt talkingdata.sticky=name) binds each
+// container's address to its name, for every host: the next container of
+// that name gets it again, with no --ip. dockerd sends the name from
+// Docker 29 on; carried in the PoolID like OptGateway.
+const (
+	OptSticky  = OptionPrefix + "sticky"
+	StickyName = "name"
 )
 
 // AddressSpace is where every pool talkingdata serves lives; pools are named
@@ -81,6 +91,21 @@ type Driver struct {
 	// failed release as final and never repeats it. Without it such a
 	// release fails, and the address stays used until `ipamctl gc`.
 	Pending PendingReleases
+
+	nameless sync.Map // PoolIDs of sticky networks whose dockerd sent no endpoint name: logged once
+}
+
+// sticky is the name a request's address is bound to on a sticky network,
+// or "" when dockerd sent none (before Docker 29): the request then gets
+// an ordinary address, and the daemon says so once per network.
+func (d *Driver) sticky(poolID, endpoint string) string {
+	if endpoint != "" {
+		return stickyName(endpoint)
+	}
+	if _, logged := d.nameless.LoadOrStore(poolID, true); !logged {
+		d.Log.Warn("a sticky network's dockerd sent no endpoint name: its containers get ordinary addresses (stickiness needs Docker 29 or later)", "pool", poolID)
+	}
+	return ""
 }
 
 // PendingReleases keeps a refused release durably (releasequeue.Queue).
@@ -125,13 +150,18 @@ func (d *Driver) GetDefaultAddressSpaces() (*api.AddressSpacesResponse, error) {
 type PoolRef struct {
 	pool.Network
 	RouterGateway bool
+	Sticky        bool
 }
 
-const routerSuffix = ";" + "gateway=" + GatewayRouter
+const (
+	routerSuffix = ";" + "gateway=" + GatewayRouter
+	stickySuffix = ";" + "sticky=" + StickyName
+)
 
 // PoolID is deterministic (dockerd stores it across restarts, and sends no
 // options after RequestPool): the subnet, "@" and the ip-range when one
-// was given, and ";gateway=router" with OptGateway.
+// was given, ";gateway=router" with OptGateway and ";sticky=name" with
+// OptSticky.
 func PoolID(r PoolRef) string {
 	id := r.Subnet.String()
 	if r.IPRange.IsValid() {
@@ -140,35 +170,67 @@ func PoolID(r PoolRef) string {
 	if r.RouterGateway {
 		id += routerSuffix
 	}
+	if r.Sticky {
+		id += stickySuffix
+	}
 	return id
 }
 
 // ParsePoolID reverses PoolID.
 func ParsePoolID(id string) (PoolRef, error) {
-	base, router := strings.CutSuffix(id, routerSuffix)
+	base, sticky := strings.CutSuffix(id, stickySuffix)
+	base, router := strings.CutSuffix(base, routerSuffix)
 	subnet, ipRange, _ := strings.Cut(base, "@")
 	n, err := pool.NewNetwork(subnet, ipRange)
-	r := PoolRef{Network: n, RouterGateway: router}
+	r := PoolRef{Network: n, RouterGateway: router, Sticky: sticky}
 	if err != nil || PoolID(r) != id {
 		return PoolRef{}, fmt.Errorf("unknown PoolID %q: not one this driver issued", id)
 	}
 	return r, nil
 }
 
-// poolOptions reads the --ipam-opt keys of this driver.
-func poolOptions(opts map[string]string) (routerGateway bool, err error) {
+// poolOptions reads the --ipam-opt keys of this driver into r.
+func poolOptions(opts map[string]string, r *PoolRef) error {
 	for k, v := range opts {
 		switch {
 		case k == OptGateway && v == GatewayRouter:
-			routerGateway = true
+			r.RouterGateway = true
 		case k == OptGateway:
-			return false, fmt.Errorf("invalid --ipam-opt %s=%q: the only value is %q (the network's gateway is the LAN router: macvlan, ipvlan)",
+			return fmt.Errorf("invalid --ipam-opt %s=%q: the only value is %q (the network's gateway is the LAN router: macvlan, ipvlan)",
 				k, v, GatewayRouter)
+		case k == OptSticky && v == StickyName:
+			r.Sticky = true
+		case k == OptSticky:
+			return fmt.Errorf("invalid --ipam-opt %s=%q: the only value is %q (each container's address is bound to its name)", k, v, StickyName)
 		case strings.HasPrefix(k, OptionPrefix):
-			return false, fmt.Errorf("unsupported --ipam-opt %q: talkingdata knows only %s=%s", k, OptGateway, GatewayRouter)
+			return fmt.Errorf("unsupported --ipam-opt %q: talkingdata knows %s=%s and %s=%s", k, OptGateway, GatewayRouter, OptSticky, StickyName)
 		}
 	}
-	return routerGateway, nil
+	return nil
+}
+
+// stickyName is the name a container's address is bound to: its own, but
+// for a swarm task (service.slot.taskid, a new task id each time) the
+// service and slot, which a replacement task keeps.
+func stickyName(endpoint string) string {
+	if parts := strings.Split(endpoint, "."); len(parts) >= 3 && isTaskID(parts[len(parts)-1]) {
+		return strings.Join(parts[:len(parts)-1], ".")
+	}
+	return endpoint
+}
+
+// isTaskID says whether s looks like a swarm task id: 25 lower-case
+// letters and digits.
+func isTaskID(s string) bool {
+	if len(s) != 25 {
+		return false
+	}
+	for _, c := range s {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			return false
+		}
+	}
+	return true
 }
 
 func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolResponse, error) {
@@ -184,8 +246,8 @@ func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolRespons
 	case r.Pool == "":
 		return nil, errors.New("a subnet is required: docker network create --ipam-driver talkingdata --subnet CIDR [--ip-range CIDR] …")
 	}
-	routerGateway, err := poolOptions(r.Options)
-	if err != nil {
+	var ref PoolRef
+	if err := poolOptions(r.Options, &ref); err != nil {
 		return nil, err
 	}
 	n, err := pool.NewNetwork(r.Pool, r.SubPool)
@@ -204,7 +266,8 @@ func (d *Driver) RequestPool(r *api.RequestPoolRequest) (*api.RequestPoolRespons
 	if err := d.Pools.Attach(ctx, n); err != nil {
 		return nil, d.explain(ctx, err)
 	}
-	id := PoolID(PoolRef{Network: n, RouterGateway: routerGateway})
+	ref.Network = n
+	id := PoolID(ref)
 	d.Log.Info("pool attached", "pool", id)
 	return &api.RequestPoolResponse{PoolID: id, Pool: n.Subnet.String(), Data: map[string]string{}}, nil
 }
@@ -269,6 +332,9 @@ func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddre
 		got, err = want, d.Pools.Aux(ctx, n, want)
 	default:
 		a := pool.Allocation{Kind: pool.KindContainer, Endpoint: r.Options[optEndpoint]}
+		if ref.Sticky && !want.IsValid() {
+			a.Sticky = d.sticky(r.PoolID, a.Endpoint)
+		}
 		if mac := r.Options[optMAC]; mac != "" {
 			hw, err := net.ParseMAC(mac)
 			if err != nil {

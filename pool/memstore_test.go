@@ -29,6 +29,7 @@ type memPool struct {
 	used   map[netip.Addr]memUsed
 	refs   map[string]int
 	owners map[string]netip.Addr    // host/mac of container entries
+	bound  map[string]netip.Addr    // sticky names
 	after  map[netip.Addr]time.Time // addresses in their reuse delay, until when (the store's clock)
 	view   *FreeSet                 // FreeSet's copy, once asked for
 }
@@ -39,6 +40,14 @@ func ownerKey(a *Allocation) string {
 		return ""
 	}
 	return a.Host + "/" + a.MAC
+}
+
+// stickyName mirrors etcdstore's binding key: the record's sticky name.
+func stickyName(a *Allocation) string {
+	if a == nil {
+		return ""
+	}
+	return a.Sticky
 }
 
 type memUsed struct {
@@ -104,7 +113,7 @@ func (s *memStore) CreateMeta(_ context.Context, m Meta) (Meta, bool, error) {
 	}
 	s.rev++
 	m.Rev = s.rev
-	s.pools[m.Subnet] = &memPool{meta: m, free: map[netip.Addr]int64{}, used: map[netip.Addr]memUsed{}, refs: map[string]int{}, owners: map[string]netip.Addr{}, after: map[netip.Addr]time.Time{}}
+	s.pools[m.Subnet] = &memPool{meta: m, free: map[netip.Addr]int64{}, used: map[netip.Addr]memUsed{}, refs: map[string]int{}, owners: map[string]netip.Addr{}, bound: map[string]netip.Addr{}, after: map[netip.Addr]time.Time{}}
 	return m, true, nil
 }
 
@@ -158,7 +167,11 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 	_, free := p.free[addr]
 	_, delayed := p.after[addr]
 	claimable := free && (takeDelayed || !delayed)
-	if claimable && !holds {
+	bound, isBound := p.bound[a.Sticky]
+	if a.Sticky == "" {
+		isBound = false
+	}
+	if claimable && !holds && !isBound {
 		if _, used := p.used[addr]; !used {
 			s.rev++
 			p.dropFree(addr)
@@ -166,12 +179,18 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 			if owner != "" {
 				p.owners[owner] = addr
 			}
+			if a.Sticky != "" {
+				p.bound[a.Sticky] = addr
+			}
 			return Claim{Taken: true, Version: Version{Used: s.rev, Meta: p.meta.Rev}}, nil
 		}
 	}
 	var c Claim
 	if holds {
 		c.Existing = existing
+	}
+	if isBound {
+		c.Bound = bound
 	}
 	c.Delayed = free && !claimable
 	if u, used := p.used[addr]; used {
@@ -302,7 +321,24 @@ func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next 
 			p.owners[now] = cur.Addr
 		}
 	}
+	if was, now := stickyName(cur.Used), stickyName(next.Used); was != now {
+		delete(p.bound, was)
+		if now != "" {
+			p.bound[now] = cur.Addr
+		}
+	}
 	return Entry{}, true, nil
+}
+
+func (s *memStore) Binding(_ context.Context, subnet netip.Prefix, name string) (netip.Addr, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p, ok := s.pools[subnet]
+	if !ok {
+		return netip.Addr{}, false, nil
+	}
+	a, ok := p.bound[name]
+	return a, ok, nil
 }
 
 func (s *memStore) Owned(_ context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {

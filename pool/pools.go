@@ -294,6 +294,63 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		}
 		return p.allocateNamed(ctx, &r, n, want, a)
 	}
+	if a.Sticky != "" {
+		return p.allocateSticky(ctx, &r, n, a)
+	}
+	return p.allocateFree(ctx, &r, n, a)
+}
+
+// errBoundMeanwhile: a sticky claim found its name bound by another
+// request since it looked.
+var errBoundMeanwhile = errors.New("the name was bound meanwhile")
+
+// allocateSticky gives a the address its sticky name is bound to, from
+// any host, or binds the name to a free one. Two hosts starting the same
+// name at once: the binding is written with the claim, so one wins and
+// the other is refused with the holder.
+func (p *Pools) allocateSticky(ctx context.Context, r *retrier, n Network, a Allocation) (netip.Addr, error) {
+	for attempt := 0; attempt < maxAttempts; attempt++ {
+		bound, ok, err := p.binding(ctx, r, n.Subnet, a.Sticky)
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		if !ok {
+			got, err := p.allocateFree(ctx, r, n, a)
+			if !errors.Is(err, errBoundMeanwhile) {
+				return got, err
+			}
+			continue
+		}
+		err = p.claimOutsideFreeSet(ctx, n.Subnet, bound, a)
+		if err == nil {
+			return bound, nil
+		}
+		if !errors.Is(err, errUnbound) {
+			return netip.Addr{}, err
+		}
+		// Unbound meanwhile (the binding ended): look again.
+	}
+	return netip.Addr{}, fmt.Errorf("claiming the address of name %q in pool %s: %w", a.Sticky, n, ErrContention)
+}
+
+// binding is Store.Binding, retried after transient errors.
+func (p *Pools) binding(ctx context.Context, r *retrier, subnet netip.Prefix, name string) (netip.Addr, bool, error) {
+	type found struct {
+		a  netip.Addr
+		ok bool
+	}
+	f, err := retried(ctx, r, func() (found, error) {
+		a, ok, err := p.store.Binding(ctx, subnet, name)
+		return found{a, ok}, err
+	})
+	if err != nil {
+		return netip.Addr{}, false, fmt.Errorf("reading the binding of name %q in pool %s: %w", name, subnet, err)
+	}
+	return f.a, f.ok, nil
+}
+
+// allocateFree claims a free address of n's range for a.
+func (p *Pools) allocateFree(ctx context.Context, r *retrier, n Network, a Allocation) (netip.Addr, error) {
 	free, err := p.store.FreeSet(ctx, n.Subnet)
 	if err != nil {
 		return netip.Addr{}, fmt.Errorf("reading the free set of pool %s: %w", n.Subnet, err)
@@ -306,7 +363,7 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 		case !ok:
 			return netip.Addr{}, fmt.Errorf("%w in pool %s", ErrNoFree, n)
 		}
-		c, err := p.claim(ctx, &r, n.Subnet, addr, a, false)
+		c, err := p.claim(ctx, r, n.Subnet, addr, a, false)
 		if err != nil {
 			free.Add(addr) // the claim may not have reached the store; if it did, the store's update follows
 			return netip.Addr{}, p.undoClaim(n.Subnet, a, fmt.Errorf("claiming an address in pool %s: %w", n, err))
@@ -325,6 +382,9 @@ func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allo
 			}
 		case claimNoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
+		case claimBound:
+			free.Add(addr)
+			return netip.Addr{}, errBoundMeanwhile
 		case claimDelayed:
 			free.Add(addr) // still free: the store's report of its delay keeps it aside
 		}

@@ -186,12 +186,12 @@ func claimRule(e Entry, a Allocation) (State, bool, error) {
 	u := e.Used
 	switch {
 	case u == nil:
-		return State{}, false, fmt.Errorf("%w: %s stopped being reserved or anycast meanwhile; request it again", ErrUnavailable, e.Addr)
+		return State{}, false, fmt.Errorf("%w: %s %w", ErrUnavailable, e.Addr, errUnbound)
 	case a.MAC != "" && sameEndpoint(u, a):
 		return State{}, false, nil // the reservation is a's already: a retry
 	case u.Kind == KindReserved:
 		held := a
-		held.Reservation = u.Reservation
+		held.Reservation, held.Sticky = u.Reservation, u.Sticky
 		return State{Used: &held}, true, nil
 	case u.Kind != KindAnycast:
 		return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
@@ -218,6 +218,7 @@ type claimVerdict int
 const (
 	claimTaken      claimVerdict = iota // the address is the request's now
 	claimRetried                        // the endpoint holds it already: an earlier answer was lost
+	claimBound                          // its sticky name is bound to another address meanwhile
 	claimNoPool                         // the pool does not exist
 	claimHoldsOther                     // the endpoint holds another address than the one it named
 	claimByRule                         // reserved or anycast: claimRule decides
@@ -234,6 +235,8 @@ func verdictOf(c Claim, addr netip.Addr, named bool) claimVerdict {
 		return claimTaken
 	case c.Existing.IsValid() && (!named || c.Existing == addr):
 		return claimRetried
+	case c.Bound.IsValid():
+		return claimBound
 	case c.NoPool:
 		return claimNoPool
 	case c.Existing.IsValid():
@@ -273,6 +276,10 @@ func undoRule(e Entry, a Allocation, now time.Time) (State, bool, error) {
 	e.ReuseDelay = 0
 	return freed(e, now), true, nil
 }
+
+// errUnbound: the reservation, anycast mark or sticky binding a request
+// named ended meanwhile.
+var errUnbound = errors.New("stopped being reserved, anycast or bound meanwhile; request it again")
 
 // errChangedHands: the address a retried request's endpoint held is no
 // longer its own (the undo of its failed attempt freed it); the request

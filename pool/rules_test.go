@@ -67,7 +67,7 @@ func TestReservationAndAnycastRules(t *testing.T) {
 		{"claim anycast twice on a host", func(e Entry) (State, bool, error) { return claimRule(e, ctr("a", "m2")) },
 			anycast(map[string]string{"a": "m1"}), State{}, false, `already held on host "a" by the endpoint with mac "m1"; each host may hold it once`},
 		{"claim gone meanwhile", func(e Entry) (State, bool, error) { return claimRule(e, ctr("a", "m1")) },
-			nil, State{}, false, "stopped being reserved or anycast meanwhile"},
+			nil, State{}, false, "stopped being reserved, anycast or bound meanwhile"},
 
 		// Releases by a host (dockerd's ReleaseAddress).
 		{"release held reservation", func(e Entry) (State, bool, error) { return releaseRule(e, "a", ruleNow) },

@@ -49,8 +49,12 @@ type Allocation struct {
 	// Reservation names a reserved address (`ipamctl reserve`), idle
 	// (kind reserved) or held by a container; its release returns it to
 	// the idle reservation instead of the free set.
-	Reservation string    `json:"reservation,omitempty"`
-	Since       time.Time `json:"since"`
+	Reservation string `json:"reservation,omitempty"`
+	// Sticky names the container the address is bound to, on a sticky
+	// network: the next container of that name, on any host, gets it
+	// again. Between containers the binding is idle (kind reserved).
+	Sticky string    `json:"sticky,omitempty"`
+	Since  time.Time `json:"since"`
 	// Ops are the ids of the latest changes to a counted record (gateway,
 	// aux, host: see counted), newest last: a change whose outcome was
 	// unknown (a timeout after the commit) finds its own id here instead
@@ -65,8 +69,8 @@ func (a *Allocation) Vacated(now time.Time) *Allocation {
 	switch {
 	case a.Kind == KindAnycast:
 		return &Allocation{Kind: KindAnycast, Since: now}
-	case a.Reservation != "":
-		return &Allocation{Kind: KindReserved, Reservation: a.Reservation, Since: now}
+	case a.Reservation != "" || a.Sticky != "":
+		return &Allocation{Kind: KindReserved, Reservation: a.Reservation, Sticky: a.Sticky, Since: now}
 	}
 	return nil
 }
@@ -79,6 +83,8 @@ func (a *Allocation) Describe() string {
 		b.WriteString("host address, not yet claimed by a host")
 	case a.Kind == KindHost:
 		fmt.Fprintf(&b, "host address of host %q", a.Host)
+	case a.Kind == KindReserved && a.Reservation == "":
+		fmt.Fprintf(&b, "address bound to name %q, not held by any container", a.Sticky)
 	case a.Kind == KindReserved:
 		fmt.Fprintf(&b, "address reserved as %q, not held by any container", a.Reservation)
 	case a.Kind == KindAnycast && len(a.Holders) == 0:
@@ -96,6 +102,9 @@ func (a *Allocation) Describe() string {
 	}
 	if a.Reservation != "" && a.Kind != KindReserved {
 		fmt.Fprintf(&b, ", reserved as %q", a.Reservation)
+	}
+	if a.Sticky != "" && (a.Kind != KindReserved || a.Reservation != "") {
+		fmt.Fprintf(&b, ", bound to name %q", a.Sticky)
 	}
 	if len(a.Holders) > 1 || (len(a.Holders) == 1 && a.Holders[a.Host] == 0) {
 		fmt.Fprintf(&b, ", held by %s", a.HolderList())
@@ -189,6 +198,9 @@ type Claim struct {
 	// Delayed is set when the address is free but still in its reuse
 	// delay, and the claim did not take delayed addresses.
 	Delayed bool
+	// Bound is the address a's sticky name is bound to already, when
+	// that kept the claim from binding it to this one.
+	Bound netip.Addr
 }
 
 // Store is what the allocation rules need from storage. Every method that
@@ -214,8 +226,10 @@ type Store interface {
 	// nor used, and reports how many it added. progress may be nil.
 	Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error)
 	// Claim moves addr from free to used, recorded as a, unless a's
-	// endpoint (host and MAC) already holds an address in the pool, or
-	// addr is still in its reuse delay and takeDelayed is false.
+	// endpoint (host and MAC) already holds an address in the pool, a's
+	// sticky name is bound to an address already (Bound), or addr is
+	// still in its reuse delay and takeDelayed is false. A claim with a
+	// sticky name binds it to addr in the same change.
 	// When it does not take addr it returns who holds it and the
 	// endpoint's existing address.
 	Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a Allocation, takeDelayed bool) (Claim, error)
@@ -227,6 +241,9 @@ type Store interface {
 	// their reuse delay may be claimed by automatic allocation, as the
 	// store times it; ok is false when none is in its delay.
 	NextReuse(ctx context.Context, subnet netip.Prefix) (d time.Duration, ok bool, err error)
+	// Binding returns the address a sticky name is bound to, if any. The
+	// binding follows its record: written with it, gone with it.
+	Binding(ctx context.Context, subnet netip.Prefix, name string) (netip.Addr, bool, error)
 	// Owned returns the address host's endpoint with mac holds, if any.
 	Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error)
 	// Entry reads one address.

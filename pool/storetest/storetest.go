@@ -33,6 +33,7 @@ func Run(t *testing.T, open Open) {
 		{"ReuseDelay", testReuseDelay},
 		{"FreeSet", testFreeSet},
 		{"AddRef", testAddRef},
+		{"Sticky", testSticky},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
@@ -353,5 +354,45 @@ func testAddRef(t *testing.T, s pool.Store) {
 	}
 	if _, err := s.AddRef(c, netip.MustParsePrefix("198.19.0.0/24"), "h1", 1, "missing"); !errors.Is(err, pool.ErrUnknownPool) {
 		t.Fatalf("AddRef in a missing pool: %v, want ErrUnknownPool", err)
+	}
+}
+
+// A sticky name is bound with its first claim, refuses a second binding,
+// stays with the idle record and goes with it.
+func testSticky(t *testing.T, s pool.Store) {
+	c := ctx(t)
+	seeded(t, s)
+	if _, ok, err := s.Binding(c, subnet, "db"); err != nil || ok {
+		t.Fatalf("Binding before any: ok=%v, %v", ok, err)
+	}
+	db := container("h1", "02:42:00:00:00:01")
+	db.Sticky = "db"
+	if got, err := s.Claim(c, subnet, a1, db, false); err != nil || !got.Taken {
+		t.Fatalf("sticky claim: %+v, %v", got, err)
+	}
+	if b, ok, err := s.Binding(c, subnet, "db"); err != nil || !ok || b != a1 {
+		t.Fatalf("Binding: %s %v, %v; want %s", b, ok, err, a1)
+	}
+	again := container("h2", "02:42:00:00:00:02")
+	again.Sticky = "db"
+	if got, err := s.Claim(c, subnet, a2, again, false); err != nil || got.Taken || got.Bound != a1 {
+		t.Fatalf("second claim of the name: %+v, %v; want refused with Bound %s", got, err, a1)
+	}
+	e := entry(t, s, a1)
+	idle := e.Used.Vacated(time.Now().UTC())
+	if idle == nil || idle.Kind != pool.KindReserved || idle.Sticky != "db" {
+		t.Fatalf("the released record: %+v; want an idle binding", idle)
+	}
+	if _, ok, err := s.Swap(c, subnet, e, pool.State{Used: idle}); err != nil || !ok {
+		t.Fatalf("release to the idle binding: ok=%v, %v", ok, err)
+	}
+	if b, ok, err := s.Binding(c, subnet, "db"); err != nil || !ok || b != a1 {
+		t.Fatalf("Binding while idle: %s %v, %v", b, ok, err)
+	}
+	if _, ok, err := s.Swap(c, subnet, entry(t, s, a1), pool.State{Free: true}); err != nil || !ok {
+		t.Fatalf("ending the binding: ok=%v, %v", ok, err)
+	}
+	if _, ok, err := s.Binding(c, subnet, "db"); err != nil || ok {
+		t.Fatalf("Binding after its record went: ok=%v, %v", ok, err)
 	}
 }
