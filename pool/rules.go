@@ -308,7 +308,7 @@ func evictRule(e Entry, subnet netip.Prefix, force bool, only Kind, now time.Tim
 	case only != "" && u.Kind != only:
 		return State{}, false, fmt.Errorf("%s is not a %s address: it is the %s", e.Addr, only, u.Describe())
 	case u.Kind == KindReserved:
-		return State{}, false, fmt.Errorf("%s is reserved as %q and held by no container; to free it: ipamctl reserve rm %s %s", e.Addr, u.Reservation, subnet, e.Addr)
+		return State{}, false, fmt.Errorf("%s is the %s; to free it: ipamctl reserve rm %s %s", e.Addr, u.Describe(), subnet, e.Addr)
 	case u.Kind == KindAnycast && len(u.Holders) == 0:
 		return State{}, false, fmt.Errorf("%s is an anycast address held by no container; to free it: ipamctl anycast rm %s %s", e.Addr, subnet, e.Addr)
 	case u.Kind == KindAnycast && !force:
@@ -347,13 +347,13 @@ func reserveRule(e Entry, name string, now time.Time) (State, bool, error) {
 func unreserveRule(e Entry) (State, bool, error) {
 	u := e.Used
 	switch {
-	case u == nil || u.Reservation == "":
-		return State{}, false, fmt.Errorf("%s is not reserved (see ipamctl reserve ls)", e.Addr)
+	case u == nil || u.Reservation == "" && u.Sticky == "":
+		return State{}, false, fmt.Errorf("%s is not reserved nor bound to a name (see ipamctl reserve ls, addr ls)", e.Addr)
 	case u.Kind == KindReserved:
 		return State{Free: seeded(e), Delay: e.ReuseDelay}, true, nil
 	}
 	held := *u
-	held.Reservation = ""
+	held.Reservation, held.Sticky = "", ""
 	return State{Used: &held}, true, nil
 }
 

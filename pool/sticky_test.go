@@ -115,3 +115,46 @@ func TestStickyRace(t *testing.T) {
 		}
 	}
 }
+
+// TestStickyEnd: ipamctl reserve rm ends a binding: an idle one's address
+// is freed (the name then binds anew), a held one stays with its
+// container, unbound, and its release frees it.
+func TestStickyEnd(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/29", "")
+	p := hosts(t, s, n, "a")[0]
+	op := New(s, Config{Host: "operator"})
+	db, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01", Sticky: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u, err := op.Unreserve(ctx, n.Subnet, db); err != nil || u == nil || u.Sticky != "" || u.Kind != KindContainer {
+		t.Fatalf("reserve rm of a held binding: %+v, %v; want the container, unbound", u, err)
+	}
+	if _, ok, _ := s.Binding(ctx, n.Subnet, "db"); ok {
+		t.Fatal("the binding outlived reserve rm")
+	}
+	if _, err := p.Release(ctx, n.Subnet, db); err != nil {
+		t.Fatal(err)
+	}
+	if e, _ := s.Entry(ctx, n.Subnet, db); e.Used != nil || !e.Free {
+		t.Fatalf("after the unbound container's release: %+v; want it free", e)
+	}
+	again, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02", Sticky: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Release(ctx, n.Subnet, again); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := op.Evict(ctx, n.Subnet, again, false, ""); err == nil || !strings.Contains(err.Error(), `bound to name "db"`) {
+		t.Fatalf("ipamctl release of an idle binding: %v; want a refusal naming the binding and reserve rm", err)
+	}
+	if u, err := op.Unreserve(ctx, n.Subnet, again); err != nil || u != nil {
+		t.Fatalf("reserve rm of an idle binding: %+v, %v; want it freed", u, err)
+	}
+	if _, ok, _ := s.Binding(ctx, n.Subnet, "db"); ok {
+		t.Fatal("the idle binding outlived reserve rm")
+	}
+}
