@@ -2,19 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"net/netip"
-	"net/url"
 	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/internal/dockerapi"
 	"github.com/talkingdata/ipam/pool"
 )
 
@@ -49,8 +45,7 @@ RESULT is one of:
 		ArgsUsage: " ",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "apply", Usage: "release the orphans (default: only list them)"},
-			&cli.StringFlag{Name: "docker-host", EnvVars: []string{"DOCKER_HOST"}, Value: "unix:///var/run/docker.sock",
-				Usage: "this host's Docker API"},
+			dockerHostFlag("this host's Docker API"),
 			&cli.StringFlag{Name: "host-id", Usage: "the host whose addresses to check (default: the global --host-id)"},
 			&cli.DurationFlag{Name: "min-age", Value: time.Minute, Usage: "keep addresses allocated more recently than this"},
 			&cli.BoolFlag{Name: "dead-hosts", Usage: "reclaim container addresses of dead hosts instead"},
@@ -147,7 +142,7 @@ func gc(c *cli.Context) error {
 	if deadHosts {
 		found = deadHostOrphans(cen, host, c.Duration("grace"), time.Now())
 	} else {
-		live, err := dockerEndpoints(c.Context, c.String("docker-host"))
+		live, err := dockerInUse(c.Context, c.String("docker-host"))
 		if err != nil {
 			return err
 		}
@@ -362,97 +357,16 @@ func printGC(c *cli.Context, out gcJSON, nfailed int) error {
 	return nil
 }
 
-// dockerTimeout bounds gc's calls to the Docker API.
-const dockerTimeout = time.Minute
-
-// dockerEndpoints returns every address this host's dockerd has in use,
-// with who has it: the endpoints of every network (whatever its IPAM
-// driver: an address in use is in use), and the addresses of running
-// containers, read separately so one view missing an endpoint does not
-// make its address look orphaned.
-func dockerEndpoints(ctx context.Context, dockerHost string) (map[netip.Addr]string, error) {
-	client, base, err := dockerClient(dockerHost)
+// dockerInUse is every address this host's dockerd has in use, with who
+// has it (dockerapi.Client.InUse).
+func dockerInUse(ctx context.Context, dockerHost string) (map[netip.Addr]string, error) {
+	d, err := dockerapi.New(dockerHost)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, dockerTimeout)
-	defer cancel()
-	get := func(path string, v any) error {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
-		resp, err := client.Do(req)
-		if err != nil {
-			return fmt.Errorf("calling the Docker API at %s: %w", dockerHost, err)
-		}
-		defer resp.Body.Close()
-		raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-		if resp.StatusCode == http.StatusNotFound {
-			return errDockerNotFound
-		}
-		if resp.StatusCode/100 != 2 {
-			return fmt.Errorf("Docker API GET %s: %s: %s", path, resp.Status, strings.TrimSpace(string(raw)))
-		}
-		if err := json.Unmarshal(raw, v); err != nil {
-			return fmt.Errorf("Docker API GET %s: %w", path, err)
-		}
-		return nil
-	}
-	live := map[netip.Addr]string{}
-	add := func(cidrOrAddr, who string) {
-		s, _, _ := strings.Cut(cidrOrAddr, "/")
-		if a, err := netip.ParseAddr(s); err == nil {
-			live[a.Unmap()] = who
-		}
-	}
-	var networks []struct {
-		ID   string `json:"Id"`
-		Name string
-	}
-	if err := get("/networks", &networks); err != nil {
-		return nil, err
-	}
-	for _, n := range networks {
-		var detail struct {
-			Containers map[string]struct {
-				Name        string
-				IPv4Address string
-				IPv6Address string
-			}
-		}
-		switch err := get("/networks/"+url.PathEscape(n.ID), &detail); {
-		case errors.Is(err, errDockerNotFound):
-			continue // removed meanwhile, with its endpoints
-		case err != nil:
-			return nil, err
-		}
-		for id, ep := range detail.Containers {
-			who := fmt.Sprintf("endpoint %s (%s) on network %s", ep.Name, shortID(id), n.Name)
-			add(ep.IPv4Address, who)
-			add(ep.IPv6Address, who)
-		}
-	}
-	var running []struct {
-		ID              string `json:"Id"`
-		NetworkSettings struct {
-			Networks map[string]struct {
-				IPAddress         string
-				GlobalIPv6Address string
-			}
-		}
-	}
-	if err := get("/containers/json", &running); err != nil {
-		return nil, err
-	}
-	for _, ctr := range running {
-		for name, n := range ctr.NetworkSettings.Networks {
-			who := fmt.Sprintf("running container %s on network %s", shortID(ctr.ID), name)
-			add(n.IPAddress, who)
-			add(n.GlobalIPv6Address, who)
-		}
-	}
-	return live, nil
+	defer d.Close()
+	return d.InUse(ctx)
 }
-
-var errDockerNotFound = errors.New("not found")
 
 func gcCount(n int, one, many string) string {
 	if n == 1 {

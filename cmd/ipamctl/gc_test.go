@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -204,7 +205,7 @@ func TestGCDeadHosts(t *testing.T) {
 	}
 }
 
-// fakeDocker serves the three Docker API calls gc makes, on a unix socket.
+// fakeDocker serves the Docker API calls gc makes, on a unix socket.
 func fakeDocker(t *testing.T, endpoints map[string]string, running map[string]string) string {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "docker.sock")
@@ -234,7 +235,14 @@ func fakeDocker(t *testing.T, endpoints map[string]string, running map[string]st
 		}
 		json.NewEncoder(w).Encode(out)
 	})
-	srv := &http.Server{Handler: mux}
+	// Docker's client negotiates the API version (/_ping) and puts it in
+	// every path.
+	mux.HandleFunc("/_ping", func(w http.ResponseWriter, _ *http.Request) { w.Header().Set("Api-Version", "1.41") })
+	versioned := regexp.MustCompile(`^/v[0-9.]+/`)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.URL.Path = versioned.ReplaceAllString(r.URL.Path, "/")
+		mux.ServeHTTP(w, r)
+	})}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	return "unix://" + sock

@@ -1,21 +1,18 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/netip"
 	"strings"
-	"time"
 
+	"github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
 	"github.com/urfave/cli/v2"
 
 	"github.com/talkingdata/ipam/bridgesetup"
+	"github.com/talkingdata/ipam/internal/dockerapi"
 	"github.com/talkingdata/ipam/ipam"
 	"github.com/talkingdata/ipam/pool"
 )
@@ -75,7 +72,7 @@ Each node's plugin then allocates its tasks' addresses from the shared pool.`,
 				&cli.StringFlag{Name: "parent", Usage: "with --driver macvlan|ipvlan: the link the containers' interfaces sit on, e.g. eth0.8 (see ipamctl vlan setup)"},
 				&cli.StringFlag{Name: "ipvlan-mode", Value: "l2", Usage: "with --driver ipvlan: l2 (the only mode with containers on the segment)"},
 				&cli.StringFlag{Name: "ipam-driver", Value: "talkingdata", Usage: "IPAM driver name (talkingdata/ipam:latest for the managed plugin)"},
-				&cli.StringFlag{Name: "docker-host", EnvVars: []string{"DOCKER_HOST"}, Value: "unix:///var/run/docker.sock", Usage: "Docker API socket"},
+				dockerHostFlag("this host's Docker API"),
 				&cli.BoolFlag{Name: "config-only", Usage: "create this node's configuration of a swarm network (docker network create --config-only) instead of a network"},
 				&cli.BoolFlag{Name: "print", Usage: "print the equivalent docker command instead of running it"},
 			},
@@ -102,17 +99,17 @@ type ipamConfig struct {
 	Gateway, Router netip.Addr   // the same on macvlan and ipvlan
 }
 
-// aux: on a bridge the gateway is the host, so the router comes as the
-// containers' default route; on macvlan and ipvlan it is the gateway itself.
-func (c ipamConfig) aux() []option {
-	if c.Gateway == c.Router {
-		return nil
+// auxKey: on a bridge the gateway is the host, so the router comes as the
+// containers' default route, the aux address of this name; on macvlan and
+// ipvlan it is the gateway itself: "".
+func (c ipamConfig) auxKey() string {
+	switch {
+	case c.Gateway == c.Router:
+		return ""
+	case c.Subnet.Addr().Is6():
+		return "DefaultGatewayIPv6"
 	}
-	key := "DefaultGatewayIPv4"
-	if c.Subnet.Addr().Is6() {
-		key = "DefaultGatewayIPv6"
-	}
-	return []option{{key, c.Router.String()}}
+	return "DefaultGatewayIPv4"
 }
 
 func (c ipamConfig) args() []string {
@@ -121,19 +118,16 @@ func (c ipamConfig) args() []string {
 		args = append(args, "--ip-range", c.IPRange.String())
 	}
 	args = append(args, "--gateway", c.Gateway.String())
-	for _, o := range c.aux() {
-		args = append(args, "--aux-address", o.key+"="+o.value)
+	if k := c.auxKey(); k != "" {
+		args = append(args, "--aux-address", k+"="+c.Router.String())
 	}
 	return args
 }
 
-func (c ipamConfig) request() map[string]any {
-	cfg := map[string]any{"Subnet": c.Subnet.String(), "Gateway": c.Gateway.String()}
-	if aux := c.aux(); aux != nil {
-		cfg["AuxiliaryAddresses"] = optionMap(aux)
-	}
-	if c.IPRange.IsValid() {
-		cfg["IPRange"] = c.IPRange.String()
+func (c ipamConfig) request() network.IPAMConfig {
+	cfg := network.IPAMConfig{Subnet: c.Subnet, IPRange: c.IPRange, Gateway: c.Gateway}
+	if k := c.auxKey(); k != "" {
+		cfg.AuxAddress = map[string]netip.Addr{k: c.Router}
 	}
 	return cfg
 }
@@ -203,26 +197,21 @@ func (s networkSpec) command() string {
 	return strings.Join(append(args, s.Name), " ")
 }
 
-// request is the Docker API body of POST /networks/create.
-func (s networkSpec) request() map[string]any {
-	var configs []any
+// request is what the Docker API's network create takes.
+func (s networkSpec) request() client.NetworkCreateOptions {
+	ipamCfg := &network.IPAM{Driver: s.IPAMDriver}
 	for _, f := range s.families() {
-		configs = append(configs, f.request())
+		ipamCfg.Config = append(ipamCfg.Config, f.request())
 	}
-	ipamCfg := map[string]any{"Driver": s.IPAMDriver, "Config": configs}
 	if opts := s.ipamOptions(); opts != nil {
-		ipamCfg["Options"] = optionMap(opts)
+		ipamCfg.Options = optionMap(opts)
 	}
-	req := map[string]any{
-		"Name": s.Name, "CheckDuplicate": true, "Driver": s.Driver, "Options": optionMap(s.options()),
-		"IPAM": ipamCfg,
-	}
+	req := client.NetworkCreateOptions{Driver: s.Driver, ConfigOnly: s.ConfigOnly, Options: optionMap(s.options()), IPAM: ipamCfg}
 	if s.ConfigOnly {
-		delete(req, "Driver")
-		req["ConfigOnly"] = true
+		req.Driver = "" // the swarm network's, from --config-from
 	}
 	if s.V6.Subnet.IsValid() {
-		req["EnableIPv6"] = true
+		req.EnableIPv6 = new(true)
 	}
 	return req
 }
@@ -307,12 +296,12 @@ func networkCreate(c *cli.Context) error {
 	}
 	var msg string
 	if spec.Driver == driverBridge {
-		msg = fmt.Sprintf("created %s %s (%s) on %s, gateway %s, router %s", network, spec.Name, shortID(id), on, spec.V4.Gateway, spec.V4.Router)
+		msg = fmt.Sprintf("created %s %s (%s) on %s, gateway %s, router %s", network, spec.Name, dockerapi.ShortID(id), on, spec.V4.Gateway, spec.V4.Router)
 		if spec.V6.Subnet.IsValid() {
 			msg += fmt.Sprintf("; IPv6 gateway %s, router %s", spec.V6.Gateway, spec.V6.Router)
 		}
 	} else {
-		msg = fmt.Sprintf("created %s %s %s (%s) on %s, gateway %s (the LAN router)", spec.Driver, network, spec.Name, shortID(id), on, spec.V4.Gateway)
+		msg = fmt.Sprintf("created %s %s %s (%s) on %s, gateway %s (the LAN router)", spec.Driver, network, spec.Name, dockerapi.ShortID(id), on, spec.V4.Gateway)
 		if spec.V6.Subnet.IsValid() {
 			msg += fmt.Sprintf("; IPv6 gateway %s", spec.V6.Gateway)
 		}
@@ -385,53 +374,23 @@ func hostAddrOn(bridge string, subnet netip.Prefix) (netip.Addr, error) {
 		bridge, subnet, strings.Join(have, ", "))
 }
 
-// createDockerNetwork posts the request to the Docker API and returns the
-// network id. Docker's own error message is passed on, with a hint when it
-// cannot find the plugin.
+// createDockerNetwork creates the network through the Docker API and
+// returns its id, with a hint when dockerd cannot find the plugin.
 func createDockerNetwork(ctx context.Context, dockerHost string, spec networkSpec) (string, error) {
-	client, base, err := dockerClient(dockerHost)
+	d, err := dockerapi.New(dockerHost)
 	if err != nil {
 		return "", err
 	}
-	body, _ := json.Marshal(spec.request())
-	ctx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/networks/create", bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("calling the Docker API at %s: %w", dockerHost, err)
+	defer d.Close()
+	id, err := d.CreateNetwork(ctx, spec.Name, spec.request())
+	if err != nil && strings.Contains(err.Error(), "not found") && strings.Contains(err.Error(), spec.IPAMDriver) {
+		return "", fmt.Errorf("%w (is the %s plugin running on this host? see `make run` / talkingdata-ipam)", err, spec.IPAMDriver)
 	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	var out struct{ ID, Message string }
-	if err := json.Unmarshal(raw, &out); err != nil {
-		return "", fmt.Errorf("Docker API answered %s: %s", resp.Status, bytes.TrimSpace(raw))
-	}
-	if resp.StatusCode/100 != 2 {
-		msg := fmt.Sprintf("docker network create %s: %s", spec.Name, out.Message)
-		if strings.Contains(out.Message, "not found") && strings.Contains(out.Message, spec.IPAMDriver) {
-			msg += fmt.Sprintf(" (is the %s plugin running on this host? see `make run` / talkingdata-ipam)", spec.IPAMDriver)
-		}
-		return "", fmt.Errorf("%s", msg)
-	}
-	return out.ID, nil
+	return id, err
 }
 
-// dockerClient returns an HTTP client and base URL for DOCKER_HOST-style
-// addresses: unix:///path or tcp://host:port.
-func dockerClient(host string) (*http.Client, string, error) {
-	switch {
-	case strings.HasPrefix(host, "unix://"):
-		path := strings.TrimPrefix(host, "unix://")
-		tr := &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", path)
-		}}
-		return &http.Client{Transport: tr}, "http://docker", nil
-	case strings.HasPrefix(host, "tcp://"):
-		return &http.Client{}, "http://" + strings.TrimPrefix(host, "tcp://"), nil
-	}
-	return nil, "", fmt.Errorf("invalid --docker-host %q: want unix:///path or tcp://host:port", host)
+// dockerHostFlag is --docker-host of network create and gc.
+func dockerHostFlag(usage string) cli.Flag {
+	return &cli.StringFlag{Name: "docker-host", EnvVars: []string{"DOCKER_HOST"}, Value: dockerapi.DefaultHost,
+		Usage: usage + ": unix:///path, tcp://host:port (TLS from DOCKER_TLS_VERIFY and DOCKER_CERT_PATH) or ssh://[user@]host"}
 }
-
-func shortID(id string) string { return id[:min(len(id), 12)] }
