@@ -182,13 +182,14 @@ func (s *Store) DeletePool(ctx context.Context, subnet netip.Prefix, force bool)
 // Snapshot reads a pool's whole state in one transaction, so ipamctl
 // check sees a single revision.
 func (s *Store) Snapshot(ctx context.Context, subnet netip.Prefix) (pool.Snapshot, error) {
-	free, used, refs, owners := s.k.freeDir(subnet), s.k.usedDir(subnet), s.k.refsDir(subnet), s.k.ownersDir(subnet)
+	free, used, refs, owners, sticky := s.k.freeDir(subnet), s.k.usedDir(subnet), s.k.refsDir(subnet), s.k.ownersDir(subnet), s.k.stickyDir(subnet)
 	r, err := s.cli.Txn(ctx).Then(
 		clientv3.OpGet(s.k.meta(subnet)),
 		clientv3.OpGet(free, clientv3.WithPrefix(), clientv3.WithKeysOnly()),
 		clientv3.OpGet(used, clientv3.WithPrefix()),
 		clientv3.OpGet(refs, clientv3.WithPrefix()),
 		clientv3.OpGet(owners, clientv3.WithPrefix()),
+		clientv3.OpGet(sticky, clientv3.WithPrefix()),
 	).Commit()
 	if err != nil {
 		return pool.Snapshot{}, fmt.Errorf("reading pool %s: %w", subnet, err)
@@ -200,7 +201,7 @@ func (s *Store) Snapshot(ctx context.Context, subnet netip.Prefix) (pool.Snapsho
 	if !ok {
 		return pool.Snapshot{}, fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
 	}
-	snap := pool.Snapshot{Meta: m, Used: map[netip.Addr][]byte{}, Refs: map[string]int{}, Owners: map[string]netip.Addr{}}
+	snap := pool.Snapshot{Meta: m, Used: map[netip.Addr][]byte{}, Refs: map[string]int{}, Owners: map[string]netip.Addr{}, Bindings: map[string]netip.Addr{}}
 	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
 		if a, err := parseAddrKey(string(kv.Key)); err != nil {
 			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
@@ -230,6 +231,14 @@ func (s *Store) Snapshot(ctx context.Context, subnet netip.Prefix) (pool.Snapsho
 			continue
 		}
 		snap.Owners[strings.TrimPrefix(string(kv.Key), owners)] = a
+	}
+	for _, kv := range r.Responses[5].GetResponseRange().Kvs {
+		a, err := netip.ParseAddr(string(kv.Value))
+		if err != nil {
+			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
+			continue
+		}
+		snap.Bindings[strings.TrimPrefix(string(kv.Key), sticky)] = a
 	}
 	return snap, nil
 }

@@ -13,10 +13,11 @@ type Snapshot struct {
 	Free []netip.Addr
 	// Used holds the raw records, so a malformed one can be reported
 	// rather than stop the check.
-	Used    map[netip.Addr][]byte
-	Refs    map[string]int        // host → networks using the pool
-	Owners  map[string]netip.Addr // "host/mac" → address (the owner index)
-	BadKeys []string              // keys whose address part does not parse
+	Used     map[netip.Addr][]byte
+	Refs     map[string]int        // host → networks using the pool
+	Owners   map[string]netip.Addr // "host/mac" → address (the owner index)
+	Bindings map[string]netip.Addr // sticky name → address
+	BadKeys  []string              // keys whose address part does not parse
 }
 
 // Anomaly is one broken invariant, with what to do about it.
@@ -29,7 +30,8 @@ type Anomaly struct {
 // Check verifies a pool's invariants: every seeded address is free or used
 // and never both; free addresses are seeded; used records are well-formed
 // and of a known kind; shared addresses' references add up; the owner
-// index matches the container records.
+// index matches the container records, and the sticky bindings the
+// records that carry their names.
 func Check(s Snapshot) []Anomaly {
 	var out []Anomaly
 	add := func(addr any, fix, problem string, args ...any) {
@@ -86,6 +88,14 @@ func Check(s Snapshot) []Anomaly {
 		if u.Kind == KindContainer && u.MAC != "" && s.Owners[u.Host+"/"+u.MAC] != a {
 			add(a, fmt.Sprintf("ipamctl release %s %s if no container holds it", subnet, a), "container record without its owner index entry")
 		}
+		if u.Sticky != "" && s.Bindings[u.Sticky] != a {
+			add(a, fmt.Sprintf("ipamctl reserve rm %s %s (the name binds anew)", subnet, a), "bound to name %q, but the name's binding points elsewhere", u.Sticky)
+		}
+	}
+	for name, a := range s.Bindings {
+		if u := records[a]; u == nil || u.Sticky != name {
+			add(a, "delete the sticky key with etcdctl", "name %q is bound here, but the record is %s", name, describe(records[a]))
+		}
 	}
 	slices.SortFunc(out, func(x, y Anomaly) int { return compareAddrStrings(x.Address, y.Address) })
 	return out
@@ -127,10 +137,12 @@ func checkHolders(u *Allocation, refs map[string]int) []string {
 // own: its holders are counted per host, or it is held by no one.
 func checkMarks(u *Allocation) string {
 	switch {
-	case u.Kind == KindReserved && (u.Reservation == "" || u.Host != "" || u.MAC != ""):
-		return fmt.Sprintf("idle reservation with name %q, host %q, mac %q: want a name and no holder", u.Reservation, u.Host, u.MAC)
+	case u.Kind == KindReserved && (u.Reservation == "" && u.Sticky == "" || u.Host != "" || u.MAC != ""):
+		return fmt.Sprintf("idle reservation with name %q, sticky name %q, host %q, mac %q: want a name and no holder", u.Reservation, u.Sticky, u.Host, u.MAC)
 	case u.Reservation != "" && u.Kind != KindReserved && u.Kind != KindContainer:
 		return fmt.Sprintf("%s reserved as %q: only containers hold reservations", u.Kind, u.Reservation)
+	case u.Sticky != "" && u.Kind != KindReserved && u.Kind != KindContainer:
+		return fmt.Sprintf("%s bound to name %q: only containers are", u.Kind, u.Sticky)
 	case u.Kind == KindAnycast && u.Host != "":
 		return fmt.Sprintf("anycast address owned by host %q: anycast holders are counted per host", u.Host)
 	case u.Kind != KindAnycast && len(u.MACs) > 0:

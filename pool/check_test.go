@@ -12,7 +12,7 @@ import (
 func snapshotOf(t *testing.T, s *memStore, subnet netip.Prefix) Snapshot {
 	t.Helper()
 	p := s.pools[subnet]
-	snap := Snapshot{Meta: p.meta, Used: map[netip.Addr][]byte{}, Refs: p.refs, Owners: p.owners}
+	snap := Snapshot{Meta: p.meta, Used: map[netip.Addr][]byte{}, Refs: p.refs, Owners: p.owners, Bindings: p.bound}
 	for a := range p.free {
 		snap.Free = append(snap.Free, a)
 	}
@@ -43,6 +43,18 @@ func TestCheck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A sticky name: one held, one idle.
+	web, err := ps[1].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02", Sticky: "web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := ps[1].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03", Sticky: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ps[1].Release(ctx, n.Subnet, db); err != nil {
+		t.Fatal(err)
+	}
 	if got := Check(snapshotOf(t, s, n.Subnet)); len(got) != 0 {
 		t.Fatalf("healthy pool: %+v", got)
 	}
@@ -68,6 +80,8 @@ func TestCheck(t *testing.T) {
 			sn.Used[c1] = []byte(`{"kind":"anycast","holders":{"a":2},"macs":{"a":"m"}}`)
 		}, c1.String(), "each host may hold it once"},
 		{"anycast endpoint", func(sn *Snapshot) { sn.Used[c1] = []byte(`{"kind":"anycast","macs":{"b":"m"}}`) }, c1.String(), "does not hold it"},
+		{"binding elsewhere", func(sn *Snapshot) { sn.Bindings = map[string]netip.Addr{"web": db, "db": db} }, web.String(), `bound to name "web", but the name's binding points elsewhere`},
+		{"binding to another record", func(sn *Snapshot) { sn.Bindings = map[string]netip.Addr{"web": web, "db": web} }, web.String(), `name "db" is bound here`},
 		{"bad key", func(sn *Snapshot) { sn.BadKeys = []string{"/x/free/198.18.0.0-28/zz"} }, "/x/free/198.18.0.0-28/zz", "does not name an address"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
