@@ -217,7 +217,8 @@ func TestReleaseListedGuards(t *testing.T) {
 
 	// A fresh listing releases it, .131 into its pool's reuse delay; a
 	// second attempt finds nothing.
-	if err := gc.SetReuseDelay(ctx, n.Subnet, time.Hour); err != nil {
+	hour := time.Hour
+	if err := gc.Set(ctx, n.Subnet, pool.Settings{ReuseDelay: &hour}); err != nil {
 		t.Fatal(err)
 	}
 	cen, listed = census()

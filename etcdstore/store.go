@@ -55,14 +55,16 @@ type metaValue struct {
 	Seeding bool   `json:"seeding,omitempty"`
 	// ReuseDelay is a Go duration ("1m0s"); pools recorded before it
 	// existed have none and get pool.DefaultReuseDelay.
-	ReuseDelay string    `json:"reuseDelay,omitempty"`
-	CreatedBy  string    `json:"createdBy"`
-	Created    time.Time `json:"created"`
+	ReuseDelay string `json:"reuseDelay,omitempty"`
+	// StickyTTL likewise; pools without one get pool.DefaultStickyTTL.
+	StickyTTL string    `json:"stickyTTL,omitempty"`
+	CreatedBy string    `json:"createdBy"`
+	Created   time.Time `json:"created"`
 }
 
 func encodeMeta(m pool.Meta) string {
 	b, _ := json.Marshal(metaValue{Subnet: m.Subnet.String(), Ranges: pool.FormatRanges(m.Ranges),
-		Seeding: m.Seeding, ReuseDelay: m.ReuseDelay.String(), CreatedBy: m.CreatedBy, Created: m.Created})
+		Seeding: m.Seeding, ReuseDelay: m.ReuseDelay.String(), StickyTTL: m.StickyTTL.String(), CreatedBy: m.CreatedBy, Created: m.Created})
 	return string(b)
 }
 
@@ -79,13 +81,23 @@ func decodeMeta(key string, value []byte, rev int64) (pool.Meta, error) {
 	if err != nil {
 		return pool.Meta{}, fmt.Errorf("malformed ranges in %s: %w", key, err)
 	}
-	delay := pool.DefaultReuseDelay
-	if v.ReuseDelay != "" {
-		if delay, err = time.ParseDuration(v.ReuseDelay); err != nil {
-			return pool.Meta{}, fmt.Errorf("malformed reuse delay in %s: %w", key, err)
-		}
+	delay, err := durationOr(v.ReuseDelay, pool.DefaultReuseDelay)
+	if err != nil {
+		return pool.Meta{}, fmt.Errorf("malformed reuse delay in %s: %w", key, err)
 	}
-	return pool.Meta{Subnet: subnet, Ranges: ranges, Seeding: v.Seeding, ReuseDelay: delay, CreatedBy: v.CreatedBy, Created: v.Created, Rev: rev}, nil
+	ttl, err := durationOr(v.StickyTTL, pool.DefaultStickyTTL)
+	if err != nil {
+		return pool.Meta{}, fmt.Errorf("malformed sticky TTL in %s: %w", key, err)
+	}
+	return pool.Meta{Subnet: subnet, Ranges: ranges, Seeding: v.Seeding, ReuseDelay: delay, StickyTTL: ttl, CreatedBy: v.CreatedBy, Created: v.Created, Rev: rev}, nil
+}
+
+// durationOr parses s, a Go duration, or gives def for "".
+func durationOr(s string, def time.Duration) (time.Duration, error) {
+	if s == "" {
+		return def, nil
+	}
+	return time.ParseDuration(s)
 }
 
 // metaFrom decodes the first of kvs; ok is false if there is none.

@@ -33,6 +33,11 @@ const (
 	// timeouts need gratuitous ARP instead.
 	DefaultReuseDelay = time.Minute
 
+	// DefaultStickyTTL keeps a sticky name's address for a week without a
+	// container of that name: long enough for a service down over a long
+	// weekend, short enough that renamed services do not pin the range.
+	DefaultStickyTTL = 7 * 24 * time.Hour
+
 	// maxAttempts bounds retries after lost races. Every lost race means
 	// another request won, so the pool as a whole always makes progress.
 	maxAttempts = 32
@@ -118,7 +123,7 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 		// Retrying is safe: a creation that did commit is found as the
 		// existing pool.
 		m, err = retried(ctx, &r, func() (Meta, error) {
-			m, _, err := p.store.CreateMeta(ctx, Meta{Subnet: n.Subnet, Ranges: set, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC(), ReuseDelay: p.cfg.ReuseDelay})
+			m, _, err := p.store.CreateMeta(ctx, Meta{Subnet: n.Subnet, Ranges: set, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC(), ReuseDelay: p.cfg.ReuseDelay, StickyTTL: DefaultStickyTTL})
 			return m, err
 		})
 		if err != nil {
@@ -202,11 +207,11 @@ func (p *Pools) AddRanges(ctx context.Context, subnet netip.Prefix, set *netipx.
 			return 0, fmt.Errorf("pool %s would hold %s addresses, more than the limit of %d (each free address is one etcd key and a bit in every daemon's copy): seed a smaller range, such as %s",
 				subnet, FormatCount(size), MaxPoolSize, firstBlock(subnet, MaxPoolSize))
 		}
-		next := Meta{Subnet: subnet, Ranges: union, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC(), ReuseDelay: p.cfg.ReuseDelay}
+		next := Meta{Subnet: subnet, Ranges: union, Seeding: true, CreatedBy: p.cfg.Host, Created: p.now().UTC(), ReuseDelay: p.cfg.ReuseDelay, StickyTTL: DefaultStickyTTL}
 		if !ok {
 			m, ok, err = p.store.CreateMeta(ctx, next)
 		} else if !union.Equal(m.Ranges) || m.Seeding {
-			next.CreatedBy, next.Created, next.ReuseDelay = m.CreatedBy, m.Created, m.ReuseDelay
+			next.CreatedBy, next.Created, next.ReuseDelay, next.StickyTTL = m.CreatedBy, m.Created, m.ReuseDelay, m.StickyTTL
 			m, ok, err = p.store.UpdateMeta(ctx, m, next)
 		}
 		if err != nil {
@@ -219,11 +224,20 @@ func (p *Pools) AddRanges(ctx context.Context, subnet netip.Prefix, set *netipx.
 	return 0, fmt.Errorf("recording ranges of pool %s: %w", subnet, ErrContention)
 }
 
-// SetReuseDelay records d as the pool's reuse delay (`ipamctl pool set`):
-// every daemon and ipamctl apply it to the pool's releases from then on.
-func (p *Pools) SetReuseDelay(ctx context.Context, subnet netip.Prefix, d time.Duration) error {
-	if d < 0 {
-		return fmt.Errorf("reuse delay %s: it cannot be negative (0 turns it off)", d)
+// Settings are a pool's settings for every host; nil leaves one as it is.
+type Settings struct {
+	ReuseDelay *time.Duration
+	StickyTTL  *time.Duration
+}
+
+// Set records s in the pool (`ipamctl pool set`): every daemon and ipamctl
+// apply it from then on.
+func (p *Pools) Set(ctx context.Context, subnet netip.Prefix, s Settings) error {
+	switch {
+	case s.ReuseDelay != nil && *s.ReuseDelay < 0:
+		return fmt.Errorf("reuse delay %s: it cannot be negative (0 turns it off)", *s.ReuseDelay)
+	case s.StickyTTL != nil && *s.StickyTTL <= 0:
+		return fmt.Errorf("sticky TTL %s: it must be positive", *s.StickyTTL)
 	}
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		m, ok, err := p.store.Meta(ctx, subnet)
@@ -232,16 +246,22 @@ func (p *Pools) SetReuseDelay(ctx context.Context, subnet netip.Prefix, d time.D
 			return fmt.Errorf("reading pool %s: %w", subnet, err)
 		case !ok:
 			return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
-		case m.ReuseDelay == d:
-			return nil
 		}
 		next := m
-		next.ReuseDelay = d
+		if s.ReuseDelay != nil {
+			next.ReuseDelay = *s.ReuseDelay
+		}
+		if s.StickyTTL != nil {
+			next.StickyTTL = *s.StickyTTL
+		}
+		if next.ReuseDelay == m.ReuseDelay && next.StickyTTL == m.StickyTTL {
+			return nil
+		}
 		if _, ok, err = p.store.UpdateMeta(ctx, m, next); err != nil || ok {
 			return err
 		}
 	}
-	return fmt.Errorf("setting the reuse delay of pool %s: %w", subnet, ErrContention)
+	return fmt.Errorf("setting pool %s: %w", subnet, ErrContention)
 }
 
 // finishSeeding seeds m's ranges and clears its Seeding mark. Seeding is
@@ -608,6 +628,18 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC())
 		released = change
 		return next, change, err
+	})
+	return released, err
+}
+
+// ExpireBinding ends an idle sticky binding gc listed as expired, only
+// while its record is the one listed (the store's revision rev): no
+// container of the name took it meanwhile. released is false otherwise.
+func (p *Pools) ExpireBinding(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rev int64) (released bool, err error) {
+	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
+		next, change := expireRule(e, rev)
+		released = change
+		return next, change, nil
 	})
 	return released, err
 }

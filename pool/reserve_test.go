@@ -19,7 +19,7 @@ func TestFloatingAddress(t *testing.T) {
 	n := mustNetwork(t, "198.18.0.0/29", "") // .1-.6
 	ps := hosts(t, s, n, "a", "b")
 	op := New(s, Config{Host: "operator"})
-	if err := op.SetReuseDelay(ctx, n.Subnet, time.Hour); err != nil { // must not apply to the reservation
+	if err := op.Set(ctx, n.Subnet, Settings{ReuseDelay: ptr(time.Hour)}); err != nil { // must not apply to the reservation
 		t.Fatal(err)
 	}
 	vip := netip.MustParseAddr("198.18.0.3")
@@ -211,7 +211,7 @@ func TestReleaseListed(t *testing.T) {
 	n := mustNetwork(t, "198.18.0.0/29", "")
 	h := hosts(t, s, n, "h")[0]
 	gc := New(s, Config{Host: "operator"})
-	if err := gc.SetReuseDelay(ctx, n.Subnet, time.Hour); err != nil {
+	if err := gc.Set(ctx, n.Subnet, Settings{ReuseDelay: ptr(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	a := netip.MustParseAddr("198.18.0.1")

@@ -299,6 +299,16 @@ func listedRule(e Entry, rev int64, now time.Time) (State, bool) {
 	return freed(e, now), true
 }
 
+// expireRule frees e, an idle sticky binding, if its record is still the
+// one listed at revision rev; its binding goes with the record.
+func expireRule(e Entry, rev int64) (State, bool) {
+	u := e.Used
+	if u == nil || e.Version.Used != rev || u.Kind != KindReserved || u.Sticky == "" || u.Reservation != "" {
+		return State{}, false
+	}
+	return State{Free: seeded(e)}, true
+}
+
 // evictRule is the operator's release of e (in subnet): see Pools.Evict.
 func evictRule(e Entry, subnet netip.Prefix, force bool, only Kind, now time.Time) (State, bool, error) {
 	u := e.Used

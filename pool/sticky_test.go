@@ -21,7 +21,7 @@ func TestSticky(t *testing.T) {
 	n := mustNetwork(t, "198.18.0.0/29", "") // .1-.6
 	ps := hosts(t, s, n, "a", "b")
 	a, b := ps[0], ps[1]
-	if err := a.SetReuseDelay(ctx, n.Subnet, time.Hour); err != nil {
+	if err := a.Set(ctx, n.Subnet, Settings{ReuseDelay: ptr(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	ctr := func(mac, name string) Allocation {
@@ -156,5 +156,42 @@ func TestStickyEnd(t *testing.T) {
 	}
 	if _, ok, _ := s.Binding(ctx, n.Subnet, "db"); ok {
 		t.Fatal("the idle binding outlived reserve rm")
+	}
+}
+
+// TestStickyExpire: gc ends an idle binding only if its record is the one
+// it listed: a container of the name that took it meanwhile keeps it.
+func TestStickyExpire(t *testing.T) {
+	ctx := context.Background()
+	s := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/29", "")
+	p := hosts(t, s, n, "a")[0]
+	gc := New(s, Config{Host: "operator"})
+	db, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01", Sticky: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := gc.ExpireBinding(ctx, n.Subnet, db, 0); ok || err != nil {
+		t.Fatalf("expiring a held binding: %v, %v", ok, err)
+	}
+	if _, err := p.Release(ctx, n.Subnet, db); err != nil {
+		t.Fatal(err)
+	}
+	listed, _ := s.Entry(ctx, n.Subnet, db)
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02", Sticky: "db"}); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := gc.ExpireBinding(ctx, n.Subnet, db, listed.Version.Used); ok || err != nil {
+		t.Fatalf("expiring a binding taken again since listed: %v, %v", ok, err)
+	}
+	if _, err := p.Release(ctx, n.Subnet, db); err != nil {
+		t.Fatal(err)
+	}
+	listed, _ = s.Entry(ctx, n.Subnet, db)
+	if ok, err := gc.ExpireBinding(ctx, n.Subnet, db, listed.Version.Used); !ok || err != nil {
+		t.Fatalf("expiring the idle binding: %v, %v", ok, err)
+	}
+	if _, ok, _ := s.Binding(ctx, n.Subnet, "db"); ok {
+		t.Fatal("the binding outlived its expiry")
 	}
 }

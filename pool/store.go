@@ -152,9 +152,12 @@ type Meta struct {
 	// automatic allocation for this long: one setting for every daemon
 	// and ipamctl (init-range and pool set record it).
 	ReuseDelay time.Duration
-	CreatedBy  string
-	Created    time.Time
-	Rev        int64 // store version, compared on update
+	// StickyTTL ends a sticky name's idle binding once no container of
+	// that name has held it for this long (ipamctl gc).
+	StickyTTL time.Duration
+	CreatedBy string
+	Created   time.Time
+	Rev       int64 // store version, compared on update
 }
 
 // Entry is a consistent snapshot of one address: free, used, or neither,

@@ -57,6 +57,7 @@ type addrJSON struct {
 	// MACs: per host, the endpoint holding an anycast address.
 	MACs        map[string]string `json:"macs,omitempty"`
 	Reservation string            `json:"reservation,omitempty"`
+	Sticky      string            `json:"sticky,omitempty"`
 	Since       time.Time         `json:"since,omitzero"`
 }
 
@@ -64,7 +65,7 @@ func newAddrJSON(u etcdstore.UsedAddr) addrJSON {
 	a := u.Allocation
 	return addrJSON{
 		Address: u.Addr.String(), Kind: string(a.Kind), Host: a.Host, MAC: a.MAC, Endpoint: a.Endpoint,
-		Holders: a.Holders, MACs: a.MACs, Reservation: a.Reservation, Since: a.Since.UTC(),
+		Holders: a.Holders, MACs: a.MACs, Reservation: a.Reservation, Sticky: a.Sticky, Since: a.Since.UTC(),
 	}
 }
 

@@ -39,7 +39,7 @@ func newApp() *cli.App {
 			&cli.DurationFlag{Name: "timeout", EnvVars: []string{"IPAM_TIMEOUT"}, Value: defaultTimeout,
 				Usage: "bound on each command's etcd calls (init-range adds 1ms per address it seeds)"},
 		),
-		Commands:        []*cli.Command{initRangeCommand(), poolCommand(), addrCommand(), releaseCommand(), reserveCommand(), anycastCommand(), hostRangeCommand(), hostCommand(), checkCommand(), statusCommand(), networkCommand(), bridgeCommand(), vlanCommand(), gcCommand(), etcdCommand()},
+		Commands:        []*cli.Command{initRangeCommand(), poolCommand(), addrCommand(), releaseCommand(), reserveCommand(), stickyCommand(), anycastCommand(), hostRangeCommand(), hostCommand(), checkCommand(), statusCommand(), networkCommand(), bridgeCommand(), vlanCommand(), gcCommand(), etcdCommand()},
 		HideHelpCommand: true,
 	}
 }
@@ -99,6 +99,26 @@ func withEtcd(c *cli.Context, extra time.Duration, fn func(ctx context.Context, 
 func reuseDelayFlag() cli.Flag {
 	return &cli.DurationFlag{Name: "reuse-delay", Value: pool.DefaultReuseDelay,
 		Usage: "the pool's reuse delay: automatic allocation does not hand a released container address out again for this long, on any host (--ip takes it at once; 0 turns it off)"}
+}
+
+// stickyTTLFlag sets how long a pool keeps an idle sticky binding.
+func stickyTTLFlag() cli.Flag {
+	return &cli.DurationFlag{Name: "sticky-ttl", Value: pool.DefaultStickyTTL,
+		Usage: "how long a sticky name keeps its address with no container of that name, before ipamctl gc frees it"}
+}
+
+// settings are the pool settings the command's flags give.
+func settings(c *cli.Context) pool.Settings {
+	var s pool.Settings
+	if c.IsSet("reuse-delay") {
+		d := c.Duration("reuse-delay")
+		s.ReuseDelay = &d
+	}
+	if c.IsSet("sticky-ttl") {
+		d := c.Duration("sticky-ttl")
+		s.StickyTTL = &d
+	}
+	return s
 }
 
 // reuseDelay is the command's --reuse-delay, or the default for commands

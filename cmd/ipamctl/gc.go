@@ -66,6 +66,7 @@ const (
 	gcGrace    = "grace"
 	gcUnseen   = "unseen"
 	gcAdvice   = "advice"
+	gcExpired  = "expired"
 )
 
 // gcResults says what each result means, for gc --help.
@@ -78,6 +79,7 @@ var gcResults = []struct{ result, means string }{
 	{gcGrace, "its host died less than --grace ago: kept"},
 	{gcUnseen, "its host has no liveness record: kept"},
 	{gcAdvice, "a dead host's gateway, aux, host or anycast address: listed with the command that frees it"},
+	{gcExpired, "a sticky name's address no container of that name has held for the pool's sticky TTL: freed with --apply"},
 }
 
 func gcResultHelp() string {
@@ -146,13 +148,13 @@ func gc(c *cli.Context) error {
 		if err != nil {
 			return err
 		}
-		found = localOrphans(cen, host, live, c.Duration("min-age"), time.Now())
+		found = append(localOrphans(cen, host, live, c.Duration("min-age"), time.Now()), expiredBindings(cen, time.Now())...)
 	}
 	nfailed := 0
 	if c.Bool("apply") {
 		for i := range found {
 			f := &found[i]
-			if f.row.Result != gcOrphan {
+			if f.row.Result != gcOrphan && f.row.Result != gcExpired {
 				continue
 			}
 			var guards []pool.Guard
@@ -161,7 +163,11 @@ func gc(c *cli.Context) error {
 			}
 			var ok bool
 			err := e.do(c, 0, func(ctx context.Context) (err error) {
-				ok, err = e.pools.ReleaseListed(ctx, f.listed.Subnet, f.listed.Addr, f.listed.Rev, guards...)
+				if f.row.Result == gcExpired {
+					ok, err = e.pools.ExpireBinding(ctx, f.listed.Subnet, f.listed.Addr, f.listed.Rev)
+				} else {
+					ok, err = e.pools.ReleaseListed(ctx, f.listed.Subnet, f.listed.Addr, f.listed.Rev, guards...)
+				}
 				return err
 			})
 			switch {
@@ -179,6 +185,25 @@ func gc(c *cli.Context) error {
 		}
 	}
 	return printGC(c, gcJSON{Host: host, DeadHosts: deadHosts, Applied: c.Bool("apply"), Addresses: gcRows(found)}, nfailed)
+}
+
+// expiredBindings are the idle sticky bindings that no container of their
+// name has held for longer than their pool's sticky TTL. They belong to no
+// host: any host's gc finds them.
+func expiredBindings(cen etcdstore.Census, now time.Time) []gcCandidate {
+	var out []gcCandidate
+	for _, u := range cen.Used {
+		a := u.Allocation
+		if a.Kind != pool.KindReserved || a.Sticky == "" || a.Reservation != "" {
+			continue
+		}
+		ttl := cen.Pools[u.Subnet].StickyTTL
+		if idle := now.Sub(a.Since); idle >= ttl {
+			out = append(out, gcCandidate{listed: u, row: newGCRow(u, gcExpired,
+				fmt.Sprintf("name %q unused for %s (sticky TTL %s)", a.Sticky, idle.Round(time.Second), ttl))})
+		}
+	}
+	return out
 }
 
 // gcHost is gc's --host-id, else the global one.
@@ -343,6 +368,8 @@ func printGC(c *cli.Context, out gcJSON, nfailed int) error {
 			n[a.Result]++
 		}
 		switch {
+		case n[gcExpired] > 0:
+			fmt.Fprintf(c.App.ErrWriter, "%s orphaned or expired; run again with --apply to release them\n", gcCount(n[gcOrphan]+n[gcExpired], "address", "addresses"))
 		case n[gcOrphan] > 0:
 			fmt.Fprintf(c.App.ErrWriter, "%s orphaned; run again with --apply to release them\n", gcCount(n[gcOrphan], "address", "addresses"))
 		case out.Applied:

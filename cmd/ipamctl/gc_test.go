@@ -325,3 +325,55 @@ func TestGCReservedAndAnycast(t *testing.T) {
 	}
 	c.ok("check")
 }
+
+// TestGCExpiredBindings: a sticky name's idle address is kept while the
+// pool's sticky TTL runs, listed as expired after it (by any host's gc),
+// and freed by --apply, its binding with it; a held one never expires.
+// sticky ls lists both, sticky rm ends one by name.
+func TestGCExpiredBindings(t *testing.T) {
+	c := newCtl(t)
+	c.ok("init-range", "--subnet", "198.18.2.0/24", "--range", "198.18.2.10-198.18.2.19")
+	n, _ := pool.NewNetwork("198.18.2.0/24", "")
+	p, store := c.pools("h1")
+	if err := p.Attach(ctx(t), n); err != nil {
+		t.Fatal(err)
+	}
+	bind := func(name string) netip.Addr {
+		t.Helper()
+		a, err := p.Allocate(ctx(t), n, netip.Addr{}, pool.Allocation{Kind: pool.KindContainer, MAC: "02:42:00:00:02:0" + name[len(name)-1:], Sticky: name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	idle, held := bind("db1"), bind("db2")
+	if _, err := p.Release(ctx(t), n.Subnet, idle); err != nil {
+		t.Fatal(err)
+	}
+	listed := okJSON[[]markJSON](c, "sticky", "ls")
+	if len(listed) != 2 || listed[0].Sticky == "" || listed[1].Sticky == "" {
+		t.Fatalf("sticky ls: %+v", listed)
+	}
+	docker := fakeDocker(t, map[string]string{"db2": held.String() + "/24"}, nil)
+	if kept := okJSON[gcJSON](c, "gc", "--docker-host", docker, "--min-age", "0s"); len(kept.Addresses) != 0 {
+		t.Fatalf("within the sticky TTL: %+v", kept.Addresses)
+	}
+	c.ok("pool", "set", "198.18.2.0/24", "--sticky-ttl", "1ms")
+	time.Sleep(10 * time.Millisecond)
+	sameResults(t, "gc after the TTL", okJSON[gcJSON](c, "gc", "--docker-host", docker, "--min-age", "0s"), map[string]string{idle.String(): gcExpired})
+	sameResults(t, "gc --apply", okJSON[gcJSON](c, "gc", "--docker-host", docker, "--min-age", "0s", "--apply"), map[string]string{idle.String(): gcReleased})
+	if _, ok, err := store.Binding(ctx(t), n.Subnet, "db1"); err != nil || ok {
+		t.Fatalf("db1's binding after gc: ok=%v, %v", ok, err)
+	}
+	if e, err := store.Entry(ctx(t), n.Subnet, idle); err != nil || e.Used != nil || !e.Free {
+		t.Fatalf("db1's address after gc: %+v, %v; want free", e, err)
+	}
+
+	c.fails(`name "nope" is bound to no address`, "sticky", "rm", "198.18.2.0/24", "nope")
+	if out := okJSON[[]markJSON](c, "sticky", "rm", "198.18.2.0/24", "db2"); len(out) != 1 || out[0].Sticky != "" || out[0].State != "held" {
+		t.Fatalf("sticky rm of a held binding: %+v; want it held, unbound", out)
+	}
+	if _, ok, _ := store.Binding(ctx(t), n.Subnet, "db2"); ok {
+		t.Fatal("db2's binding after sticky rm")
+	}
+}

@@ -107,7 +107,7 @@ func initRange(c *cli.Context) error {
 		if added, err = e.pools.AddRanges(ctx, subnet, set, progress(c.App.ErrWriter, subnet)); err != nil || !c.IsSet("reuse-delay") {
 			return err
 		}
-		return e.pools.SetReuseDelay(ctx, subnet, c.Duration("reuse-delay"))
+		return e.pools.Set(ctx, subnet, settings(c))
 	})
 	if err != nil {
 		return err

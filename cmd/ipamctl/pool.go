@@ -40,7 +40,7 @@ func poolCommand() *cli.Command {
 				Name:      "set",
 				Usage:     "change a pool's settings, for every host",
 				ArgsUsage: "SUBNET",
-				Flags:     []cli.Flag{reuseDelayFlag()},
+				Flags:     []cli.Flag{reuseDelayFlag(), stickyTTLFlag()},
 				Action:    poolSet,
 			},
 			{
@@ -69,8 +69,9 @@ type poolJSON struct {
 	// Utilisation is used/(free+used) in percent, one decimal. Used may
 	// hold addresses outside the ranges (a router), so it is not used/size.
 	Utilisation float64 `json:"utilisation"`
-	// ReuseDelay is the pool's reuse delay, as a Go duration ("1m0s").
+	// ReuseDelay and StickyTTL are the pool's, as Go durations ("1m0s").
 	ReuseDelay string    `json:"reuseDelay"`
+	StickyTTL  string    `json:"stickyTTL"`
 	CreatedBy  string    `json:"createdBy"`
 	Created    time.Time `json:"created,omitzero"`
 }
@@ -78,7 +79,7 @@ type poolJSON struct {
 func newPoolJSON(m pool.Meta, free, used int64) poolJSON {
 	p := poolJSON{
 		Subnet: m.Subnet.String(), State: "ready", Ranges: rangeList(m.Ranges), Size: pool.SetSize(m.Ranges),
-		Free: free, Used: used, ReuseDelay: m.ReuseDelay.String(), CreatedBy: m.CreatedBy, Created: m.Created.UTC(),
+		Free: free, Used: used, ReuseDelay: m.ReuseDelay.String(), StickyTTL: m.StickyTTL.String(), CreatedBy: m.CreatedBy, Created: m.Created.UTC(),
 	}
 	if m.Seeding {
 		p.State = "seeding"
@@ -242,6 +243,7 @@ func printPoolShow(c *cli.Context, p poolShowJSON) error {
 	t.row("USED", strconv.FormatInt(p.Used, 10))
 	t.row("UTILISATION", p.utilisation())
 	t.row("REUSE DELAY", p.ReuseDelay)
+	t.row("STICKY TTL", p.StickyTTL)
 	t.row("CREATED", fmt.Sprintf("%s by %s", dash(formatTime(p.Created)), dash(p.CreatedBy)))
 	if err := t.flush(); err != nil {
 		return err
@@ -311,20 +313,24 @@ func poolSet(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	if !c.IsSet("reuse-delay") {
-		return errors.New("nothing to set: give --reuse-delay")
+	s := settings(c)
+	if s == (pool.Settings{}) {
+		return errors.New("nothing to set: give --reuse-delay or --sticky-ttl")
 	}
-	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
-		return e.pools.SetReuseDelay(ctx, subnet, c.Duration("reuse-delay"))
-	})
+	err = withEtcd(c, 0, func(ctx context.Context, e *env) error { return e.pools.Set(ctx, subnet, s) })
 	if errors.Is(err, pool.ErrUnknownPool) {
 		return fmt.Errorf("pool %s does not exist (see ipamctl pool ls)", subnet)
 	}
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(c.App.Writer, "pool %s: reuse delay %s\n", subnet, c.Duration("reuse-delay"))
-	return err
+	if s.ReuseDelay != nil {
+		fmt.Fprintf(c.App.Writer, "pool %s: reuse delay %s\n", subnet, *s.ReuseDelay)
+	}
+	if s.StickyTTL != nil {
+		fmt.Fprintf(c.App.Writer, "pool %s: sticky TTL %s\n", subnet, *s.StickyTTL)
+	}
+	return nil
 }
 
 func poolRemove(c *cli.Context) error {

@@ -190,7 +190,11 @@ func printMarked(c *cli.Context, out []markJSON) error {
 	}
 	t := newTable(c.App.Writer, "SUBNET", "ADDRESS", "KIND", "NAME", "STATE", "HOLDERS", "SINCE")
 	for _, m := range out {
-		t.row(m.Subnet, m.Address, dash(m.Kind), dash(m.Reservation), m.State, dash(holderCell(m.addrJSON)), dash(formatTime(m.Since)))
+		name := m.Reservation
+		if name == "" {
+			name = m.Sticky
+		}
+		t.row(m.Subnet, m.Address, dash(m.Kind), dash(name), m.State, dash(holderCell(m.addrJSON)), dash(formatTime(m.Since)))
 	}
 	return t.flush()
 }
