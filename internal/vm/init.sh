@@ -36,6 +36,8 @@ if [ "$1" = stage2 ]; then
 		mkdir -p /dev/pts /dev/shm &&
 		mount -t devpts devpts /dev/pts &&
 		mount -t tmpfs shm /dev/shm &&
+		ln -s /proc/self/fd /dev/fd && # bash's <(…) and >(…); udev would make it
+		ln -s fd/0 /dev/stdin && ln -s fd/1 /dev/stdout && ln -s fd/2 /dev/stderr &&
 		mount -t tmpfs run /run &&
 		mkdir -p /lib/modules &&
 		ln -s "$modules" /lib/modules/ || fail "stage2 mounts failed"

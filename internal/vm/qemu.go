@@ -57,7 +57,7 @@ func Run(ctx context.Context, cmd Command) (out []byte, status int, err error) {
 	}
 	var console bytes.Buffer
 	q := exec.CommandContext(ctx, qemu,
-		"-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "1",
+		"-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "4096", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
 		"-kernel", vmlinux, "-initrd", initramfs, "-append", append_,
 		"-fsdev", "local,id=host,path=/,security_model=none,readonly=on,multidevs=remap",
