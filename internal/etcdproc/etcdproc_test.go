@@ -1,22 +1,23 @@
-package etcdproc
+package etcdproc_test
 
 import (
 	"context"
 	"net/http"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/talkingdata/ipam/internal/etcdproc"
+	"github.com/talkingdata/ipam/internal/etcdtest"
 	"github.com/talkingdata/ipam/internal/testproc"
 )
 
 // A three-member cluster on loopback comes up healthy, a member stopped and started again
 // rejoins it as the member it was, and Stop leaves no member running.
 func TestLoopbackCluster(t *testing.T) {
-	bin, err := exec.LookPath("etcd")
-	testproc.Require(t, err == nil, "etcdproc: no etcd (Debian package etcd-server)")
-	c := &Cluster{Bin: bin, Token: "etcdproc-test"}
+	bin, miss := etcdtest.Binary()
+	testproc.Require(t, miss == "", miss)
+	c := &etcdproc.Cluster{Bin: bin, Token: "etcdproc-test"}
 	if err := c.StartLoopback(context.Background(), t.TempDir(), 3, "http"); err != nil {
 		t.Fatal(err)
 	}
@@ -27,10 +28,10 @@ func TestLoopbackCluster(t *testing.T) {
 	}
 	hc := &http.Client{Timeout: time.Second}
 	c.StopMember(1)
-	if Healthy(hc, eps[1]) {
+	if etcdproc.Healthy(hc, eps[1]) {
 		t.Fatal("member 2 answers after StopMember")
 	}
-	if !Healthy(hc, eps[0]) {
+	if !etcdproc.Healthy(hc, eps[0]) {
 		t.Fatal("two of three members are no quorum")
 	}
 	if err := c.StartMember(context.Background(), 1); err != nil {

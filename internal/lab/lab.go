@@ -1,14 +1,16 @@
-// Package lab runs a multi-host talkingdata lab on one machine for tests, by driving
-// scripts/lab.sh: a switch (netns tdlab-ID-sw, bridge sw0, the router 198.18.0.1/16 and
-// 2001:db8::1/64), a three-member etcd cluster (198.18.0.21-23) and N hosts (default 3), each a
-// network namespace tdlab-ID-hK with eth0 198.18.0.1K/16 and 2001:db8::1K/64 on the switch, its
-// own dockerd and its own talkingdata-ipam plugin running inside that namespace. Neither br0 nor
-// any Docker network is created: tests do that, e.g. with `ipamctl bridge setup --nic eth0`
-// through Exec.
+// Package lab runs a multi-host talkingdata lab on one machine, for tests (Up) and by hand
+// (scripts/lab.sh, which runs Main): a switch (netns tdlab-ID-sw, bridge sw0, the router
+// 198.18.0.1/16 and 2001:db8::1/64), a three-member etcd cluster (198.18.0.21-23) and N hosts
+// (default 3), each a network namespace tdlab-ID-hK with eth0 198.18.0.1K/16 and 2001:db8::1K/64
+// on the switch, its own dockerd and its own talkingdata-ipam plugin running inside that
+// namespace. Neither br0 nor any Docker network is created: tests do that, e.g. with `ipamctl
+// bridge setup --nic eth0` through Exec.
 //
 // Everything lives in 198.18.0.0/16 (dockerd's own networks, such as swarm's docker_gwbridge, in
 // 198.19.128.0/18) and 2001:db8::/64 inside namespaces the lab creates; the machine's own
 // network namespace is never touched. Several labs (also from parallel test binaries) run at once.
+// The daemons run in their own sessions and outlive the process that started them: Down (or
+// `lab.sh down`, or the prune of the next Up once the owner has died) ends them.
 //
 //	l := lab.Up(t)
 //	l.Exec(t, 1, "ipamctl", "bridge", "setup", "--nic", "eth0")
@@ -25,13 +27,13 @@
 package lab
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -50,7 +52,6 @@ import (
 
 const (
 	upTimeout    = 3 * time.Minute // a cold `go build` of both binaries included
-	downTimeout  = 2 * time.Minute
 	cmdTimeout   = 2 * time.Minute // a hung plugin hangs dockerd; don't hang the test binary too
 	logTailLines = 25
 )
@@ -71,20 +72,26 @@ type Options struct {
 	// Engines, run the system's dockerd 20.10. Each host is driven with its engine's own CLI.
 	// Empty: the engine names in $TALKINGDATA_LAB_ENGINES (comma-separated, one per host from h1,
 	// e.g. "20.10,28.5,29"; names beyond the last host are left out, so a two-host lab of that
-	// list runs 20.10 and 28.5), so a lab test can run on a mixed cluster. No spaces inside an
-	// Args entry.
+	// list runs 20.10 and 28.5), so a lab test can run on a mixed cluster.
 	Engines []dockertest.Engine
+
+	id    string // "": a fresh random one
+	owner int    // the pid whose death lets prune remove the lab; 0: none (made by hand)
+	ownUp bool   // up runs as a process of its own, which down kills too (up.pid)
 }
 
-// Lab is one running lab.
+// Lab is one lab.
 type Lab struct {
-	ID      string // the lab id: names netns tdlab-ID-*, the directory /tmp/tdlab-ID, cgroups
-	Dir     string // /tmp/tdlab-ID: env file, logs, pid files, data
-	engines []dockertest.Engine
-	script  string
-	env     map[string]string
-	hosts   int
-	down    bool
+	ID         string // the lab id: names netns tdlab-ID-*, the directory /tmp/tdlab-ID, cgroups
+	Dir        string // /tmp/tdlab-ID: env file, logs, pid files, data
+	hosts      int
+	engines    []dockertest.Engine // one per host
+	bin        string              // holds talkingdata-ipam and ipamctl
+	etcdBin    string
+	pluginArgs []string
+	owner      int
+	ownUp      bool
+	down       bool
 }
 
 // Up builds a lab with three hosts and a fresh id; it is torn down when the test ends, after
@@ -97,12 +104,9 @@ func UpWith(t testing.TB, o Options) *Lab {
 	t.Helper()
 	l := prepare(t, o)
 	start := time.Now()
-	out, err := l.run(upTimeout, l.upEnv(o), "up")
-	if err != nil {
-		t.Fatalf("lab: up %s: %v\n%s", l.ID, err, out)
-	}
-	if err := l.loadEnv(); err != nil {
-		t.Fatalf("lab: %v", err)
+	var log strings.Builder
+	if err := l.up(&log); err != nil {
+		t.Fatalf("lab: %v\n%s", err, log.String())
 	}
 	t.Logf("lab %s up in %v (%s)", l.ID, time.Since(start).Round(10*time.Millisecond), l.Dir)
 	return l
@@ -114,23 +118,22 @@ func prepare(t testing.TB, o Options) *Lab {
 	t.Helper()
 	miss := missing(o)
 	testproc.Require(t, miss == "", miss)
-	if o.Hosts < 0 || o.Hosts > 9 {
-		t.Fatalf("lab: Options.Hosts = %d, want 1-9 (0: 3)", o.Hosts)
-	}
 	if len(o.Engines) == 0 {
 		for _, name := range envEngines(o) {
 			o.Engines = append(o.Engines, dockertest.LookupEngine(t, name))
 		}
 	}
+	o.owner = os.Getpid()
 	l, err := newLab(o)
 	if err != nil {
 		t.Fatalf("lab: %v", err)
 	}
 	// Labs whose test binary died without cleaning up (a -timeout panic, a SIGKILL).
-	if out, err := l.run(downTimeout, nil, "prune"); err != nil {
+	var out strings.Builder
+	if err := prune(&out); err != nil {
 		t.Logf("lab: removing labs of dead test binaries: %v", err)
-	} else if out != "" {
-		t.Logf("lab: removed labs of dead test binaries:\n%s", out)
+	} else if out.Len() > 0 {
+		t.Logf("lab: removed labs of dead test binaries:\n%s", out.String())
 	}
 	t.Cleanup(func() {
 		if t.Failed() && !l.down {
@@ -147,8 +150,8 @@ func missing(o Options) string {
 		return "lab: needs root (namespaces, mounts, dockerd)"
 	}
 	for _, tool := range []struct{ name, pkg string }{
-		{"bash", "bash"}, {"ip", "iproute2"}, {"nsenter", "util-linux"}, {"unshare", "util-linux"},
-		{"setsid", "util-linux"}, {"dockerd", "docker.io"}, {"docker", "docker.io"},
+		{"ip", "iproute2"}, {"nsenter", "util-linux"}, {"unshare", "util-linux"},
+		{"dockerd", "docker.io"}, {"docker", "docker.io"},
 		{"etcd", "etcd-server"}, {"etcdctl", "etcd-client"}, {"ping", "iputils-ping"},
 	} {
 		if testproc.LookTool(tool.name) == "" {
@@ -159,27 +162,39 @@ func missing(o Options) string {
 		return "lab: no /bin/busybox (Debian package busybox-static)"
 	}
 	if o.BinDir == "" && goTool() == "" {
-		return "lab: no go toolchain to build the binaries (or set Options.BinDir)"
+		return "lab: no go toolchain to build the binaries (set TDLAB_GO or Options.BinDir)"
 	}
 	return ""
 }
 
-// newLab picks a fresh id; nothing is created yet.
+// newLab picks a fresh id (or takes the one Main was given); nothing is created yet.
 func newLab(o Options) (*Lab, error) {
-	repo, err := repoRoot()
-	if err != nil {
+	if o.Hosts < 0 || o.Hosts > maxHosts {
+		return nil, fmt.Errorf("%d hosts: want 1-%d (0: 3)", o.Hosts, maxHosts)
+	}
+	if o.id == "" {
+		var b [4]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, err
+		}
+		o.id = hex.EncodeToString(b[:])
+	}
+	if err := checkID(o.id); err != nil {
 		return nil, err
 	}
-	var b [4]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return nil, err
-	}
-	id := hex.EncodeToString(b[:])
-	l := &Lab{ID: id, Dir: "/tmp/tdlab-" + id, script: filepath.Join(repo, "scripts", "lab.sh"), hosts: o.hostCount()}
+	l := &Lab{ID: o.id, hosts: o.hostCount(), pluginArgs: o.PluginArgs}
+	l.Dir = stateDir(l.ID)
 	if len(o.Engines) > l.hosts {
 		return nil, fmt.Errorf("%d engines for %d hosts", len(o.Engines), l.hosts)
 	}
-	l.engines = o.Engines
+	for k := 0; k < l.hosts; k++ {
+		e := systemEngine()
+		if k < len(o.Engines) && !o.Engines[k].IsZero() {
+			e = o.Engines[k]
+		}
+		l.engines = append(l.engines, e)
+	}
+	l.bin, l.etcdBin, l.owner, l.ownUp = o.BinDir, etcdBinary(), o.owner, o.ownUp
 	return l, nil
 }
 
@@ -187,11 +202,29 @@ func newLab(o Options) (*Lab, error) {
 // failing a test and registers no cleanup; call Close. Labs of dead owners are pruned first, so
 // one left by a killed program is removed by the next Start or Up.
 func Start(o Options) (*Lab, error) {
+	if o.owner == 0 {
+		o.owner = os.Getpid()
+	}
+	l, err := newLabOf(o)
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
+	if err := prune(io.Discard); err != nil {
+		return nil, fmt.Errorf("lab: removing labs of dead owners: %w", err)
+	}
+	var log strings.Builder
+	if err := l.up(&log); err != nil {
+		_ = downOne(l.ID, io.Discard)
+		return nil, fmt.Errorf("lab: %w\n%s", err, log.String())
+	}
+	return l, nil
+}
+
+// newLabOf is newLab for programs that are not tests: prerequisites and engines missing are
+// errors.
+func newLabOf(o Options) (*Lab, error) {
 	if miss := missing(o); miss != "" {
 		return nil, errors.New(miss)
-	}
-	if o.Hosts < 0 || o.Hosts > 9 {
-		return nil, fmt.Errorf("lab: Options.Hosts = %d, want 1-9 (0: 3)", o.Hosts)
 	}
 	if len(o.Engines) == 0 {
 		for _, name := range envEngines(o) {
@@ -202,37 +235,31 @@ func Start(o Options) (*Lab, error) {
 			o.Engines = append(o.Engines, e)
 		}
 	}
-	l, err := newLab(o)
-	if err != nil {
-		return nil, fmt.Errorf("lab: %w", err)
-	}
-	if _, err := l.run(downTimeout, nil, "prune"); err != nil {
-		return nil, fmt.Errorf("lab: removing labs of dead owners: %w", err)
-	}
-	if out, err := l.run(upTimeout, l.upEnv(o), "up"); err != nil {
-		_, _ = l.run(downTimeout, nil, "down", l.ID)
-		return nil, fmt.Errorf("lab: up %s: %w\n%s", l.ID, err, out)
-	}
-	if err := l.loadEnv(); err != nil {
-		_, _ = l.run(downTimeout, nil, "down", l.ID)
-		return nil, fmt.Errorf("lab: %w", err)
-	}
-	return l, nil
+	return newLab(o)
 }
 
 // Open attaches to a running lab, e.g. one made with `scripts/lab.sh up`. Close does not tear
 // it down.
 func Open(id string) (*Lab, error) {
-	repo, err := repoRoot()
+	l, err := attach(id)
 	if err != nil {
 		return nil, fmt.Errorf("lab: %w", err)
 	}
-	l := &Lab{ID: id, Dir: "/tmp/tdlab-" + id, script: filepath.Join(repo, "scripts", "lab.sh"), down: true}
-	if err := l.loadEnv(); err != nil {
-		return nil, fmt.Errorf("lab: %w", err)
-	}
+	l.down = true
 	if _, err := os.Stat(filepath.Join(l.Dir, "ready")); err != nil {
 		return nil, fmt.Errorf("lab %s is not (fully) up: %w", id, err)
+	}
+	return l, nil
+}
+
+// attach reads lab id's env file.
+func attach(id string) (*Lab, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	l := &Lab{ID: id, Dir: stateDir(id)}
+	if err := l.load(); err != nil {
+		return nil, fmt.Errorf("no lab %s: %w", id, err)
 	}
 	return l, nil
 }
@@ -244,78 +271,7 @@ func (l *Lab) Close() error {
 		return nil
 	}
 	l.down = true
-	if out, err := l.run(downTimeout, nil, "down", l.ID); err != nil {
-		return fmt.Errorf("lab: down %s: %w\n%s", l.ID, err, out)
-	}
-	if left := l.Leftovers(); len(left) > 0 {
-		return fmt.Errorf("lab %s: left after down: %s", l.ID, strings.Join(left, "; "))
-	}
-	return nil
-}
-
-// KillEtcd SIGKILLs etcd member k (1-3), as a crash would; an error if it is not running.
-func (l *Lab) KillEtcd(k int) error { return l.fault("etcd-kill", strconv.Itoa(k)) }
-
-// StartEtcd restarts etcd member k on its data dir, so it rejoins as the member it was, and
-// waits (up to 30s) until it answers a quorum read; an error if it is running.
-func (l *Lab) StartEtcd(k int) error { return l.fault("etcd-start", strconv.Itoa(k)) }
-
-// KillPlugin SIGKILLs host h's plugin (kill -9: it leaves its socket file behind).
-func (l *Lab) KillPlugin(h int) error { return l.fault("plugin-kill", l.hostNode(h)) }
-
-// StartPlugin restarts host h's plugin with the flags it had, on the same socket, and waits
-// (up to 20s) until it has bound it.
-func (l *Lab) StartPlugin(h int) error { return l.fault("plugin-start", l.hostNode(h)) }
-
-// EtcdAlive reports whether member k's process is running (not whether it is healthy).
-func (l *Lab) EtcdAlive(k int) bool {
-	return pidAlive(filepath.Join(l.Dir, "etcd"+strconv.Itoa(k), "etcd.pid"))
-}
-
-// PluginAlive reports whether host h's plugin process is running.
-func (l *Lab) PluginAlive(h int) bool {
-	return pidAlive(filepath.Join(l.Dir, l.hostNode(h), "plugin.pid"))
-}
-
-func pidAlive(pidfile string) bool {
-	b, err := os.ReadFile(pidfile)
-	if err != nil {
-		return false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return false
-	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	return err == nil && !bytes.Contains(stat, []byte(") Z ")) && !bytes.Contains(stat, []byte(") X "))
-}
-
-func (l *Lab) fault(cmd, arg string) error {
-	if _, err := l.run(cmdTimeout, nil, cmd, arg); err != nil {
-		return fmt.Errorf("lab %s: %s %s: %w", l.ID, cmd, arg, err)
-	}
-	return nil
-}
-
-func (l *Lab) upEnv(o Options) []string {
-	env := []string{"TDLAB_OWNER_PID=" + strconv.Itoa(os.Getpid()), "TDLAB_HOSTS=" + strconv.Itoa(l.hosts)}
-	if o.BinDir != "" {
-		env = append(env, "TDLAB_BIN="+o.BinDir)
-	} else {
-		env = append(env, "TDLAB_GO="+goTool())
-	}
-	if len(o.PluginArgs) > 0 {
-		env = append(env, "TDLAB_PLUGIN_ARGS="+strings.Join(o.PluginArgs, " "))
-	}
-	for i, e := range l.engines { // o.Engines, or those of $TALKINGDATA_LAB_ENGINES
-		if e.IsZero() {
-			continue
-		}
-		h := "TDLAB_H" + strconv.Itoa(i+1) + "_"
-		env = append(env, h+"DOCKERD="+e.Dockerd, h+"DOCKER_CLI="+e.Docker,
-			h+"DOCKERD_ARGS="+strings.Join(e.Args, " "), h+"PATH="+strings.Join(e.Path, ":"))
-	}
-	return env
+	return downOne(l.ID, io.Discard)
 }
 
 // hostCount is the number of hosts o asks for.
@@ -334,17 +290,7 @@ func envEngines(o Options) []string {
 
 // Engine is host i's Docker engine (Options.Engines; the system's 20.10 where none was given).
 // For a lab attached with Open it has only Dockerd and Docker, and a Name for the system's.
-func (l *Lab) Engine(i int) dockertest.Engine {
-	if i := i - 1; i >= 0 && i < len(l.engines) && !l.engines[i].IsZero() {
-		return l.engines[i]
-	}
-	// A lab attached with Open: what its env file says (Name only when it is the system's).
-	e := dockertest.SystemEngine()
-	if d, cli := l.hostVar(i, "DOCKERD"), l.hostVar(i, "DOCKER_CLI"); d != "" && cli != "" && (d != e.Dockerd || cli != e.Docker) {
-		e = dockertest.Engine{Dockerd: d, Docker: cli}
-	}
-	return e
-}
+func (l *Lab) Engine(i int) dockertest.Engine { return l.engines[l.host(i)-1] }
 
 // Down tears the lab down (SIGKILL for everything; nothing is saved) and fails the test if
 // anything of it is left. The cleanup registered by Up calls it; calling it earlier is fine.
@@ -354,45 +300,9 @@ func (l *Lab) Down(t testing.TB) {
 		return
 	}
 	l.down = true
-	if out, err := l.run(downTimeout, nil, "down", l.ID); err != nil {
-		t.Errorf("lab: down %s: %v\n%s", l.ID, err, out)
+	if err := downOne(l.ID, io.Discard); err != nil {
+		t.Errorf("lab: %v", err)
 	}
-	if left := l.Leftovers(); len(left) > 0 {
-		t.Errorf("lab %s: left after down: %s", l.ID, strings.Join(left, "; "))
-	}
-}
-
-// Leftovers lists what of the lab exists: network namespaces, processes naming the lab, its
-// directory, cgroups and mounts. Empty after Down.
-func (l *Lab) Leftovers() []string {
-	var left []string
-	token := "tdlab-" + l.ID
-	if ns, _ := filepath.Glob("/run/netns/" + token + "-*"); len(ns) > 0 {
-		left = append(left, fmt.Sprintf("netns %v", ns))
-	}
-	if _, err := os.Stat(l.Dir); !errors.Is(err, os.ErrNotExist) {
-		left = append(left, "dir "+l.Dir)
-	}
-	cg, _ := filepath.Glob("/sys/fs/cgroup/*/" + token + "-*")
-	cg2, _ := filepath.Glob("/sys/fs/cgroup/" + token + "-*")
-	if cg = append(cg, cg2...); len(cg) > 0 {
-		left = append(left, fmt.Sprintf("cgroups %v", cg))
-	}
-	if b, err := os.ReadFile("/proc/self/mountinfo"); err == nil && (bytes.Contains(b, []byte(token+"-")) || bytes.Contains(b, []byte(token+"/"))) {
-		left = append(left, "mounts naming "+token)
-	}
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if bytes.Contains(cmdline, []byte(token+"-")) || bytes.Contains(cmdline, []byte(token+"/")) {
-			left = append(left, fmt.Sprintf("process %d: %s", pid, bytes.ReplaceAll(cmdline, []byte{0}, []byte{' '})))
-		}
-	}
-	return left
 }
 
 // Exec runs args in host's network namespace (hosts are numbered from 1) and returns its
@@ -408,7 +318,7 @@ func (l *Lab) Exec(t testing.TB, host int, args ...string) string {
 
 // Try is Exec returning the error (which includes stderr) instead of failing the test.
 func (l *Lab) Try(host int, args ...string) (string, error) {
-	return l.TryNode(l.hostNode(host), args...)
+	return l.TryNode("h"+strconv.Itoa(l.host(host)), args...)
 }
 
 // TryNode runs args in any node's network namespace: "h1"…, "sw" (the switch, which holds the
@@ -418,7 +328,7 @@ func (l *Lab) TryNode(node string, args ...string) (string, error) {
 	if len(args) == 0 {
 		return "", errors.New("lab: exec needs a command")
 	}
-	out, err := l.run(cmdTimeout, nil, "exec", append([]string{node}, args...)...)
+	out, err := run(cmdTimeout, func(ctx context.Context) (*exec.Cmd, error) { return l.nodeCmd(ctx, node, args...) })
 	if err != nil {
 		return out, fmt.Errorf("lab %s: exec %s %s: %w", l.ID, node, strings.Join(args, " "), err)
 	}
@@ -439,7 +349,9 @@ func (l *Lab) Docker(t testing.TB, host int, args ...string) string {
 
 // TryDocker is Docker returning the error (which includes the CLI's stderr).
 func (l *Lab) TryDocker(host int, args ...string) (string, error) {
-	out, err := l.run(cmdTimeout, nil, "docker", append([]string{l.hostNode(host)}, args...)...)
+	out, err := run(cmdTimeout, func(ctx context.Context) (*exec.Cmd, error) {
+		return l.dockerCmd(ctx, l.host(host), args...), nil
+	})
 	if err != nil {
 		return out, fmt.Errorf("lab %s: docker -H h%d %s: %w", l.ID, host, strings.Join(args, " "), err)
 	}
@@ -461,48 +373,47 @@ func (l *Lab) Etcdctl(t testing.TB, args ...string) string {
 // Etcd returns the client URLs of the three members, http://198.18.0.2K:2379. They are
 // reachable from the lab's namespaces only: use Exec, TryNode, Etcdctl, or DialContext for
 // clients in the test process.
-func (l *Lab) Etcd() []string { return strings.Split(l.env["TDLAB_ETCD_ENDPOINTS"], ",") }
+func (l *Lab) Etcd() []string { return l.etcd().Endpoints() }
 
 // Hosts is the number of hosts.
 func (l *Lab) Hosts() int { return l.hosts }
 
 // HostAddr is host i's LAN address, 198.18.0.1i (on eth0 until br0 takes it over).
-func (l *Lab) HostAddr(i int) netip.Addr { return netip.MustParseAddr(l.hostVar(i, "ADDR")) }
+func (l *Lab) HostAddr(i int) netip.Addr { return hostAddr(l.host(i)) }
 
 // HostAddr6 is host i's IPv6 LAN address, 2001:db8::1i.
-func (l *Lab) HostAddr6(i int) netip.Addr { return netip.MustParseAddr(l.hostVar(i, "ADDR6")) }
+func (l *Lab) HostAddr6(i int) netip.Addr { return hostAddr6(l.host(i)) }
 
 // Router is the LAN's router, 198.18.0.1, in the switch's namespace.
-func (l *Lab) Router() netip.Addr { return netip.MustParseAddr(l.env["TDLAB_ROUTER"]) }
+func (l *Lab) Router() netip.Addr { return router }
 
 // Router6 is the router's IPv6 address, 2001:db8::1.
-func (l *Lab) Router6() netip.Addr { return netip.MustParseAddr(l.env["TDLAB_ROUTER6"]) }
+func (l *Lab) Router6() netip.Addr { return router6 }
 
 // Prefix is the LAN, 198.18.0.0/16.
-func (l *Lab) Prefix() netip.Prefix { return l.prefix(l.Router(), "TDLAB_PREFIXLEN") }
+func (l *Lab) Prefix() netip.Prefix { return netip.PrefixFrom(router, plen).Masked() }
 
 // Prefix6 is the LAN's IPv6 prefix, 2001:db8::/64.
-func (l *Lab) Prefix6() netip.Prefix { return l.prefix(l.Router6(), "TDLAB_PREFIXLEN6") }
-
-func (l *Lab) prefix(router netip.Addr, lenVar string) netip.Prefix {
-	bits, _ := strconv.Atoi(l.env[lenVar])
-	return netip.PrefixFrom(router, bits).Masked()
-}
+func (l *Lab) Prefix6() netip.Prefix { return netip.PrefixFrom(router6, plen6).Masked() }
 
 // Image is the busybox image in every dockerd (tdlab/busybox:latest), with the same image ID
 // everywhere: a swarm service names it by that ID, as a name would make each node try a registry.
 // busybox sleep as PID 1 ignores SIGTERM: run long-lived containers with --init or --stop-timeout 1.
-func (l *Lab) Image() string { return l.env["TDLAB_IMAGE"] }
+func (l *Lab) Image() string { return image }
 
 // DockerHost is host i's -H / DOCKER_HOST value.
-func (l *Lab) DockerHost(i int) string { return l.hostVar(i, "DOCKER_HOST") }
+func (l *Lab) DockerHost(i int) string {
+	return "unix://" + filepath.Join(l.hostDir(l.host(i)), "docker.sock")
+}
 
 // PluginSocket is host i's plugin socket (dockerd sees it as /run/docker/plugins/talkingdata.sock).
-func (l *Lab) PluginSocket(i int) string { return l.hostVar(i, "PLUGIN_SOCKET") }
+func (l *Lab) PluginSocket(i int) string {
+	return filepath.Join(l.hostDir(l.host(i)), "plugins", "talkingdata.sock")
+}
 
 // PluginLog returns the whole log of host i's plugin so far (it runs with --log-level debug).
 func (l *Lab) PluginLog(i int) string {
-	b, err := os.ReadFile(l.hostVar(i, "PLUGIN_LOG"))
+	b, err := os.ReadFile(filepath.Join(l.hostDir(l.host(i)), "plugin.log"))
 	if err != nil {
 		return fmt.Sprintf("(no plugin log: %v)", err)
 	}
@@ -511,8 +422,8 @@ func (l *Lab) PluginLog(i int) string {
 
 // LogTails returns the last n lines of every log of the lab.
 func (l *Lab) LogTails(n int) string {
-	logs, _ := filepath.Glob(filepath.Join(l.Dir, "*.log"))
-	for _, pat := range []string{"etcd*/etcd.log", "h*/plugin.log", "h*/dockerd.log", "h*/import.log"} {
+	var logs []string
+	for _, pat := range []string{"*.log", "etcd*/etcd.log", "h*/plugin.log", "h*/dockerd.log", "h*/import.log"} {
 		m, _ := filepath.Glob(filepath.Join(l.Dir, pat))
 		logs = append(logs, m...)
 	}
@@ -536,7 +447,7 @@ func (l *Lab) LogTails(n int) string {
 // A socket belongs to the namespace it was created in, so only the dial itself switches.
 func (l *Lab) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	var conn net.Conn
-	err := testproc.InNetNS("/run/netns/"+l.env["TDLAB_SWITCH_NETNS"], func() error {
+	err := testproc.InNetNS(l.nsPath("sw"), func() error {
 		var err error
 		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 		return err
@@ -544,67 +455,65 @@ func (l *Lab) DialContext(ctx context.Context, network, addr string) (net.Conn, 
 	return conn, err
 }
 
-func (l *Lab) hostNode(i int) string {
+// host checks a host number (from 1).
+func (l *Lab) host(i int) int {
 	if i < 1 || i > l.hosts {
 		panic(fmt.Sprintf("lab: no host %d (hosts are 1…%d)", i, l.hosts))
 	}
-	return "h" + strconv.Itoa(i)
+	return i
 }
 
-func (l *Lab) hostVar(i int, name string) string {
-	return l.env["TDLAB_H"+strings.TrimPrefix(l.hostNode(i), "h")+"_"+name]
+// nodeCmd runs args in node's network namespace (and the machine's mount namespace) with the
+// node's environment: the lab's etcd and binaries, on a host also its dockerd, id and CLI.
+func (l *Lab) nodeCmd(ctx context.Context, node string, args ...string) (*exec.Cmd, error) {
+	if err := l.checkNode(node); err != nil {
+		return nil, err
+	}
+	eps := strings.Join(l.Etcd(), ",")
+	path := filepath.Join(l.Dir, "path") + ":" + os.Getenv("PATH") + ":" + sysPath
+	// No ETCDCTL_ENDPOINTS: etcdctl 3.4 refuses to run when it and --endpoints are both given.
+	env := append(testproc.EnvWithout("DOCKER_", "ETCDCTL_ENDPOINTS=", "IPAM_HOST_ID=", "PATH=", "TDLAB_ID=", "TDLAB_NODE="),
+		"DOCKER_CONFIG="+filepath.Join(l.Dir, "cli"), "ETCDCTL_API=3", "IPAM_ETCD_ENDPOINTS="+eps,
+		"TDLAB_ETCD_ENDPOINTS="+eps, "TDLAB_ID="+l.ID, "TDLAB_NODE="+node)
+	if k, ok := l.hostNum(node); ok {
+		path = filepath.Join(l.hostDir(k), "path") + ":" + path
+		env = append(env, "DOCKER_HOST="+l.DockerHost(k), "IPAM_HOST_ID="+node)
+	}
+	cmd := exec.CommandContext(ctx, testproc.LookTool("nsenter"), append([]string{"--net=" + l.nsPath(node), "--"}, args...)...)
+	cmd.Env = append(env, "PATH="+path)
+	return cmd, nil
 }
 
-// loadEnv reads the env file up wrote: KEY=VALUE lines, values without quotes.
-func (l *Lab) loadEnv() error {
-	f, err := os.Open(filepath.Join(l.Dir, "env"))
+// sysPath is appended to PATH: a non-login root shell may lack the sbin directories.
+const sysPath = "/usr/local/sbin:/usr/sbin:/sbin:/usr/bin:/bin"
+
+// dockerCmd runs host k's docker CLI against its dockerd, away from the user's ~/.docker.
+func (l *Lab) dockerCmd(ctx context.Context, k int, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, l.engines[k-1].Docker, append([]string{"-H", l.DockerHost(k)}, args...)...)
+	cmd.Env = append(testproc.EnvWithout("DOCKER_"), "DOCKER_CONFIG="+filepath.Join(l.Dir, "cli"))
+	return cmd
+}
+
+// run runs the command mk makes, in its own process group, killing that group after timeout
+// (a hung plugin hangs dockerd; don't hang the caller too); it returns stdout, trimmed, and an
+// error that carries stderr.
+func run(timeout time.Duration, mk func(ctx context.Context) (*exec.Cmd, error)) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := mk(ctx)
 	if err != nil {
-		return err
+		return "", err
 	}
-	defer f.Close()
-	l.env = map[string]string{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
-			l.env[k] = v
-		}
+	var stdout, stderr bytes.Buffer
+	if c.Stdout == nil {
+		c.Stdout = &stdout
 	}
-	if err := sc.Err(); err != nil {
-		return err
-	}
-	if l.env["TDLAB_ID"] != l.ID {
-		return fmt.Errorf("env file of lab %s names lab %q", l.ID, l.env["TDLAB_ID"])
-	}
-	l.hosts, _ = strconv.Atoi(l.env["TDLAB_HOSTS"])
-	return nil
-}
-
-// command builds `lab.sh -i ID CMD ARGS…` in its own process group, with the caller's
-// TDLAB_* settings that name a lab or its binaries removed.
-func (l *Lab) command(ctx context.Context, env []string, cmd string, args ...string) *exec.Cmd {
-	c := exec.CommandContext(ctx, "bash", append([]string{l.script, "-i", l.ID, cmd}, args...)...)
-	for _, kv := range os.Environ() {
-		// TDLAB_H: TDLAB_HOSTS and the per-host engine settings TDLAB_Hk_….
-		if !hasAnyPrefix(kv, "TDLAB_ID=", "TDLAB_BIN=", "TDLAB_H", "TDLAB_PLUGIN_ARGS=", "TDLAB_OWNER_PID=") {
-			c.Env = append(c.Env, kv)
-		}
-	}
-	c.Env = append(c.Env, env...)
+	c.Stderr = &stderr
 	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGKILL) }
 	// A command that leaves a background child holding stdout must not block Wait forever.
 	c.WaitDelay = 5 * time.Second
-	return c
-}
-
-// run runs the script and returns its stdout, trimmed; the error carries stderr.
-func (l *Lab) run(timeout time.Duration, env []string, cmd string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	c := l.command(ctx, env, cmd, args...)
-	var stdout, stderr bytes.Buffer
-	c.Stdout, c.Stderr = &stdout, &stderr
-	err := c.Run()
+	err = c.Run()
 	if ctx.Err() != nil {
 		err = fmt.Errorf("timed out after %v", timeout)
 	}
@@ -615,28 +524,11 @@ func (l *Lab) run(timeout time.Duration, env []string, cmd string, args ...strin
 	return out, nil
 }
 
-func hasAnyPrefix(s string, prefixes ...string) bool {
-	for _, p := range prefixes {
-		if strings.HasPrefix(s, p) {
-			return true
-		}
-	}
-	return false
-}
-
-// repoRoot is the repository holding scripts/lab.sh.
-func repoRoot() (string, error) {
-	root, err := dockertest.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	if _, err := os.Stat(filepath.Join(root, "scripts", "lab.sh")); err != nil {
-		return "", err
-	}
-	return root, nil
-}
-
+// goTool is $TDLAB_GO, else go on PATH or of the toolchain that built this program.
 func goTool() string {
+	if p := os.Getenv("TDLAB_GO"); p != "" {
+		return p
+	}
 	if p, err := exec.LookPath("go"); err == nil {
 		return p
 	}

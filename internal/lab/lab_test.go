@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -183,7 +184,11 @@ func TestLab(t *testing.T) {
 	// containers' cgroup) and a process started in a host's namespace.
 	ctr := l.Docker(t, 2, "run", "-d", "--init", "--network", "none", l.Image(), "sleep", "600")
 	ctrPid, _ := strconv.Atoi(l.Docker(t, 2, "inspect", "-f", "{{.State.Pid}}", ctr))
-	stray := l.command(context.Background(), nil, "exec", "h3", "sleep", "600")
+	stray, err := l.nodeCmd(context.Background(), "h3", "sleep", "600")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stray.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := stray.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -196,7 +201,7 @@ func TestLab(t *testing.T) {
 	start := time.Now()
 	l.Down(t)
 	t.Logf("down took %v", time.Since(start).Round(10*time.Millisecond))
-	if ctrPid == 0 || processAlive(ctrPid) {
+	if ctrPid == 0 || testproc.Alive(ctrPid) {
 		t.Errorf("container process %d alive after down", ctrPid)
 	}
 	select {
@@ -206,10 +211,9 @@ func TestLab(t *testing.T) {
 		_ = syscall.Kill(-stray.Process.Pid, syscall.SIGKILL)
 	}
 	// down again: nothing to do, no error.
-	if out, err := l.run(downTimeout, nil, "down", l.ID); err != nil {
-		t.Errorf("second down: %v", err)
-	} else {
-		t.Log(out)
+	var out strings.Builder
+	if err := downOne(l.ID, &out); err != nil || !strings.Contains(out.String(), "nothing to remove") {
+		t.Errorf("second down: %v: %s", err, out.String())
 	}
 	if left := l.Leftovers(); len(left) > 0 {
 		t.Errorf("left after the second down: %v", left)
@@ -223,13 +227,11 @@ func TestLab(t *testing.T) {
 // half-built lab that down removes.
 func TestDownAfterFailedUp(t *testing.T) {
 	t.Parallel()
-	o := Options{Hosts: 2}
+	o := Options{Hosts: 2, Engines: []dockertest.Engine{{Dockerd: "/bin/false", Docker: dockertest.SystemEngine().Docker}}}
 	l := prepare(t, o)
-	// Host 1's, which wins over the lab's default and over an engine of $TALKINGDATA_LAB_ENGINES
-	// (of two values of a variable, exec uses the last).
-	out, err := l.run(upTimeout, append(l.upEnv(o), "TDLAB_H1_DOCKERD=/bin/false"), "up")
-	if err == nil || !strings.Contains(err.Error(), "dockerd of h") {
-		t.Fatalf("up with a failing dockerd: %v\n%s", err, out)
+	var log strings.Builder
+	if err := l.up(&log); err == nil || !strings.Contains(err.Error(), "dockerd of h1 exited") {
+		t.Fatalf("up with a failing dockerd: %v\n%s", err, log.String())
 	}
 	if !hasProcess(l.Leftovers()) {
 		t.Fatalf("nothing of the failed up is running: %v", l.Leftovers())
@@ -237,7 +239,17 @@ func TestDownAfterFailedUp(t *testing.T) {
 	l.Down(t)
 }
 
-// An up killed midway (SIGKILL, no trap runs) leaves daemons in every state of starting.
+// TestMain runs the test binary as the lab's command line when a test asks for it, so that an
+// up of its own process can be killed midway.
+func TestMain(m *testing.M) {
+	if os.Getenv("TDLAB_TEST_MAIN") == "1" {
+		os.Exit(Main(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// An up killed midway (SIGKILL, nothing of it runs on) leaves daemons in every state of
+// starting.
 func TestDownAfterKilledUp(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct{ name, trigger string }{
@@ -246,9 +258,10 @@ func TestDownAfterKilledUp(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			o := Options{Hosts: 2}
-			l := prepare(t, o)
-			up := l.command(context.Background(), l.upEnv(o), "up")
+			l := prepare(t, Options{Hosts: 2})
+			up := exec.Command(os.Args[0], "-i", l.ID, "up")
+			up.Env = append(os.Environ(), "TDLAB_TEST_MAIN=1", "TDLAB_HOSTS=2", "TDLAB_OWNER_PID="+strconv.Itoa(os.Getpid()))
+			up.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 			var log strings.Builder
 			up.Stdout, up.Stderr = &log, &log
 			if err := up.Start(); err != nil {
@@ -293,41 +306,37 @@ func hasProcess(left []string) bool {
 	return false
 }
 
-func processAlive(pid int) bool {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return false
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	return i < 0 || !strings.HasPrefix(s[i:], ") Z") && !strings.HasPrefix(s[i:], ") X")
-}
-
-// Per-host engines reach lab.sh as TDLAB_Hk_* variables; zero Engines leave a host on the system's
-// dockerd, and more engines than hosts is an error, while $TALKINGDATA_LAB_ENGINES names beyond
-// the last host are left out.
-func TestEnginesEnv(t *testing.T) {
+// Per-host engines come from Options or, on the command line, TDLAB_Hk_* variables; zero
+// Engines leave a host on the system's dockerd, and more engines than hosts is an error, while
+// $TALKINGDATA_LAB_ENGINES names beyond the last host are left out.
+func TestEngines(t *testing.T) {
 	e29 := dockertest.Engine{Name: "29", Dockerd: "/e/29/usr/sbin/dockerd", Docker: "/e/29/usr/bin/docker",
 		Args: []string{"--debug"}, Path: []string{"/e/29/usr/sbin", "/e/29/usr/bin"}}
 	l, err := newLab(Options{Engines: []dockertest.Engine{{}, e29}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := strings.Join(l.upEnv(Options{}), "\n")
-	for _, want := range []string{"TDLAB_H2_DOCKERD=/e/29/usr/sbin/dockerd", "TDLAB_H2_DOCKER_CLI=/e/29/usr/bin/docker",
-		"TDLAB_H2_DOCKERD_ARGS=--debug", "TDLAB_H2_PATH=/e/29/usr/sbin:/e/29/usr/bin"} {
-		if !strings.Contains(env, want+"\n") && !strings.HasSuffix(env, want) {
-			t.Errorf("up's environment lacks %s:\n%s", want, env)
-		}
-	}
-	if strings.Contains(env, "TDLAB_H1_") || strings.Contains(env, "TDLAB_H3_") {
-		t.Errorf("hosts 1 and 3 run the system's dockerd, but:\n%s", env)
-	}
 	if got := l.Engine(2); got.Name != "29" {
 		t.Errorf("Engine(2) = %+v", got)
 	}
+	if got, sys := l.Engine(1), dockertest.SystemEngine(); got.Dockerd != sys.Dockerd || l.Engine(3).Docker != sys.Docker {
+		t.Errorf("Engine(1) = %+v, Engine(3) = %+v, want the system's", got, l.Engine(3))
+	}
 	if _, err := newLab(Options{Hosts: 2, Engines: []dockertest.Engine{{}, e29, e29}}); err == nil {
 		t.Error("3 engines for 2 hosts: no error")
+	}
+
+	t.Setenv("TDLAB_H2_DOCKERD", e29.Dockerd)
+	t.Setenv("TDLAB_H2_DOCKER_CLI", e29.Docker)
+	t.Setenv("TDLAB_H2_DOCKERD_ARGS", "--debug")
+	t.Setenv("TDLAB_H2_PATH", "/e/29/usr/sbin:/e/29/usr/bin")
+	o, err := envOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e29.Name = ""
+	if len(o.Engines) != 2 || !o.Engines[0].IsZero() || !reflect.DeepEqual(o.Engines[1], e29) {
+		t.Errorf("engines of TDLAB_H2_*: %+v", o.Engines)
 	}
 
 	t.Setenv("TALKINGDATA_LAB_ENGINES", " 20.10, 29 ,28.5")
