@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 )
@@ -12,8 +13,9 @@ import (
 // is lost or doubled: every seeded address is free or used (never both,
 // never neither), free addresses are all seeded, the used containers are
 // exactly those the hosts were granted and have not released, reserved
-// and anycast addresses never become free by themselves, and each host
-// holds an anycast address at most once.
+// and anycast addresses never become free by themselves, each host
+// holds an anycast address at most once, and every sticky name is bound to
+// exactly the record that carries it.
 func FuzzRules(f *testing.F) {
 	f.Add(false, []byte{0, 0, 0, 1, 1, 3, 2, 2, 9, 3, 0, 3, 4, 1, 9, 5, 0, 12, 3, 2, 9})
 	f.Add(false, []byte{2, 0, 1, 2, 1, 1, 3, 0, 1, 3, 1, 1, 3, 0, 1, 0, 2, 0, 0, 2, 0})
@@ -32,13 +34,18 @@ func FuzzRules(f *testing.F) {
 			n = mustNetwork(t, "2001:db8::/124", "2001:db8::/125") // the same: ::1-::7, ::8-::e outside
 		}
 		ps := hosts(t, s, n, "a", "b", "c")
+		// Picks from a source seeded by the input, so a failure replays.
+		src := rand.New(rand.NewPCG(uint64(len(ops)), 1))
+		for _, p := range ps {
+			p.randN = src.Uint64N
+		}
 		granted := map[netip.Addr]string{} // container address -> host
 		marked := map[netip.Addr]bool{}    // reserved or anycast: never freed but by the operator
 		op := New(s, Config{Host: "operator"})
 		for i := 0; i+2 < len(ops) && i < 300; i += 3 {
 			p := ps[int(ops[i+1])%len(ps)]
 			addr := AddrAt(HostRange(n.Subnet), uint64(ops[i+2])%14)
-			switch ops[i] % 11 {
+			switch ops[i] % 13 {
 			case 0:
 				if a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+2] % 4)}); err == nil {
 					granted[a] = p.Host()
@@ -78,6 +85,17 @@ func FuzzRules(f *testing.F) {
 				if err := op.RemoveAnycast(ctx, n.Subnet, addr, ops[i+1]&0x80 != 0); err == nil {
 					delete(marked, addr)
 				}
+			case 11:
+				// A container of a sticky network, by name.
+				a := Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+2] % 4), Sticky: fmt.Sprint("s", ops[i+2]%3)}
+				if got, err := p.Allocate(ctx, n, netip.Addr{}, a); err == nil {
+					granted[got] = p.Host()
+				}
+			case 12:
+				// gc ends an idle binding it listed.
+				if e, err := s.Entry(ctx, n.Subnet, addr); err == nil {
+					_, _ = op.ExpireBinding(ctx, n.Subnet, addr, e.Version.Used)
+				}
 			}
 			checkInvariants(t, s, n, granted)
 			for a := range marked {
@@ -100,6 +118,16 @@ func fuzzMAC(n byte) string {
 func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Addr]string) {
 	t.Helper()
 	mp := s.pools[n.Subnet]
+	for name, a := range mp.bound {
+		if u, used := mp.used[a]; !used || u.a.Sticky != name {
+			t.Fatalf("name %q is bound to %s, whose record is %+v", name, a, mp.used[a])
+		}
+	}
+	for a, u := range mp.used {
+		if u.a.Sticky != "" && mp.bound[u.a.Sticky] != a {
+			t.Fatalf("%s carries name %q, bound to %s", a, u.a.Sticky, mp.bound[u.a.Sticky])
+		}
+	}
 	for a := range mp.free {
 		if _, used := mp.used[a]; used {
 			t.Fatalf("%s is both free and used", a)
@@ -130,7 +158,7 @@ func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Add
 				t.Fatalf("host address %s of %q is used as gateway by %v", a, u.a.Host, u.a.Holders)
 			}
 		case KindReserved:
-			if u.a.Reservation == "" || u.a.Host != "" || len(u.a.Holders) > 0 {
+			if u.a.Reservation == "" && u.a.Sticky == "" || u.a.Host != "" || len(u.a.Holders) > 0 {
 				t.Fatalf("idle reservation %s: %+v", a, u.a)
 			}
 		case KindAnycast:

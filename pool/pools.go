@@ -754,7 +754,8 @@ func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr
 		e   Entry
 		err error
 	)
-	if claimed, ok := p.claimed.LoadAndDelete(claimKey{subnet, addr}); ok {
+	claimed, remembered := p.claimed.LoadAndDelete(claimKey{subnet, addr})
+	if remembered {
 		p.remembered.Add(-1)
 		e = claimed.(Entry)
 	} else if e, err = p.read(ctx, &r, subnet, addr); err != nil {
@@ -766,6 +767,15 @@ func (p *Pools) change(ctx context.Context, subnet netip.Prefix, addr netip.Addr
 			return fmt.Errorf("%w: %s", ErrUnknownPool, subnet)
 		}
 		next, change, err := rule(e)
+		if (err != nil || !change) && remembered {
+			// A remembered entry may be stale, which only a swap would
+			// have noticed: decide nothing on it.
+			remembered = false
+			if e, err = p.read(ctx, &r, subnet, addr); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil || !change {
 			return err
 		}
