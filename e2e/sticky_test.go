@@ -1,0 +1,91 @@
+package e2e
+
+import (
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/internal/dockertest"
+	"github.com/talkingdata/ipam/internal/etcdtest"
+	"github.com/talkingdata/ipam/pool"
+)
+
+// TestStickyOnDocker29: on a network created with --ipam-opt
+// talkingdata.sticky=name, Docker 29 sends each container's name, and the
+// name keeps its address: docker rm -f db && docker run --name db gets it
+// back on the same host and on another (two dockerds, each with its own
+// plugin, sharing one etcd); a second db while one runs is refused naming
+// the holder; two hosts starting a new name at once give it to one.
+func TestStickyOnDocker29(t *testing.T) {
+	engine := dockertest.LookupEngine(t, "29")
+	etcd := etcdtest.Start(t)
+	const (
+		stickySubnet = "198.18.4.0/24"
+		stickyRange  = "198.18.4.128/25"
+	)
+	type dockerHost struct {
+		d     *dockertest.Daemon
+		image string
+	}
+	var hosts []dockerHost
+	for i, id := range []string{"h1", "h2"} {
+		dir := t.TempDir()
+		startPlugin(t, dir, "--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--host-id", id)
+		d := dockertest.Start(t, dockertest.Options{PluginDir: dir, Engine: engine})
+		d.MustDocker(t, "network", "create", "-d", "bridge", "--ipam-driver", "talkingdata", "--ipam-opt", "talkingdata.sticky=name",
+			"--subnet", stickySubnet, "--ip-range", stickyRange, "--gateway", []string{"198.18.4.1", "198.18.4.2"}[i],
+			"-o", "com.docker.network.bridge.name=tdsticky0", netName)
+		hosts = append(hosts, dockerHost{d, d.ImportBusybox(t)})
+	}
+	run := func(h dockerHost, name string) (string, error) {
+		return h.d.Docker("run", "-d", "--name", name, "--network", netName, h.image, "sleep", "600")
+	}
+	mustRun := func(h dockerHost, name string) netip.Addr {
+		t.Helper()
+		if out, err := run(h, name); err != nil {
+			t.Fatalf("docker run --name %s: %v %s", name, err, out)
+		}
+		a, _ := inspect(t, h.d, name)
+		return a
+	}
+	h1, h2 := hosts[0], hosts[1]
+
+	db := mustRun(h1, "db")
+	h1.d.MustDocker(t, "rm", "-f", "db")
+	if again := mustRun(h1, "db"); again != db {
+		t.Fatalf("db recreated on the same host got %s, want %s", again, db)
+	}
+	if out, err := run(h2, "db"); err == nil || !strings.Contains(out+err.Error(), `bound to name "db"`) {
+		t.Fatalf("a second db on another host while the first runs: %v %s; want a refusal naming the holder", err, out)
+	}
+	h2.d.Docker("rm", "-f", "db")
+	h1.d.MustDocker(t, "rm", "-f", "db")
+	if moved := mustRun(h2, "db"); moved != db {
+		t.Fatalf("db started on another host got %s, want %s", moved, db)
+	}
+
+	// Two hosts start web at once: exactly one gets it.
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i, h := range hosts {
+		wg.Go(func() { _, errs[i] = run(h, "web") })
+	}
+	wg.Wait()
+	if (errs[0] == nil) == (errs[1] == nil) {
+		t.Fatalf("two hosts starting web at once: %v; want exactly one to succeed", errs)
+	}
+
+	store := etcdstore.New(etcd.Client(t), etcdstore.DefaultPrefix)
+	snap, err := store.Snapshot(t.Context(), netip.MustParsePrefix(stickySubnet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad := pool.Check(snap); len(bad) > 0 {
+		t.Fatalf("pool after the runs: %+v", bad)
+	}
+	if snap.Bindings["db"] != db || !snap.Bindings["web"].IsValid() {
+		t.Fatalf("bindings %v; want db at %s and web", snap.Bindings, db)
+	}
+}
