@@ -51,15 +51,18 @@ func Run(ctx context.Context, cmd Command) (out []byte, status int, err error) {
 		return nil, 0, err
 	}
 
-	append_ := "console=ttyS0 quiet panic=-1 vm.dir=" + dir + " vm.modules=" + modules
+	// panic=-1: a VM whose init dies reboots, and -no-reboot ends qemu, rather than hang.
+	cmdline := "console=ttyS0 quiet panic=-1 vm.dir=" + dir + " vm.modules=" + modules
 	if khz := tscKHz(); khz != "" {
-		append_ += " tsc_early_khz=" + khz // without it microvm boots now and then hung calibrating the TSC
+		cmdline += " tsc_early_khz=" + khz // without it microvm boots now and then hung calibrating the TSC
 	}
 	var console bytes.Buffer
+	// One vCPU: with two, a lab test took longer on this 2-core machine, where other tests
+	// keep the cores busy too.
 	q := exec.CommandContext(ctx, qemu,
 		"-M", "microvm", "-accel", "tcg", "-cpu", "max", "-m", "4096", "-smp", "1",
 		"-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio", "-no-reboot",
-		"-kernel", vmlinux, "-initrd", initramfs, "-append", append_,
+		"-kernel", vmlinux, "-initrd", initramfs, "-append", cmdline,
 		"-fsdev", "local,id=host,path=/,security_model=none,readonly=on,multidevs=remap",
 		"-device", "virtio-9p-device,fsdev=host,mount_tag=host",
 		"-fsdev", "local,id=run,path="+dir+",security_model=none",
