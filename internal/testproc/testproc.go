@@ -60,29 +60,6 @@ func Require(t testing.TB, ok bool, what string) {
 	t.Skip(msg)
 }
 
-// RequireKernel skips the test when the running kernel lacks an option no package can add
-// (CONFIG_VLAN_8021Q built without modules, say). Even in CI it skips, as nothing here can
-// fix it, but never silently: the skip is appended to the file $TALKINGDATA_NOT_RUN names,
-// which `make test` prints at its end.
-func RequireKernel(t testing.TB, ok bool, option, what string) {
-	t.Helper()
-	if ok {
-		return
-	}
-	msg := fmt.Sprintf("NOT RUN: %s: %s needs a kernel with %s", t.Name(), what, option)
-	if path := os.Getenv("TALKINGDATA_NOT_RUN"); path != "" {
-		f, err := os.OpenFile(path, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-		if err == nil {
-			_, err = fmt.Fprintln(f, msg)
-			err = errors.Join(err, f.Close())
-		}
-		if err != nil {
-			t.Fatalf("%s, and recording that failed: %v", msg, err)
-		}
-	}
-	t.Skip(msg)
-}
-
 // Terminate sends pid SIGTERM and waits for done; after grace it kills
 // pid's whole process group and waits again. It reports whether it had to
 // kill. A process that is already gone is fine: done tells.
