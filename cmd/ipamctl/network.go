@@ -73,6 +73,7 @@ Each node's plugin then allocates its tasks' addresses from the shared pool.`,
 				&cli.StringFlag{Name: "ipvlan-mode", Value: "l2", Usage: "with --driver ipvlan: l2 (the only mode with containers on the segment)"},
 				&cli.StringFlag{Name: "ipam-driver", Value: "talkingdata", Usage: "IPAM driver name (talkingdata/ipam:latest for the managed plugin)"},
 				dockerHostFlag("this host's Docker API"),
+				&cli.BoolFlag{Name: "sticky", Usage: "bind each container's address to its name, on every host: the next container of that name gets it again (Docker 29 and later; --ipam-opt talkingdata.sticky=name)"},
 				&cli.BoolFlag{Name: "config-only", Usage: "create this node's configuration of a swarm network (docker network create --config-only) instead of a network"},
 				&cli.BoolFlag{Name: "print", Usage: "print the equivalent docker command instead of running it"},
 			},
@@ -87,6 +88,7 @@ type networkSpec struct {
 	// ConfigOnly: this node's configuration of a swarm network, which
 	// takes its driver from the --config-from network instead.
 	ConfigOnly         bool
+	Sticky             bool   // addresses bound to container names
 	Bridge             string // bridge driver only
 	Parent, IPvlanMode string // macvlan and ipvlan only
 	V4                 ipamConfig
@@ -157,12 +159,17 @@ func (s networkSpec) options() []option {
 }
 
 // ipamOptions: the router is the gateway of every host's macvlan and
-// ipvlan network, which the driver must hold as shared.
+// ipvlan network, which the driver must hold as shared; a sticky network
+// says so.
 func (s networkSpec) ipamOptions() []option {
-	if s.Driver == driverBridge {
-		return nil
+	var opts []option
+	if s.Driver != driverBridge {
+		opts = append(opts, option{ipam.OptGateway, ipam.GatewayRouter})
 	}
-	return []option{{ipam.OptGateway, ipam.GatewayRouter}}
+	if s.Sticky {
+		opts = append(opts, option{ipam.OptSticky, ipam.StickyName})
+	}
+	return opts
 }
 
 func optionMap(opts []option) map[string]string {
@@ -251,7 +258,7 @@ func networkCreate(c *cli.Context) error {
 	if _, err := positional(c, 0, 0); err != nil {
 		return err
 	}
-	spec := networkSpec{Name: c.String("name"), IPAMDriver: c.String("ipam-driver"), ConfigOnly: c.Bool("config-only")}
+	spec := networkSpec{Name: c.String("name"), IPAMDriver: c.String("ipam-driver"), ConfigOnly: c.Bool("config-only"), Sticky: c.Bool("sticky")}
 	if err := networkDriver(c, &spec); err != nil {
 		return err
 	}

@@ -21,6 +21,8 @@ func TestNetworkSpecRendering(t *testing.T) {
 		Gateway: netip.MustParseAddr("198.18.8.1"), Router: netip.MustParseAddr("198.18.8.1")}}
 	lanConfig := lan
 	lanConfig.Name, lanConfig.ConfigOnly = "lan-config", true
+	sticky := vlan
+	sticky.Sticky = true
 	ipvlan := vlan
 	ipvlan.Driver, ipvlan.IPvlanMode, ipvlan.V4.IPRange = "ipvlan", "l2", netip.Prefix{}
 	ipvlan.V6 = ipamConfig{Subnet: netip.MustParsePrefix("2001:db8:8::/64"), IPRange: netip.MustParsePrefix("2001:db8:8::1:0/112"),
@@ -49,6 +51,10 @@ func TestNetworkSpecRendering(t *testing.T) {
 				`{"AuxiliaryAddresses":{"DefaultGatewayIPv4":"198.18.0.1"},"Gateway":"198.18.0.11","Subnet":"198.18.0.0/16"},` +
 				`{"AuxiliaryAddresses":{"DefaultGatewayIPv6":"2001:db8:1::1"},"Gateway":"2001:db8:1::11","IPRange":"2001:db8:1::1:0/112","Subnet":"2001:db8:1::/64"}],` +
 				`"Driver":"talkingdata"},"Options":{"com.docker.network.bridge.enable_ip_masquerade":"false","com.docker.network.bridge.name":"br0"}}`},
+		{"sticky macvlan", sticky,
+			"docker network create -d macvlan --ipam-driver talkingdata --ipam-opt talkingdata.gateway=router --ipam-opt talkingdata.sticky=name --subnet 198.18.8.0/24" +
+				" --ip-range 198.18.8.128/26 --gateway 198.18.8.1 -o parent=eth0.8 v8",
+			`{"Driver":"macvlan","IPAM":{"Config":[{"Gateway":"198.18.8.1","IPRange":"198.18.8.128/26","Subnet":"198.18.8.0/24"}],"Driver":"talkingdata","Options":{"talkingdata.gateway":"router","talkingdata.sticky":"name"}},"Options":{"parent":"eth0.8"}}`},
 		{"macvlan", vlan,
 			"docker network create -d macvlan --ipam-driver talkingdata --ipam-opt talkingdata.gateway=router --subnet 198.18.8.0/24" +
 				" --ip-range 198.18.8.128/26 --gateway 198.18.8.1 -o parent=eth0.8 v8",
