@@ -1,7 +1,12 @@
 package e2e
 
 import (
+	"fmt"
+	"maps"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -9,6 +14,7 @@ import (
 	"github.com/talkingdata/ipam/etcdstore"
 	"github.com/talkingdata/ipam/internal/dockertest"
 	"github.com/talkingdata/ipam/internal/etcdtest"
+	"github.com/talkingdata/ipam/internal/testproc"
 	"github.com/talkingdata/ipam/pool"
 )
 
@@ -17,7 +23,8 @@ import (
 // name keeps its address: docker rm -f db && docker run --name db gets it
 // back on the same host and on another (two dockerds, each with its own
 // plugin, sharing one etcd); a second db while one runs is refused naming
-// the holder; two hosts starting a new name at once give it to one.
+// the holder; two hosts starting a new name at once give it to one;
+// docker compose up --force-recreate keeps every service's address.
 func TestStickyOnDocker29(t *testing.T) {
 	engine := dockertest.LookupEngine(t, "29")
 	etcd := etcdtest.Start(t)
@@ -75,6 +82,37 @@ func TestStickyOnDocker29(t *testing.T) {
 	wg.Wait()
 	if (errs[0] == nil) == (errs[1] == nil) {
 		t.Fatalf("two hosts starting web at once: %v; want exactly one to succeed", errs)
+	}
+
+	// docker compose up --force-recreate keeps every service's address
+	// (compose names containers project-service-N: stable by themselves).
+	yml := fmt.Sprintf("services:\n  app:\n    image: %s\n    command: [\"sleep\", \"600\"]\n    init: true\n    stop_grace_period: 1s\n    networks: [n]\n  cache:\n    image: %s\n    command: [\"sleep\", \"600\"]\n    init: true\n    stop_grace_period: 1s\n    networks: [n]\nnetworks:\n  n:\n    name: %s\n    external: true\n", h1.image, h1.image, netName)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "compose.yml"), []byte(yml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	compose := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(engine.Compose, append([]string{"-f", filepath.Join(dir, "compose.yml"), "-p", "st"}, args...)...)
+		cmd.Env = append(testproc.EnvWithout("DOCKER_"), "DOCKER_HOST="+h1.d.Host(), "DOCKER_CONFIG="+dir+"/cli")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("compose %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	services := func() map[string]netip.Addr {
+		t.Helper()
+		out := map[string]netip.Addr{}
+		for _, c := range []string{"st-app-1", "st-cache-1"} {
+			out[c], _ = inspect(t, h1.d, c)
+		}
+		return out
+	}
+	compose("up", "-d")
+	t.Cleanup(func() { compose("down", "-t", "1") })
+	before := services()
+	compose("up", "-d", "--force-recreate")
+	if after := services(); !maps.Equal(before, after) {
+		t.Fatalf("compose up --force-recreate: addresses %v, before %v", after, before)
 	}
 
 	store := etcdstore.New(etcd.Client(t), etcdstore.DefaultPrefix)
