@@ -325,7 +325,7 @@ func deadHolderAdvice(u etcdstore.ListedAddr, self string, dead func(string) boo
 		return fmt.Sprintf("%s held by dead host %s and by %s, which are not dead: left alone", a.Kind, names,
 			(&pool.Allocation{Holders: oneEach(living)}).HolderList())
 	case a.Kind == pool.KindHost:
-		return fmt.Sprintf("host address of dead host %s; once it is gone for good: ipamctl host release %s --force", names, u.Addr)
+		return fmt.Sprintf("host address of dead host %s; once it is gone for good: ipamctl host release %s %s --force", names, u.Subnet, u.Addr)
 	}
 	return fmt.Sprintf("%s of dead host %s; once it is gone for good: ipamctl release %s %s --force", a.Kind, names, u.Subnet, u.Addr)
 }

@@ -135,7 +135,7 @@ func TestGCDeadHosts(t *testing.T) {
 	table := c.ok("gc", "--dead-hosts")
 	for _, want := range []string{
 		"ipamctl release 198.18.1.0/24 198.18.1.100 --force",
-		"ipamctl host release 198.18.1.5 --force",
+		"ipamctl host release 198.18.1.0/24 198.18.1.5 --force",
 		"aux held by dead host gone and by alive, which are not dead: left alone",
 		`host "recent" dead, last seen`,
 		`host "stopped-old" stopped, last seen`,

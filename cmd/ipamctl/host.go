@@ -62,7 +62,7 @@ func hostCommand() *cli.Command {
 			{
 				Name:      "release",
 				Usage:     "forget a host address, returning it to the free set when it is seeded",
-				ArgsUsage: "ADDRESS",
+				ArgsUsage: "SUBNET ADDRESS",
 				Flags: []cli.Flag{
 					&cli.BoolFlag{Name: "force", Usage: "also when a network still uses it as gateway"},
 					jsonFlag(),
@@ -209,31 +209,17 @@ func (e *env) subnets(ctx context.Context, only netip.Prefix) ([]netip.Prefix, e
 }
 
 func hostRelease(c *cli.Context) error {
-	args, err := positional(c, 1, 1)
-	if err != nil {
-		return err
-	}
-	addr, err := pool.ParseAddr(args[0])
+	subnet, addr, err := subnetAddrArgs(c)
 	if err != nil {
 		return err
 	}
 	var was *pool.Allocation
-	var subnet netip.Prefix
 	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
-		subnets, err := e.subnets(ctx, netip.Prefix{})
-		if err != nil {
+		if _, err := e.meta(ctx, subnet); err != nil {
 			return err
 		}
-		for _, s := range subnets {
-			if s.Contains(addr) {
-				subnet = s
-			}
-		}
-		if !subnet.IsValid() {
-			return fmt.Errorf("no pool contains %s (see ipamctl pool ls)", addr)
-		}
 		was, err = e.pools.Evict(ctx, subnet, addr, c.Bool("force"), pool.KindHost)
-		return err
+		return unknownPool(subnet, err)
 	})
 	if err != nil {
 		return err

@@ -32,13 +32,13 @@ func TestHostAddresses(t *testing.T) {
 	if len(hosts) != 3 || hosts[0].Host != "h1" || hosts[0].Gateway["h1"] != 1 || hosts[1].Host != "" {
 		t.Fatalf("host ls: %+v", hosts)
 	}
-	c.fails("--force", "host", "release", "198.18.0.11")
-	c.fails("not recorded as a host address", "host", "release", "198.18.0.50") // a free address
-	c.ok("host", "release", "198.18.0.12")
+	c.fails("--force", "host", "release", "198.18.0.0/24", "198.18.0.11")
+	c.fails("not recorded as a host address", "host", "release", "198.18.0.0/24", "198.18.0.50") // a free address
+	c.ok("host", "release", "198.18.0.0/24", "198.18.0.12")
 	if hosts := okJSON[[]hostAddrJSON](c, "host", "ls", "--subnet", "198.18.0.0/24"); len(hosts) != 2 {
 		t.Fatalf("after release: %+v", hosts)
 	}
-	c.fails("no pool contains", "host", "release", "198.19.9.9")
+	c.fails("pool 198.19.9.0/24 does not exist", "host", "release", "198.19.9.0/24", "198.19.9.9")
 }
 
 func TestCheckFindsCorruption(t *testing.T) {
