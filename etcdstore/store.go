@@ -291,6 +291,10 @@ func (s *Store) Owned(ctx context.Context, subnet netip.Prefix, host, mac string
 	return a, true, nil
 }
 
+// entryReads is how many reads entryOps makes; what a transaction's Else
+// reads after them comes at this position on.
+const entryReads = 3
+
 // entryOps read everything an Entry holds, in one round trip.
 func (s *Store) entryOps(subnet netip.Prefix, addr netip.Addr) []clientv3.Op {
 	return []clientv3.Op{
@@ -415,7 +419,7 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 	}
 	// The entry is unchanged: the owner compare or a guard failed.
 	if owner != "" {
-		if kvs := r.Responses[3].GetResponseRange().Kvs; len(kvs) > 0 {
+		if kvs := r.Responses[entryReads].GetResponseRange().Kvs; len(kvs) > 0 { // the owner key, after the entry
 			return fresh, false, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s",
 				pool.ErrUnavailable, next.Used.MAC, next.Used.Host, kvs[0].Value, subnet)
 		}
@@ -465,10 +469,11 @@ func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, de
 		if t.Succeeded {
 			return n, nil
 		}
-		if t.Responses[1].GetResponseRange().Count == 0 {
+		const elseKey, elseMeta = 0, 1
+		if t.Responses[elseMeta].GetResponseRange().Count == 0 {
 			return 0, fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
 		}
-		r = (*clientv3.GetResponse)(t.Responses[0].GetResponseRange())
+		r = (*clientv3.GetResponse)(t.Responses[elseKey].GetResponseRange())
 		if retry {
 			return refCount(first(r.Kvs)) // the earlier attempt committed late
 		}
