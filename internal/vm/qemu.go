@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -74,7 +75,7 @@ func Run(ctx context.Context, cmd Command) (out []byte, status int, err error) {
 	}
 	qerr := q.Wait() // qemu exits 0 whatever cmd did: the status file tells
 
-	out, _ = os.ReadFile(filepath.Join(dir, "output"))
+	out, _ = os.ReadFile(filepath.Join(dir, "output")) // none if cmd never started: the status tells
 	b, serr := os.ReadFile(filepath.Join(dir, "status"))
 	if serr == nil {
 		status, serr = strconv.Atoi(strings.TrimSpace(string(b)))
@@ -90,7 +91,7 @@ func Run(ctx context.Context, cmd Command) (out []byte, status int, err error) {
 func (cmd Command) script() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cd %s && exec env -i", shellQuote(cmd.Dir))
-	for _, s := range append(cmd.Env, cmd.Args...) {
+	for _, s := range slices.Concat(cmd.Env, cmd.Args) {
 		b.WriteString(" " + shellQuote(s))
 	}
 	b.WriteString("\n")
