@@ -112,7 +112,8 @@ func TestSwapKeepsOneAddressPerEndpoint(t *testing.T) {
 	_, s, h, n := attachedPool(t, "198.18.0.0/24", "")
 	ctx := ctxT(t, time.Minute)
 	ep := pool.Allocation{Kind: pool.KindContainer, Host: "h", MAC: "02:42:c6:12:00:05"}
-	held, err := h.Allocate(ctx, n, netip.Addr{}, ep)
+	// A named address: a random pick could be the reservation's own.
+	held, err := h.Allocate(ctx, n, netip.MustParseAddr("198.18.0.5"), ep)
 	if err != nil {
 		t.Fatal(err)
 	}
