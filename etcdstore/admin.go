@@ -23,7 +23,7 @@ func (s *Store) Pools(ctx context.Context) ([]pool.Meta, error) {
 func (s *Store) pools(ctx context.Context) ([]pool.Meta, int64, error) {
 	r, err := s.get(ctx, s.k.metaDir(), clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("listing pools: %w", transient(ctx, err))
+		return nil, 0, fmt.Errorf("listing pools: %w", err)
 	}
 	out := make([]pool.Meta, 0, len(r.Kvs))
 	for _, kv := range r.Kvs {

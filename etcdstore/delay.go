@@ -72,11 +72,11 @@ func (s *Store) delayLease(ctx context.Context, delay time.Duration) (clientv3.L
 
 func (s *Store) grantDelayLease(ctx context.Context, delay time.Duration) (clientv3.LeaseID, error) {
 	asked := time.Now()
-	actx, cancel := attempt(ctx)
-	defer cancel()
-	g, err := s.cli.Grant(actx, delayTTL(delay))
+	g, err := bounded(s, ctx, func(actx context.Context) (*clientv3.LeaseGrantResponse, error) {
+		return s.cli.Grant(actx, delayTTL(delay))
+	})
 	if err != nil {
-		return 0, fmt.Errorf("granting a reuse-delay lease: %w", marked(ctx, err))
+		return 0, fmt.Errorf("granting a reuse-delay lease: %w", err)
 	}
 	l := &s.delays
 	l.mu.Lock()
@@ -110,16 +110,16 @@ func (s *Store) NextReuse(ctx context.Context, subnet netip.Prefix) (time.Durati
 	r, err := s.get(ctx, s.k.delaysDir(subnet), clientv3.WithPrefix(), clientv3.WithKeysOnly(),
 		clientv3.WithSort(clientv3.SortByCreateRevision, clientv3.SortAscend), clientv3.WithLimit(1))
 	if err != nil {
-		return 0, false, fmt.Errorf("reading the reuse delays of pool %s: %w", subnet, transient(ctx, err))
+		return 0, false, fmt.Errorf("reading the reuse delays of pool %s: %w", subnet, err)
 	}
 	if len(r.Kvs) == 0 || r.Kvs[0].Lease == 0 {
 		return 0, false, nil
 	}
-	actx, cancel := attempt(ctx)
-	defer cancel()
-	ttl, err := s.cli.TimeToLive(actx, clientv3.LeaseID(r.Kvs[0].Lease))
+	ttl, err := bounded(s, ctx, func(actx context.Context) (*clientv3.LeaseTimeToLiveResponse, error) {
+		return s.cli.TimeToLive(actx, clientv3.LeaseID(r.Kvs[0].Lease))
+	})
 	if err != nil {
-		return 0, false, fmt.Errorf("reading the lease of %s: %w", r.Kvs[0].Key, transient(ctx, err))
+		return 0, false, fmt.Errorf("reading the lease of %s: %w", r.Kvs[0].Key, err)
 	}
 	if ttl.TTL <= 0 {
 		return 0, false, nil // expired just now

@@ -121,7 +121,7 @@ func decodeAllocation(key string, value []byte) (*pool.Allocation, error) {
 func (s *Store) Meta(ctx context.Context, subnet netip.Prefix) (pool.Meta, bool, error) {
 	r, err := s.get(ctx, s.k.meta(subnet))
 	if err != nil {
-		return pool.Meta{}, false, transient(ctx, err)
+		return pool.Meta{}, false, err
 	}
 	return metaFrom(r.Kvs)
 }
@@ -146,7 +146,7 @@ func (s *Store) CreateMeta(ctx context.Context, m pool.Meta) (pool.Meta, bool, e
 		r, err := s.txn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(s.k.metaDir()), "<", rev+1).WithPrefix()},
 			[]clientv3.Op{clientv3.OpPut(s.k.meta(m.Subnet), encodeMeta(m))}, nil)
 		if err != nil {
-			return pool.Meta{}, false, marked(ctx, err)
+			return pool.Meta{}, false, err
 		}
 		if r.Succeeded {
 			m.Rev = r.Header.Revision
@@ -246,49 +246,49 @@ func (s *Store) Claim(ctx context.Context, subnet netip.Prefix, addr netip.Addr,
 	c.NoPool = r.Responses[claimMeta].GetResponseRange().Count == 0
 	c.Delayed = !takeDelayed && r.Responses[claimFree].GetResponseRange().Count > 0 && r.Responses[claimDelay].GetResponseRange().Count > 0
 	if owner != "" {
-		if kvs := r.Responses[claimOwner].GetResponseRange().Kvs; len(kvs) > 0 {
-			if c.Existing, err = netip.ParseAddr(string(kvs[0].Value)); err != nil {
-				return c, fmt.Errorf("malformed owner index %s: %w", owner, err)
-			}
+		if c.Existing, _, err = addrValue(r.Responses[claimOwner].GetResponseRange().Kvs); err != nil {
+			return c, err
 		}
 	}
 	if binding != "" {
-		if kvs := r.Responses[bindingAt].GetResponseRange().Kvs; len(kvs) > 0 {
-			if c.Bound, err = netip.ParseAddr(string(kvs[0].Value)); err != nil {
-				return c, fmt.Errorf("malformed sticky binding %s: %w", binding, err)
-			}
+		if c.Bound, _, err = addrValue(r.Responses[bindingAt].GetResponseRange().Kvs); err != nil {
+			return c, err
 		}
 	}
 	return c, nil
 }
 
-// Binding returns the address name is bound to in the pool, if any.
-func (s *Store) Binding(ctx context.Context, subnet netip.Prefix, name string) (netip.Addr, bool, error) {
-	key := s.k.binding(subnet, &pool.Allocation{Sticky: name})
-	r, err := s.get(ctx, key)
-	if err != nil || len(r.Kvs) == 0 {
-		return netip.Addr{}, false, transient(ctx, err)
+// addrValue decodes an owner-index or sticky-binding key, the first of
+// kvs, whose value is an address; ok is false when there is none.
+func addrValue(kvs []*mvccpb.KeyValue) (a netip.Addr, ok bool, err error) {
+	kv := first(kvs)
+	if kv == nil {
+		return netip.Addr{}, false, nil
 	}
-	a, err := netip.ParseAddr(string(r.Kvs[0].Value))
-	if err != nil {
-		return netip.Addr{}, false, fmt.Errorf("malformed sticky binding %s: %w", key, err)
+	if a, err = netip.ParseAddr(string(kv.Value)); err != nil {
+		return netip.Addr{}, false, fmt.Errorf("malformed address at %s: %w", kv.Key, err)
 	}
 	return a, true, nil
+}
+
+// lookupAddr reads an address-valued key.
+func (s *Store) lookupAddr(ctx context.Context, key string) (netip.Addr, bool, error) {
+	r, err := s.get(ctx, key)
+	if err != nil {
+		return netip.Addr{}, false, err
+	}
+	return addrValue(r.Kvs)
+}
+
+// Binding returns the address name is bound to in the pool, if any.
+func (s *Store) Binding(ctx context.Context, subnet netip.Prefix, name string) (netip.Addr, bool, error) {
+	return s.lookupAddr(ctx, s.k.binding(subnet, &pool.Allocation{Sticky: name}))
 }
 
 // Owned returns the address host's endpoint with this MAC holds in the
 // pool, if any.
 func (s *Store) Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {
-	key := s.k.owner(subnet, &pool.Allocation{Kind: pool.KindContainer, Host: host, MAC: mac})
-	r, err := s.get(ctx, key)
-	if err != nil || len(r.Kvs) == 0 {
-		return netip.Addr{}, false, transient(ctx, err)
-	}
-	a, err := netip.ParseAddr(string(r.Kvs[0].Value))
-	if err != nil {
-		return netip.Addr{}, false, fmt.Errorf("malformed owner index %s: %w", key, err)
-	}
-	return a, true, nil
+	return s.lookupAddr(ctx, s.k.owner(subnet, &pool.Allocation{Kind: pool.KindContainer, Host: host, MAC: mac}))
 }
 
 // entryReads is how many reads entryOps makes; what a transaction's Else
@@ -326,7 +326,7 @@ func entryFrom(addr netip.Addr, rs []*pb.ResponseOp) (pool.Entry, error) {
 func (s *Store) Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (pool.Entry, error) {
 	r, err := s.txn(ctx, nil, s.entryOps(subnet, addr), nil)
 	if err != nil {
-		return pool.Entry{}, transient(ctx, err)
+		return pool.Entry{}, err
 	}
 	return entryFrom(addr, r.Responses)
 }
@@ -442,7 +442,7 @@ func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, de
 	defer unlock()
 	r, err := s.get(ctx, key)
 	if err != nil {
-		return 0, transient(ctx, err)
+		return 0, err
 	}
 	u, unknown := s.refs.takeUnknown(key)
 	retry := unknown && u.op == op
@@ -464,7 +464,7 @@ func (s *Store) AddRef(ctx context.Context, subnet netip.Prefix, host string, de
 			[]clientv3.Op{put}, []clientv3.Op{clientv3.OpGet(key), clientv3.OpGet(meta, clientv3.WithCountOnly())})
 		if err != nil {
 			s.refs.setUnknown(key, refUnknown{op: op, rev: rev})
-			return 0, marked(ctx, err)
+			return 0, err
 		}
 		if t.Succeeded {
 			return n, nil

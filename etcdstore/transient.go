@@ -97,20 +97,25 @@ func attempt(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(clientv3.WithRequireLeader(ctx), attemptTimeout)
 }
 
+// bounded runs call as one attempt (see attempt), tells the frozen-member
+// probe of an attempt that timed out, and marks the error for the caller
+// (marked: ErrNoSpace, ErrTransient).
+func bounded[T any](s *Store, ctx context.Context, call func(context.Context) (T, error)) (T, error) {
+	actx, cancel := attempt(ctx)
+	defer cancel()
+	v, err := call(actx)
+	s.timedOut(ctx, err)
+	return v, marked(ctx, err)
+}
+
 // get and txn are the allocation path's reads and transactions, one
 // bounded attempt each.
 func (s *Store) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	actx, cancel := attempt(ctx)
-	defer cancel()
-	r, err := s.cli.Get(actx, key, opts...)
-	s.timedOut(ctx, err)
-	return r, err
+	return bounded(s, ctx, func(actx context.Context) (*clientv3.GetResponse, error) { return s.cli.Get(actx, key, opts...) })
 }
 
 func (s *Store) txn(ctx context.Context, cmps []clientv3.Cmp, then, orElse []clientv3.Op) (*clientv3.TxnResponse, error) {
-	actx, cancel := attempt(ctx)
-	defer cancel()
-	r, err := s.cli.Txn(actx).If(cmps...).Then(then...).Else(orElse...).Commit()
-	s.timedOut(ctx, err)
-	return r, err
+	return bounded(s, ctx, func(actx context.Context) (*clientv3.TxnResponse, error) {
+		return s.cli.Txn(actx).If(cmps...).Then(then...).Else(orElse...).Commit()
+	})
 }

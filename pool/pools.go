@@ -162,15 +162,7 @@ func (p *Pools) Detach(ctx context.Context, subnet netip.Prefix) error {
 
 // meta is Store.Meta, retried after transient errors.
 func (p *Pools) meta(ctx context.Context, r *retrier, subnet netip.Prefix) (Meta, bool, error) {
-	type found struct {
-		m  Meta
-		ok bool
-	}
-	f, err := retried(ctx, r, func() (found, error) {
-		m, ok, err := p.store.Meta(ctx, subnet)
-		return found{m, ok}, err
-	})
-	return f.m, f.ok, err
+	return retriedFound(ctx, r, func() (Meta, bool, error) { return p.store.Meta(ctx, subnet) })
 }
 
 // addRef is Store.AddRef, retried after transient errors under one op id,
@@ -355,18 +347,11 @@ func (p *Pools) allocateSticky(ctx context.Context, r *retrier, n Network, a All
 
 // binding is Store.Binding, retried after transient errors.
 func (p *Pools) binding(ctx context.Context, r *retrier, subnet netip.Prefix, name string) (netip.Addr, bool, error) {
-	type found struct {
-		a  netip.Addr
-		ok bool
-	}
-	f, err := retried(ctx, r, func() (found, error) {
-		a, ok, err := p.store.Binding(ctx, subnet, name)
-		return found{a, ok}, err
-	})
+	a, ok, err := retriedFound(ctx, r, func() (netip.Addr, bool, error) { return p.store.Binding(ctx, subnet, name) })
 	if err != nil {
 		return netip.Addr{}, false, fmt.Errorf("reading the binding of name %q in pool %s: %w", name, subnet, err)
 	}
-	return f.a, f.ok, nil
+	return a, ok, nil
 }
 
 // allocateFree claims a free address of n's range for a.
@@ -636,12 +621,7 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 // while its record is the one listed (the store's revision rev): no
 // container of the name took it meanwhile. released is false otherwise.
 func (p *Pools) ExpireBinding(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rev int64) (released bool, err error) {
-	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		next, change := expireRule(e, rev)
-		released = change
-		return next, change, nil
-	})
-	return released, err
+	return p.changeListed(ctx, subnet, addr, func(e Entry) (State, bool) { return expireRule(e, rev) })
 }
 
 // ReleaseListed is gc's release of an address it listed as an orphan:
@@ -650,8 +630,14 @@ func (p *Pools) ExpireBinding(ctx context.Context, subnet netip.Prefix, addr net
 // store's revision rev) and every guard holds (a dead host still dead).
 // released is false when something changed meanwhile.
 func (p *Pools) ReleaseListed(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rev int64, guards ...Guard) (released bool, err error) {
+	return p.changeListed(ctx, subnet, addr, func(e Entry) (State, bool) { return listedRule(e, rev, p.now().UTC()) }, guards...)
+}
+
+// changeListed applies one of gc's rules, which change only the record gc
+// listed: released is false when it changed meanwhile or a guard failed.
+func (p *Pools) changeListed(ctx context.Context, subnet netip.Prefix, addr netip.Addr, rule func(Entry) (State, bool), guards ...Guard) (released bool, err error) {
 	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
-		next, change := listedRule(e, rev, p.now().UTC())
+		next, change := rule(e)
 		released = change
 		return next, change, nil
 	}, guards...)

@@ -84,6 +84,20 @@ func retried[T any](ctx context.Context, r *retrier, call func() (T, error)) (T,
 	}
 }
 
+// retriedFound is retried for a call that also says whether it found
+// what it looked for (Meta, Binding).
+func retriedFound[T any](ctx context.Context, r *retrier, call func() (T, bool, error)) (T, bool, error) {
+	type found struct {
+		v  T
+		ok bool
+	}
+	f, err := retried(ctx, r, func() (found, error) {
+		v, ok, err := call()
+		return found{v, ok}, err
+	})
+	return f.v, f.ok, err
+}
+
 // newOpID names one change to a counted record or a reference count, the
 // same across its attempts: 64 random bits.
 func newOpID() string { return fmt.Sprintf("%016x", rand.Uint64()) }

@@ -270,7 +270,7 @@ func adoptRule(e Entry, a Allocation) (State, bool, error) {
 // the record of a's endpoint, if it is still that very attempt's (a retry
 // that adopted it stamped it anew). It was never used: no reuse delay.
 func undoRule(e Entry, a Allocation, now time.Time) (State, bool, error) {
-	if !sameEndpoint(e.Used, a) || !e.Used.Since.Equal(a.Since) {
+	if !sameRecord(e.Used, &a) {
 		return State{}, false, nil
 	}
 	e.ReuseDelay = 0
