@@ -50,13 +50,13 @@ func (k keys) binding(s netip.Prefix, a *pool.Allocation) string {
 	return k.stickyDir(s) + a.Sticky
 }
 
-// owner is the owner-index key of a, or "" when a has none: only
-// container addresses with a MAC are indexed.
+// owner is the owner-index key of a, or "" when a has none
+// (pool.Allocation.Owner).
 func (k keys) owner(s netip.Prefix, a *pool.Allocation) string {
-	if a == nil || a.Kind != pool.KindContainer || a.MAC == "" {
-		return ""
+	if owner := a.Owner(); owner != "" {
+		return k.ownersDir(s) + owner
 	}
-	return k.ownersDir(s) + a.Host + "/" + a.MAC
+	return ""
 }
 
 func (k keys) free(s netip.Prefix, a netip.Addr) string  { return k.freeDir(s) + addrKey(a) }

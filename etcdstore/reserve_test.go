@@ -40,7 +40,7 @@ func TestReservedAndAnycastOnEtcd(t *testing.T) {
 	if got, err := h.Allocate(ctx, n, vip, web); err != nil || got != vip {
 		t.Fatalf("--ip on h: %s, %v", got, err)
 	}
-	if a, held, err := s.Owned(ctx, n.Subnet, "h", web.MAC); err != nil || !held || a != vip {
+	if a, held, err := s.Owned(ctx, n.Subnet, "h/"+web.MAC); err != nil || !held || a != vip {
 		t.Fatalf("owner index: %s %v %v", a, held, err)
 	}
 	checkPool("held by h")

@@ -285,10 +285,10 @@ func (s *Store) Binding(ctx context.Context, subnet netip.Prefix, name string) (
 	return s.lookupAddr(ctx, s.k.binding(subnet, &pool.Allocation{Sticky: name}))
 }
 
-// Owned returns the address host's endpoint with this MAC holds in the
-// pool, if any.
-func (s *Store) Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {
-	return s.lookupAddr(ctx, s.k.owner(subnet, &pool.Allocation{Kind: pool.KindContainer, Host: host, MAC: mac}))
+// Owned returns the address the endpoint owner (pool.Allocation.Owner)
+// holds in the pool, if any.
+func (s *Store) Owned(ctx context.Context, subnet netip.Prefix, owner string) (netip.Addr, bool, error) {
+	return s.lookupAddr(ctx, s.k.ownersDir(subnet)+owner)
 }
 
 // entryReads is how many reads entryOps makes; what a transaction's Else

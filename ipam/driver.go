@@ -91,6 +91,10 @@ type Driver struct {
 	// failed release as final and never repeats it. Without it such a
 	// release fails, and the address stays used until `ipamctl gc`.
 	Pending PendingReleases
+	// NoEndpointMAC asks dockerd for no endpoint MAC: its ipvlan driver
+	// refuses endpoints that have one. Endpoints are then told apart by
+	// name, which only Docker >= 29 sends (pool.Allocation.Owner).
+	NoEndpointMAC bool
 
 	nameless sync.Map // PoolIDs of sticky networks whose dockerd sent no endpoint name: logged once
 }
@@ -136,9 +140,10 @@ func (d *Driver) explain(ctx context.Context, err error) error {
 }
 
 func (d *Driver) GetCapabilities() (*api.CapabilitiesResponse, error) {
-	// The MAC is stored with each allocation so operators can tell holders
-	// apart. No request replay: the state lives in etcd, not in dockerd.
-	return &api.CapabilitiesResponse{RequiresMACAddress: true}, nil
+	// The MAC tells a retried request from a new endpoint (the owner
+	// index) and operators one holder from another. No request replay: the
+	// state lives in etcd, not in dockerd.
+	return &api.CapabilitiesResponse{RequiresMACAddress: !d.NoEndpointMAC}, nil
 }
 
 func (d *Driver) GetDefaultAddressSpaces() (*api.AddressSpacesResponse, error) {
@@ -330,6 +335,9 @@ func (d *Driver) RequestAddress(r *api.RequestAddressRequest) (*api.RequestAddre
 		// request; one that fell back to no capabilities sends no MAC.
 		kind = pool.KindAux
 		got, err = want, d.Pools.Aux(ctx, n, want)
+	case len(r.Options) == 0 && d.NoEndpointMAC:
+		// Also, such a dockerd's --ip request would pass for an aux one.
+		err = fmt.Errorf("this daemon runs with --endpoint-mac=false, which needs Docker 29 or later: this dockerd sent neither MAC nor endpoint name, so a retried request could not be told from a new container; run the daemon with --endpoint-mac=true (the default): ipvlan networks need Docker 29 or later")
 	default:
 		a := pool.Allocation{Kind: pool.KindContainer, Endpoint: r.Options[optEndpoint]}
 		if ref.Sticky && !want.IsValid() {

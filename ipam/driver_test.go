@@ -27,6 +27,12 @@ type plugin struct {
 // newPlugin serves a driver for host over HTTP, on etcd srv.
 func newPlugin(t *testing.T, srv *etcdtest.Server, host string, local ...string) plugin {
 	t.Helper()
+	return newPluginWith(t, srv, host, func(*ipam.Driver) {}, local...)
+}
+
+// newPluginWith is newPlugin with the driver's settings changed by set.
+func newPluginWith(t *testing.T, srv *etcdtest.Server, host string, set func(*ipam.Driver), local ...string) plugin {
+	t.Helper()
 	var addrs []netip.Addr
 	for _, a := range local {
 		addrs = append(addrs, netip.MustParseAddr(a))
@@ -39,6 +45,7 @@ func newPlugin(t *testing.T, srv *etcdtest.Server, host string, local ...string)
 		StoreName:  "etcd " + strings.Join(srv.Endpoints(), ","),
 		Log:        log,
 	}
+	set(d)
 	hs := httptest.NewServer(ipam.Handler(d, log))
 	t.Cleanup(hs.Close)
 	return plugin{t, hs.URL}
@@ -319,5 +326,33 @@ func TestEtcdDownAnswersWithinTimeout(t *testing.T) {
 			t.Fatalf("still failing 20s after etcd came back: %v", out)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// TestWithoutEndpointMAC: a daemon that asks dockerd for no MAC (so that
+// ipvlan networks work) tells endpoints apart by the name Docker >= 29
+// sends, and refuses an endpoint request from an engine that sends none.
+func TestWithoutEndpointMAC(t *testing.T) {
+	srv := etcdtest.Start(t)
+	a := newPluginWith(t, srv, "host-a", func(d *ipam.Driver) { d.NoEndpointMAC = true })
+	if out := a.ok("IpamDriver.GetCapabilities", ""); out["RequiresMACAddress"] != false {
+		t.Fatalf("capabilities: %v; want no MAC required", out)
+	}
+	id := a.ok("IpamDriver.RequestPool", map[string]any{"AddressSpace": "talkingdata", "Pool": "198.18.0.0/24", "SubPool": "198.18.0.128/25"})["PoolID"]
+	named := func(name string) map[string]any {
+		return map[string]any{"PoolID": id, "Options": map[string]string{"com.docker.network.endpoint.name": name}}
+	}
+	db := a.ok("IpamDriver.RequestAddress", named("db"))["Address"]
+	if again := a.ok("IpamDriver.RequestAddress", named("db"))["Address"]; again != db {
+		t.Fatalf("db's retried request got %v; want its own %v", again, db)
+	}
+	if web := a.ok("IpamDriver.RequestAddress", named("web"))["Address"]; web == db {
+		t.Fatalf("web got db's %v", web)
+	}
+	// dockerd before 29 sends no options at all for an endpoint.
+	a.refused("IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Options": nil}, "--endpoint-mac=false")
+	// An --aux-address (no options, an address) is as before.
+	if got := a.ok("IpamDriver.RequestAddress", map[string]any{"PoolID": id, "Address": "198.18.0.1", "Options": nil})["Address"]; got != "198.18.0.1/24" {
+		t.Fatalf("aux router: %v", got)
 	}
 }

@@ -15,7 +15,7 @@ type Snapshot struct {
 	// rather than stop the check.
 	Used     map[netip.Addr][]byte
 	Refs     map[string]int        // host → networks using the pool
-	Owners   map[string]netip.Addr // "host/mac" → address (the owner index)
+	Owners   map[string]netip.Addr // Allocation.Owner → address (the owner index)
 	Bindings map[string]netip.Addr // sticky name → address
 	BadKeys  []string              // keys whose address part does not parse
 }
@@ -80,12 +80,12 @@ func Check(s Snapshot) []Anomaly {
 		}
 	}
 	for key, a := range s.Owners {
-		if u := records[a]; u == nil || u.Kind != KindContainer || u.Host+"/"+u.MAC != key {
+		if u := records[a]; u.Owner() != key {
 			add(a, "delete the owner key with etcdctl", "owner index %s points here, but the record is %s", key, describe(records[a]))
 		}
 	}
 	for a, u := range records {
-		if u.Kind == KindContainer && u.MAC != "" && s.Owners[u.Host+"/"+u.MAC] != a {
+		if key := u.Owner(); key != "" && s.Owners[key] != a {
 			add(a, fmt.Sprintf("ipamctl release %s %s if no container holds it", subnet, a), "container record without its owner index entry")
 		}
 		if u.Sticky != "" && s.Bindings[u.Sticky] != a {

@@ -47,12 +47,12 @@ func FuzzRules(f *testing.F) {
 			addr := AddrAt(HostRange(n.Subnet), uint64(ops[i+2])%14)
 			switch ops[i] % 13 {
 			case 0:
-				if a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+2] % 4)}); err == nil {
+				if a, err := p.Allocate(ctx, n, netip.Addr{}, fuzzEndpoint(ops[i+2]%4)); err == nil {
 					granted[a] = p.Host()
 				}
 			case 1:
 				// An anycast hold is no container's own address.
-				if a, err := p.Allocate(ctx, n, addr, Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+1] % 4)}); err == nil && isContainer(s, n, a) {
+				if a, err := p.Allocate(ctx, n, addr, fuzzEndpoint(ops[i+1]%4)); err == nil && isContainer(s, n, a) {
 					granted[a] = p.Host()
 				}
 			case 2:
@@ -87,7 +87,8 @@ func FuzzRules(f *testing.F) {
 				}
 			case 11:
 				// A container of a sticky network, by name.
-				a := Allocation{Kind: KindContainer, MAC: fuzzMAC(ops[i+2] % 4), Sticky: fmt.Sprint("s", ops[i+2]%3)}
+				a := fuzzEndpoint(ops[i+2] % 4)
+				a.Sticky = fmt.Sprint("s", ops[i+2]%3)
 				if got, err := p.Allocate(ctx, n, netip.Addr{}, a); err == nil {
 					granted[got] = p.Host()
 				}
@@ -107,12 +108,19 @@ func FuzzRules(f *testing.F) {
 	})
 }
 
-// fuzzMAC gives a few endpoints, so requests repeat (retries) and collide.
-func fuzzMAC(n byte) string {
-	if n == 0 {
-		return "" // an endpoint without MAC: not indexed
+// fuzzEndpoint gives a few endpoints, so requests repeat (retries) and
+// collide: known by MAC, by name only (a driver asking for no MAC), or by
+// neither (not indexed).
+func fuzzEndpoint(n byte) Allocation {
+	a := Allocation{Kind: KindContainer}
+	switch {
+	case n == 0:
+	case n%2 == 0:
+		a.Endpoint = "ep" + string('0'+rune(n))
+	default:
+		a.MAC = "02:42:00:00:00:0" + string('0'+rune(n))
 	}
-	return "02:42:00:00:00:0" + string('0'+rune(n))
+	return a
 }
 
 func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Addr]string) {
@@ -177,13 +185,13 @@ func checkInvariants(t *testing.T, s *memStore, n Network, granted map[netip.Add
 		}
 	}
 	for key, a := range mp.owners {
-		if u, ok := mp.used[a]; !ok || ownerKey(&u.a) != key {
+		if u, ok := mp.used[a]; !ok || u.a.Owner() != key {
 			t.Fatalf("owner index %s -> %s does not match the used entry %+v", key, a, u.a)
 		}
 	}
 	indexed := 0
 	for _, u := range mp.used {
-		if ownerKey(&u.a) != "" {
+		if u.a.Owner() != "" {
 			indexed++
 		}
 	}

@@ -28,18 +28,10 @@ type memPool struct {
 	free   map[netip.Addr]int64
 	used   map[netip.Addr]memUsed
 	refs   map[string]int
-	owners map[string]netip.Addr    // host/mac of container entries
+	owners map[string]netip.Addr    // Allocation.Owner of container entries
 	bound  map[string]netip.Addr    // sticky names
 	after  map[netip.Addr]time.Time // addresses in their reuse delay, until when (the store's clock)
 	view   *FreeSet                 // FreeSet's copy, once asked for
-}
-
-// ownerKey mirrors etcdstore's owner index: containers with a MAC.
-func ownerKey(a *Allocation) string {
-	if a == nil || a.Kind != KindContainer || a.MAC == "" {
-		return ""
-	}
-	return a.Host + "/" + a.MAC
 }
 
 // stickyName mirrors etcdstore's binding key: the record's sticky name.
@@ -162,7 +154,7 @@ func (s *memStore) Claim(_ context.Context, subnet netip.Prefix, addr netip.Addr
 		return Claim{NoPool: true}, nil
 	}
 	s.expire(p)
-	owner := ownerKey(&a)
+	owner := a.Owner()
 	existing, holds := p.owners[owner]
 	_, free := p.free[addr]
 	_, delayed := p.after[addr]
@@ -294,7 +286,7 @@ func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next 
 		}
 	}
 	p := s.pools[subnet]
-	if was, now := ownerKey(cur.Used), ownerKey(next.Used); was != now && now != "" {
+	if was, now := cur.Used.Owner(), next.Used.Owner(); was != now && now != "" {
 		if held, ok := p.owners[now]; ok {
 			return cur, false, fmt.Errorf("%w: endpoint %s already holds %s", ErrUnavailable, now, held)
 		}
@@ -315,7 +307,7 @@ func (s *memStore) Swap(_ context.Context, subnet netip.Prefix, cur Entry, next 
 	} else {
 		delete(p.used, cur.Addr)
 	}
-	if was, now := ownerKey(cur.Used), ownerKey(next.Used); was != now {
+	if was, now := cur.Used.Owner(), next.Used.Owner(); was != now {
 		delete(p.owners, was)
 		if now != "" {
 			p.owners[now] = cur.Addr
@@ -341,10 +333,10 @@ func (s *memStore) Binding(_ context.Context, subnet netip.Prefix, name string) 
 	return a, ok, nil
 }
 
-func (s *memStore) Owned(_ context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {
+func (s *memStore) Owned(_ context.Context, subnet netip.Prefix, owner string) (netip.Addr, bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	a, ok := s.pools[subnet].owners[ownerKey(&Allocation{Kind: KindContainer, Host: host, MAC: mac})]
+	a, ok := s.pools[subnet].owners[owner]
 	return a, ok, nil
 }
 

@@ -417,7 +417,7 @@ func (p *Pools) allocateNamed(ctx context.Context, r *retrier, n Network, want n
 		case claimNoPool:
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrUnknownPool, n.Subnet)
 		case claimHoldsOther:
-			return netip.Addr{}, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s", ErrUnavailable, a.MAC, a.Host, c.Existing, n.Subnet)
+			return netip.Addr{}, fmt.Errorf("%w: the endpoint (%s) already holds %s in pool %s", ErrUnavailable, a.Describe(), c.Existing, n.Subnet)
 		case claimByRule:
 			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
 		case claimHeld:
@@ -482,9 +482,9 @@ func (p *Pools) remember(ctx context.Context, subnet netip.Prefix, addr netip.Ad
 // gateway), whose op id the address's record shows if an attempt took it.
 // Every attempt uses the same a, so an adopted record keeps a's time and
 // the undo of a request that gives up still recognises it. A container
-// without a MAC is not retried: nothing would find what an attempt took,
-// and a retry could take a second address (dockerd always sends the MAC
-// to this driver, which asks for it).
+// with neither MAC nor name (an engine before 29 with a driver that asks
+// for no MAC) is not retried: nothing would find what an attempt took,
+// and a retry could take a second address.
 func (p *Pools) claim(ctx context.Context, r *retrier, subnet netip.Prefix, addr netip.Addr, a Allocation, takeDelayed bool) (Claim, error) {
 	for {
 		c, err := p.store.Claim(ctx, subnet, addr, a, takeDelayed)
@@ -504,8 +504,8 @@ func (p *Pools) claim(ctx context.Context, r *retrier, subnet netip.Prefix, addr
 }
 
 // indexed says whether a's endpoint is in the owner index (etcdstore's
-// owners/ keys): a container with a MAC.
-func indexed(a Allocation) bool { return a.Kind == KindContainer && a.MAC != "" }
+// owners/ keys): a container with a MAC or an endpoint name.
+func indexed(a Allocation) bool { return a.Owner() != "" }
 
 // adopt makes a retried request the owner of what its endpoint already
 // holds: it stamps the record with this request's time, so the background
@@ -532,14 +532,14 @@ const undoTimeout = 30 * time.Second
 // time stamp; a retry that adopted it has stamped it anew). It returns err
 // for the caller.
 func (p *Pools) undoClaim(subnet netip.Prefix, a Allocation, err error) error {
-	if a.MAC == "" || a.Kind != KindContainer {
+	if !indexed(a) {
 		return err
 	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), undoTimeout)
 		defer cancel()
 		for ctx.Err() == nil {
-			addr, held, err := p.store.Owned(ctx, subnet, a.Host, a.MAC)
+			addr, held, err := p.store.Owned(ctx, subnet, a.Owner())
 			if err == nil && held {
 				err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) { return undoRule(e, a, p.now().UTC()) })
 			}

@@ -380,15 +380,39 @@ func TestHostAddresses(t *testing.T) {
 	}
 }
 
+// endpoints are the two ways a request names its endpoint: the MAC dockerd
+// draws when the driver asks for one, or else the name Docker >= 29 sends.
+var endpoints = []struct {
+	name string
+	ep   Allocation
+}{
+	{"mac", Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}},
+	{"name", Allocation{Kind: KindContainer, Endpoint: "db"}},
+}
+
+// forEndpoints runs test for each way of naming an endpoint.
+func forEndpoints(t *testing.T, test func(t *testing.T, ep Allocation)) {
+	for _, e := range endpoints {
+		t.Run(e.name, func(t *testing.T) { test(t, e.ep) })
+	}
+}
+
+// owner is ep's owner-index key on host.
+func owner(ep Allocation, host string) string {
+	ep.Host = host
+	return ep.Owner()
+}
+
 // TestRetriedRequestGetsItsOwnAddress: dockerd re-sends a request whose
-// answer it lost (same host, same endpoint MAC); it must get the address
-// it already holds, not a second one.
-func TestRetriedRequestGetsItsOwnAddress(t *testing.T) {
+// answer it lost (same host, same endpoint MAC or name); it must get the
+// address it already holds, not a second one.
+func TestRetriedRequestGetsItsOwnAddress(t *testing.T) { forEndpoints(t, testRetriedRequest) }
+
+func testRetriedRequest(t *testing.T, ep Allocation) {
 	ctx := context.Background()
 	s := newMemStore()
 	n := mustNetwork(t, "198.18.0.0/24", "")
 	ps := hosts(t, s, n, "a", "b")
-	ep := Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}
 	first, err := ps[0].Allocate(ctx, n, netip.Addr{}, ep)
 	if err != nil {
 		t.Fatal(err)
@@ -397,7 +421,7 @@ func TestRetriedRequestGetsItsOwnAddress(t *testing.T) {
 		t.Fatalf("retry got %s, %v; want %s again", again, err, first)
 	}
 	if other, err := ps[1].Allocate(ctx, n, netip.Addr{}, ep); err != nil || other == first {
-		t.Fatalf("the same MAC on another host got %s, %v; want its own address", other, err)
+		t.Fatalf("the same endpoint id on another host got %s, %v; want its own address", other, err)
 	}
 	another := netip.MustParseAddr("198.18.0.77")
 	if another == first { // first is a random pick
@@ -412,7 +436,7 @@ func TestRetriedRequestGetsItsOwnAddress(t *testing.T) {
 	if _, err := ps[0].Release(ctx, n.Subnet, first); err != nil {
 		t.Fatal(err)
 	}
-	if _, held, _ := s.Owned(ctx, n.Subnet, "a", ep.MAC); held {
+	if _, held, _ := s.Owned(ctx, n.Subnet, owner(ep, "a")); held {
 		t.Fatal("owner index kept after release")
 	}
 }
@@ -433,21 +457,23 @@ func (s commitThenFail) Claim(ctx context.Context, subnet netip.Prefix, addr net
 	return c, err
 }
 
-func (s commitThenFail) Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error) {
+func (s commitThenFail) Owned(ctx context.Context, subnet netip.Prefix, owner string) (netip.Addr, bool, error) {
 	if s.gate != nil {
 		<-s.gate
 	}
-	return s.memStore.Owned(ctx, subnet, host, mac)
+	return s.memStore.Owned(ctx, subnet, owner)
 }
 
 // TestClaimWithUnknownOutcomeIsUndone: the claim committed but the plugin
 // answered dockerd with an error; the address must not stay used.
-func TestClaimWithUnknownOutcomeIsUndone(t *testing.T) {
+func TestClaimWithUnknownOutcomeIsUndone(t *testing.T) { forEndpoints(t, testUnknownOutcomeUndone) }
+
+func testUnknownOutcomeUndone(t *testing.T, ep Allocation) {
 	ctx := context.Background()
 	mem := newMemStore()
 	n := mustNetwork(t, "198.18.0.0/24", "")
 	p := hosts(t, commitThenFail{memStore: mem}, n, "a")[0]
-	if _, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := p.Allocate(ctx, n, netip.Addr{}, ep); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("allocate: %v", err)
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
@@ -467,17 +493,20 @@ func TestClaimWithUnknownOutcomeIsUndone(t *testing.T) {
 // answered with an error, and the client retried with the same endpoint
 // before the background undo ran: the retry's address must stay used.
 func TestRetryAfterFailedAttemptKeepsTheAddress(t *testing.T) {
+	forEndpoints(t, testRetryAfterFailedAttempt)
+}
+
+func testRetryAfterFailedAttempt(t *testing.T, ep Allocation) {
 	ctx := context.Background()
 	mem := newMemStore()
 	n := mustNetwork(t, "198.18.0.0/24", "")
 	gate := make(chan struct{})
 	failing := hosts(t, commitThenFail{memStore: mem, gate: gate}, n, "a")[0]
 	ok := New(mem, Config{Host: "a"})
-	ep := Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"}
 	if _, err := failing.Allocate(ctx, n, netip.Addr{}, ep); err == nil {
 		t.Fatal("want the injected failure")
 	}
-	committed, _, _ := mem.Owned(ctx, n.Subnet, "a", ep.MAC)
+	committed, _, _ := mem.Owned(ctx, n.Subnet, owner(ep, "a"))
 	got, err := ok.Allocate(ctx, n, netip.Addr{}, ep)
 	if err != nil || got != committed {
 		t.Fatalf("retry got %s, %v; want the committed %s", got, err, committed)

@@ -55,13 +55,13 @@ func TestFloatingAddress(t *testing.T) {
 	if e.Free || e.Used == nil || e.Used.Kind != KindReserved || e.Used.Reservation != "web" {
 		t.Fatalf("after release: %+v; want the idle reservation", e)
 	}
-	if _, held, _ := s.Owned(ctx, n.Subnet, "a", web.MAC); held {
+	if _, held, _ := s.Owned(ctx, n.Subnet, "a/"+web.MAC); held {
 		t.Fatal("owner index kept after the release")
 	}
 	if got, err := ps[1].Allocate(ctx, n, vip, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:bb"}); err != nil || got != vip {
 		t.Fatalf("--ip on b after a released it: %s, %v; want it at once (no reuse delay)", got, err)
 	}
-	if a, held, _ := s.Owned(ctx, n.Subnet, "b", "02:42:00:00:00:bb"); !held || a != vip {
+	if a, held, _ := s.Owned(ctx, n.Subnet, "b/"+"02:42:00:00:00:bb"); !held || a != vip {
 		t.Fatal("no owner index for b's endpoint")
 	}
 
@@ -130,7 +130,7 @@ func TestAnycastAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i, p := range ps {
-		ep := Allocation{Kind: KindContainer, MAC: fuzzMAC(byte(i + 1))}
+		ep := fuzzEndpoint(byte(i + 1))
 		for try := range 2 { // the second is a retry
 			if got, err := p.Allocate(ctx, n, acast, ep); err != nil || got != acast {
 				t.Fatalf("host %s try %d: %s, %v", p.Host(), try, got, err)

@@ -172,7 +172,7 @@ func took(e, fresh Entry, next State, op string) bool {
 // sameRecord says whether u is the record a, not merely one of the same
 // endpoint: a new claim stamps a new time.
 func sameRecord(u, a *Allocation) bool {
-	return u != nil && u.Kind == a.Kind && u.Host == a.Host && u.MAC == a.MAC && u.Since.Equal(a.Since)
+	return u != nil && u.Kind == a.Kind && u.Host == a.Host && u.MAC == a.MAC && u.Endpoint == a.Endpoint && u.Since.Equal(a.Since)
 }
 
 // claimRule gives an address that automatic allocation never hands out to
@@ -187,7 +187,7 @@ func claimRule(e Entry, a Allocation) (State, bool, error) {
 	switch {
 	case u == nil:
 		return State{}, false, fmt.Errorf("%w: %s %w", ErrUnavailable, e.Addr, errUnbound)
-	case a.MAC != "" && sameEndpoint(u, a):
+	case indexed(a) && sameEndpoint(u, a):
 		return State{}, false, nil // the reservation is a's already: a retry
 	case u.Kind == KindReserved:
 		held := a
@@ -196,19 +196,19 @@ func claimRule(e Entry, a Allocation) (State, bool, error) {
 	case u.Kind != KindAnycast:
 		return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
 	}
-	if mac, holds := u.MACs[a.Host]; holds || u.Holders[a.Host] > 0 {
-		if holds && mac == a.MAC {
+	if id, holds := u.MACs[a.Host]; holds || u.Holders[a.Host] > 0 {
+		if holds && id == a.endpointID() {
 			return State{}, false, nil
 		}
-		return State{}, false, fmt.Errorf("%w: anycast address %s is already held on host %q by the endpoint with mac %q; each host may hold it once",
-			ErrUnavailable, e.Addr, a.Host, mac)
+		return State{}, false, fmt.Errorf("%w: anycast address %s is already held on host %q by the endpoint %q; each host may hold it once",
+			ErrUnavailable, e.Addr, a.Host, id)
 	}
 	next := *u
 	next.Holders, next.MACs = maps.Clone(u.Holders), maps.Clone(u.MACs)
 	if next.Holders == nil {
 		next.Holders, next.MACs = map[string]int{}, map[string]string{}
 	}
-	next.Holders[a.Host], next.MACs[a.Host] = 1, a.MAC
+	next.Holders[a.Host], next.MACs[a.Host] = 1, a.endpointID()
 	return State{Used: &next}, true, nil
 }
 
@@ -287,7 +287,7 @@ var errUnbound = errors.New("stopped being reserved, anycast or bound meanwhile;
 var errChangedHands = errors.New("changed hands while being re-requested")
 
 func sameEndpoint(u *Allocation, a Allocation) bool {
-	return u != nil && u.Kind == KindContainer && u.Host == a.Host && u.MAC == a.MAC
+	return u != nil && u.Kind == KindContainer && u.Owner() == a.Owner()
 }
 
 // listedRule releases e for gc as its holder's release would, if its

@@ -65,7 +65,7 @@ func TestReservationAndAnycastRules(t *testing.T) {
 		{"claim anycast retried", func(e Entry) (State, bool, error) { return claimRule(e, ctr("a", "m1")) },
 			anycast(map[string]string{"a": "m1"}), State{}, false, ""},
 		{"claim anycast twice on a host", func(e Entry) (State, bool, error) { return claimRule(e, ctr("a", "m2")) },
-			anycast(map[string]string{"a": "m1"}), State{}, false, `already held on host "a" by the endpoint with mac "m1"; each host may hold it once`},
+			anycast(map[string]string{"a": "m1"}), State{}, false, `already held on host "a" by the endpoint "m1"; each host may hold it once`},
 		{"claim gone meanwhile", func(e Entry) (State, bool, error) { return claimRule(e, ctr("a", "m1")) },
 			nil, State{}, false, "stopped being reserved, anycast or bound meanwhile"},
 

@@ -43,7 +43,8 @@ type Allocation struct {
 	// aux): every host's `network create` requests them, every `network rm`
 	// releases them. An anycast address counts each holding host once.
 	Holders map[string]int `json:"holders,omitempty"`
-	// MACs names, per host, the endpoint holding an anycast address, so a
+	// MACs names, per host, the endpoint holding an anycast address (its
+	// MAC, or name=<endpoint> from a driver that asks for no MAC), so a
 	// retried request of that endpoint is told from a second endpoint.
 	MACs map[string]string `json:"macs,omitempty"`
 	// Reservation names a reserved address (`ipamctl reserve`), idle
@@ -73,6 +74,27 @@ func (a *Allocation) Vacated(now time.Time) *Allocation {
 		return &Allocation{Kind: KindReserved, Reservation: a.Reservation, Sticky: a.Sticky, Since: now}
 	}
 	return nil
+}
+
+// Owner is the owner-index key of a container record, "host/id"
+// (endpointID), or "" when it has none.
+func (a *Allocation) Owner() string {
+	if a == nil || a.Kind != KindContainer || a.endpointID() == "" {
+		return ""
+	}
+	return a.Host + "/" + a.endpointID()
+}
+
+// endpointID tells a retried request from another endpoint of its host:
+// the MAC dockerd drew for the endpoint, or, from a driver that asks for
+// no MAC (dockerd's ipvlan driver refuses endpoints that have one), the
+// endpoint's name, which Docker >= 29 sends and which is unique on its
+// host. "" when dockerd sent neither.
+func (a *Allocation) endpointID() string {
+	if a.MAC == "" && a.Endpoint != "" {
+		return "name=" + a.Endpoint
+	}
+	return a.MAC
 }
 
 // Describe names the holder for error messages and listings.
@@ -247,8 +269,9 @@ type Store interface {
 	// Binding returns the address a sticky name is bound to, if any. The
 	// binding follows its record: written with it, gone with it.
 	Binding(ctx context.Context, subnet netip.Prefix, name string) (netip.Addr, bool, error)
-	// Owned returns the address host's endpoint with mac holds, if any.
-	Owned(ctx context.Context, subnet netip.Prefix, host, mac string) (netip.Addr, bool, error)
+	// Owned returns the address the endpoint owner (Allocation.Owner)
+	// holds, if any.
+	Owned(ctx context.Context, subnet netip.Prefix, owner string) (netip.Addr, bool, error)
 	// Entry reads one address.
 	Entry(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (Entry, error)
 	// Swap gives cur.Addr the state next if cur is still current; else it

@@ -40,6 +40,8 @@ func main() {
 				Usage: "bound on every plugin call, etcd round trips included"},
 			&cli.DurationFlag{Name: "reuse-delay", EnvVars: []string{"IPAM_REUSE_DELAY"}, Value: pool.DefaultReuseDelay,
 				Usage: "the reuse delay recorded in a pool this daemon creates on first use (a network on a pool ipamctl init-range did not seed): automatic allocation does not hand a released container address out again for this long; each pool's own delay applies (ipamctl pool show, pool set)"},
+			&cli.BoolFlag{Name: "endpoint-mac", EnvVars: []string{"IPAM_ENDPOINT_MAC"}, Value: true,
+				Usage: "ask dockerd for each endpoint's MAC, which tells a retried request from a new endpoint; false on hosts with ipvlan networks, as dockerd refuses ipvlan endpoints that have a MAC: endpoints are then told apart by name, which Docker 29 and later send (docs/OPERATIONS.md, macvlan and ipvlan)"},
 			&cli.BoolFlag{Name: "require-init", EnvVars: []string{"IPAM_REQUIRE_INIT"},
 				Usage: "refuse pools not seeded with `ipamctl init-range` instead of seeding them on first use"},
 			&cli.StringFlag{Name: "metrics-addr", EnvVars: []string{"IPAM_METRICS_ADDR"},

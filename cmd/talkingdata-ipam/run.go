@@ -71,11 +71,12 @@ func run(c *cli.Context) error {
 	}
 	defer live.stop() // after the calls in flight have drained
 	driver := &ipam.Driver{
-		Pools:      pool.New(store, pool.Config{Host: host, RequireInit: c.Bool("require-init"), ReuseDelay: c.Duration("reuse-delay")}),
-		Timeout:    c.Duration("request-timeout"),
-		LocalAddrs: localAddrs,
-		StoreName:  "etcd " + strings.Join(cfg.Endpoints, ","),
-		Log:        log,
+		Pools:         pool.New(store, pool.Config{Host: host, RequireInit: c.Bool("require-init"), ReuseDelay: c.Duration("reuse-delay")}),
+		Timeout:       c.Duration("request-timeout"),
+		NoEndpointMAC: !c.Bool("endpoint-mac"),
+		LocalAddrs:    localAddrs,
+		StoreName:     "etcd " + strings.Join(cfg.Endpoints, ","),
+		Log:           log,
 	}
 	pending, err := releasequeue.Open(c.String("data-dir"), driver.Pools, driver.Timeout, log)
 	if err != nil {

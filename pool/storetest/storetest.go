@@ -162,7 +162,7 @@ func testClaim(t *testing.T, s pool.Store) {
 	}
 }
 
-// The owner index: an endpoint (host, MAC) holds one address per pool, and
+// The owner index: an endpoint (host, and MAC or name) holds one address per pool, and
 // its claim of another is answered with the one it holds.
 func testOwnerIndex(t *testing.T, s pool.Store) {
 	c := ctx(t)
@@ -175,27 +175,39 @@ func testOwnerIndex(t *testing.T, s pool.Store) {
 	if err != nil || got.Taken || got.Existing != a1 {
 		t.Fatalf("the endpoint's second claim: %+v, %v; want refused with Existing %s", got, err, a1)
 	}
-	if owned, ok, err := s.Owned(c, subnet, "h1", a.MAC); err != nil || !ok || owned != a1 {
+	if owned, ok, err := s.Owned(c, subnet, "h1/"+a.MAC); err != nil || !ok || owned != a1 {
 		t.Fatalf("Owned: %s %v, %v; want %s", owned, ok, err, a1)
 	}
-	if _, ok, err := s.Owned(c, subnet, "h2", a.MAC); err != nil || ok {
+	if _, ok, err := s.Owned(c, subnet, "h2/"+a.MAC); err != nil || ok {
 		t.Fatalf("Owned for another host with the same MAC: ok=%v, %v", ok, err)
 	}
 	// The same MAC on another host is another endpoint.
 	if got, err := s.Claim(c, subnet, a2, container("h2", a.MAC), false); err != nil || !got.Taken {
 		t.Fatalf("claim by the same MAC on another host: %+v, %v", got, err)
 	}
-	// Without a MAC there is no index: nothing to find.
-	if got, err := s.Claim(c, subnet, a3, pool.Allocation{Kind: pool.KindContainer, Host: "h1"}, false); err != nil || !got.Taken {
-		t.Fatalf("claim without a MAC: %+v, %v", got, err)
+	// Without a MAC the endpoint's name indexes it (a driver that asks
+	// dockerd for no MAC, on Docker >= 29).
+	named := pool.Allocation{Kind: pool.KindContainer, Host: "h1", Endpoint: "db"}
+	if got, err := s.Claim(c, subnet, a3, named, false); err != nil || !got.Taken {
+		t.Fatalf("claim by name: %+v, %v", got, err)
+	}
+	if owned, ok, err := s.Owned(c, subnet, named.Owner()); err != nil || !ok || owned != a3 {
+		t.Fatalf("Owned by name: %s %v, %v; want %s", owned, ok, err, a3)
 	}
 	// A release drops the index with the record.
 	e := entry(t, s, a1)
 	if _, ok, err := s.Swap(c, subnet, e, pool.State{Free: true}); err != nil || !ok {
 		t.Fatalf("release: ok=%v, %v", ok, err)
 	}
-	if _, ok, err := s.Owned(c, subnet, "h1", a.MAC); err != nil || ok {
+	if _, ok, err := s.Owned(c, subnet, "h1/"+a.MAC); err != nil || ok {
 		t.Fatalf("Owned after the release: ok=%v, %v", ok, err)
+	}
+	if got, err := s.Claim(c, subnet, a1, named, false); err != nil || got.Taken || got.Existing != a3 {
+		t.Fatalf("the named endpoint's second claim: %+v, %v; want refused with Existing %s", got, err, a3)
+	}
+	// With neither there is no index: nothing to find.
+	if got, err := s.Claim(c, subnet, a1, pool.Allocation{Kind: pool.KindContainer, Host: "h1"}, false); err != nil || !got.Taken {
+		t.Fatalf("claim with neither MAC nor name: %+v, %v", got, err)
 	}
 }
 
