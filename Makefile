@@ -55,12 +55,10 @@ ETCD35 = $(TALKINGDATA_ENGINE_DIR)/etcd-3.5/$(shell sed -n 's/^ETCD=//p' $(TALKI
 
 # Everything, with real etcd, real dockerd and real netlink: run as root.
 # A test that needs a kernel option this kernel lacks (802.1Q, ipvlan) runs in
-# a VM with Debian's kernel (internal/vm), except VM_SLOW, which takes minutes
-# there: `make test-vm` runs it. The etcd tests run with Debian's etcd 3.4,
-# then ./etcdstore again with etcd 3.5.
-VM_SLOW   := ^TestMacvlanOnVLAN$$
+# a VM with Debian's kernel (internal/vm). The etcd tests run with Debian's
+# etcd 3.4, then ./etcdstore again with etcd 3.5.
 test: test-deps vet
-	@status=0; CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m -skip '$(VM_SLOW)' $(PKGS) || status=$$?; \
+	@status=0; CI=$${CI:-true} $(GO) test -race -count=1 -timeout 20m $(PKGS) || status=$$?; \
 	echo "etcdstore against etcd 3.5 ($(ETCD35)):"; \
 	CI=$${CI:-true} TALKINGDATA_ETCD=$(ETCD35) $(GO) test -race -count=1 -timeout 10m ./etcdstore || status=$$?; \
 	exit $$status
@@ -74,12 +72,6 @@ test-deps:
 .PHONY: test-26
 test-26: test-deps
 	CI=$${CI:-true} TALKINGDATA_ENGINES=26.1 $(GO) test -count=1 -timeout 20m -v -run '^(TestConformance|TestManagedPlugin)$$' ./e2e
-
-# The e2e test `make test` leaves out (VM_SLOW: macvlan and ipvlan on VLAN 8 across two lab
-# hosts); on a kernel without 802.1Q or ipvlan it runs in a VM under software emulation.
-.PHONY: test-vm
-test-vm: test-deps
-	CI=$${CI:-true} $(GO) test -count=1 -timeout 30m -v -run '$(VM_SLOW)' ./e2e
 
 # docker-compose.test.yml (etcd and the plugin as containers) and
 # docker-compose.test-app.yml (test containers on a talkingdata network) on a
