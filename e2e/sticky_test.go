@@ -1,15 +1,18 @@
 package e2e
 
 import (
+	"encoding/json"
 	"fmt"
 	"maps"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/talkingdata/ipam/etcdstore"
 	"github.com/talkingdata/ipam/internal/dockertest"
@@ -125,5 +128,75 @@ func TestStickyOnDocker29(t *testing.T) {
 	}
 	if snap.Bindings["db"] != db || !snap.Bindings["web"].IsValid() {
 		t.Fatalf("bindings %v; want db at %s and web", snap.Bindings, db)
+	}
+
+	// The binding of a name no container has used for the pool's sticky
+	// TTL is freed by gc --apply, and the name binds afresh.
+	ctl := func(h dockerHost, id string, args ...string) string {
+		t.Helper()
+		out, err := ipamctlAs(t, id, etcd, h.d, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	// expired runs gc on h2 and returns the addresses it lists as expired
+	// (or, with --apply, their results).
+	expired := func(args ...string) map[string]string {
+		t.Helper()
+		var out struct{ Addresses []struct{ Address, Kind, Sticky, Result string } }
+		if err := json.Unmarshal([]byte(ctl(h2, "h2", append([]string{"gc", "--json"}, args...)...)), &out); err != nil {
+			t.Fatal(err)
+		}
+		res := map[string]string{}
+		for _, a := range out.Addresses {
+			if a.Result != "orphan" {
+				res[a.Address+" "+a.Kind+" "+a.Sticky] = a.Result
+			}
+		}
+		return res
+	}
+	const ttl = 2 * time.Second // pool set accepts any positive TTL
+	ctl(h2, "h2", "pool", "set", stickySubnet, "--sticky-ttl", ttl.String())
+	h2.d.MustDocker(t, "rm", "-f", "db")
+	idleSince := time.Now()
+	if got := expired(); len(got) > 0 && time.Since(idleSince) < ttl {
+		t.Fatalf("gc right after db's rm, within the sticky TTL: %v; want nothing expired", got)
+	}
+	time.Sleep(time.Until(idleSince.Add(ttl + 100*time.Millisecond)))
+	dbRow := db.String() + " reserved db"
+	if got := expired(); !maps.Equal(got, map[string]string{dbRow: "expired"}) {
+		t.Fatalf("gc %s after db's rm: %v; want only db's %s, expired", ttl, got, db)
+	}
+	if got := expired("--apply"); !maps.Equal(got, map[string]string{dbRow: "released"}) {
+		t.Fatalf("gc --apply: %v; want db's %s released", got, db)
+	}
+	var bound []struct{ Address, Sticky string }
+	if err := json.Unmarshal([]byte(ctl(h1, "h1", "sticky", "ls", "--subnet", stickySubnet, "--json")), &bound); err != nil {
+		t.Fatal(err)
+	}
+	if i := slices.IndexFunc(bound, func(b struct{ Address, Sticky string }) bool { return b.Sticky == "db" }); i >= 0 || len(bound) == 0 {
+		t.Fatalf("sticky ls after gc --apply: %+v; want the other names, not db", bound)
+	}
+	snap, err = store.Snapshot(t.Context(), netip.MustParsePrefix(stickySubnet))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, used := snap.Used[db]; used || !slices.Contains(snap.Free, db) || snap.Bindings["db"].IsValid() {
+		t.Fatalf("after gc --apply: %s used %v, free %v, db bound to %v; want it free (no reuse delay: it was the name's) and db unbound",
+			db, used, slices.Contains(snap.Free, db), snap.Bindings["db"])
+	}
+	freedAt := time.Now()
+	fresh := mustRun(h1, "db")
+	var rec pool.Allocation
+	snap, err = store.Snapshot(t.Context(), netip.MustParsePrefix(stickySubnet))
+	if err == nil {
+		err = json.Unmarshal(snap.Used[fresh], &rec)
+	}
+	if err != nil || snap.Bindings["db"] != fresh || rec.Sticky != "db" || rec.Host != "h1" || rec.Since.Before(freedAt.Add(-time.Second)) {
+		t.Fatalf("a new db after the expiry has %s: record %+v (%v), db bound to %s; want a binding made by this run", fresh, rec, err, snap.Bindings["db"])
+	}
+	if bad := pool.Check(snap); len(bad) > 0 {
+		t.Fatalf("pool after the expiry: %+v", bad)
 	}
 }
