@@ -148,32 +148,46 @@ func (l *baseLoad) op(ctx context.Context, w int) (lat time.Duration, dup bool, 
 	list := l.lists[w]
 	n := list[l.pos[w]%len(list)]
 	l.pos[w]++
-	free, used := l.b.freeKey(n), l.b.usedKey(n)
 	start := time.Now()
+	if err := l.b.claim(ctx, n); err != nil {
+		return time.Since(start), false, err
+	}
+	lat = time.Since(start)
+	return lat, false, l.b.release(ctx, n)
+}
+
+// claim moves address n from free to used in one compare-guarded transaction.
+func (b *baseSpace) claim(ctx context.Context, n int32) error {
+	free, used := b.freeKey(n), b.usedKey(n)
 	cctx, cancel := context.WithTimeout(ctx, etcdTimeout)
-	r, err := l.b.cli.Txn(cctx).
+	defer cancel()
+	r, err := b.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.CreateRevision(free), ">", 0), clientv3.Compare(clientv3.CreateRevision(used), "=", 0)).
 		Then(clientv3.OpDelete(free), clientv3.OpPut(used, baseRecord)).
 		Commit()
-	cancel()
-	lat = time.Since(start)
 	if err != nil {
-		return lat, false, fmt.Errorf("baseline claim of %s: %w", free, err)
+		return fmt.Errorf("baseline claim of %s: %w", free, err)
 	}
 	if !r.Succeeded {
-		return lat, false, fmt.Errorf("baseline claim of %s: compare failed (the address is not free)", free)
+		return fmt.Errorf("baseline claim of %s: compare failed (the address is not free)", free)
 	}
-	cctx, cancel = context.WithTimeout(ctx, etcdTimeout)
-	r, err = l.b.cli.Txn(cctx).
+	return nil
+}
+
+// release moves address n back from used to free.
+func (b *baseSpace) release(ctx context.Context, n int32) error {
+	free, used := b.freeKey(n), b.usedKey(n)
+	cctx, cancel := context.WithTimeout(ctx, etcdTimeout)
+	defer cancel()
+	r, err := b.cli.Txn(cctx).
 		If(clientv3.Compare(clientv3.CreateRevision(used), ">", 0)).
 		Then(clientv3.OpDelete(used), clientv3.OpPut(free, "")).
 		Commit()
-	cancel()
 	if err != nil {
-		return lat, false, fmt.Errorf("baseline release of %s: %w", used, err)
+		return fmt.Errorf("baseline release of %s: %w", used, err)
 	}
 	if !r.Succeeded {
-		return lat, false, fmt.Errorf("baseline release of %s: compare failed (the address is not used)", used)
+		return fmt.Errorf("baseline release of %s: compare failed (the address is not used)", used)
 	}
-	return lat, false, nil
+	return nil
 }

@@ -118,6 +118,13 @@ func (h *held) releasing(a netip.Addr, op uint64) {
 	}
 }
 
+// len is how many addresses are held or being released.
+func (h *held) len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.m)
+}
+
 func (h *held) drop(a netip.Addr, op uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -138,29 +145,42 @@ type oursLoad struct {
 func (l *oursLoad) op(ctx context.Context, w int) (time.Duration, bool, error) {
 	d := l.daemons[w%len(l.daemons)]
 	id := l.r.macs.Add(1)
+	a, lat, dup, err := l.take(ctx, d, id)
+	if err != nil {
+		return lat, false, err
+	}
+	return lat, dup, l.give(ctx, d, a, id)
+}
+
+// take asks d for an address for a new endpoint (the MAC of id), as `docker run` does, and
+// notes id as its holder; dup says someone else held it.
+func (l *oursLoad) take(ctx context.Context, d *daemon, id uint64) (a netip.Addr, lat time.Duration, dup bool, err error) {
 	start := time.Now()
 	cctx, cancel := context.WithTimeout(ctx, callTimeout)
 	res, err := d.client.RequestAddress(cctx, pluginclient.RequestAddressRequest{PoolID: l.p.poolID,
 		Options: map[string]string{pluginclient.OptMAC: macOf(id)}})
 	cancel()
-	lat := time.Since(start)
+	lat = time.Since(start)
 	if err != nil {
-		return lat, false, fmt.Errorf("RequestAddress on %s: %w", d.id, err)
+		return a, lat, false, fmt.Errorf("RequestAddress on %s: %w", d.id, err)
 	}
-	a, err := l.answer(res.Address)
-	if err != nil {
-		return lat, false, fmt.Errorf("RequestAddress on %s: %w", d.id, err)
+	if a, err = l.answer(res.Address); err != nil {
+		return a, lat, false, fmt.Errorf("RequestAddress on %s: %w", d.id, err)
 	}
-	dup := l.held.grant(a, id)
+	return a, lat, l.held.grant(a, id), nil
+}
+
+// give releases a, held by id, through d.
+func (l *oursLoad) give(ctx context.Context, d *daemon, a netip.Addr, id uint64) error {
 	l.held.releasing(a, id)
-	cctx, cancel = context.WithTimeout(ctx, callTimeout)
-	err = d.client.ReleaseAddress(cctx, l.p.poolID, a.String())
+	cctx, cancel := context.WithTimeout(ctx, callTimeout)
+	err := d.client.ReleaseAddress(cctx, l.p.poolID, a.String())
 	cancel()
 	if err != nil {
-		return lat, dup, fmt.Errorf("ReleaseAddress %s on %s: %w", a, d.id, err) // stays "releasing": unknown
+		return fmt.Errorf("ReleaseAddress %s on %s: %w", a, d.id, err) // stays "releasing": unknown
 	}
 	l.held.drop(a, id)
-	return lat, dup, nil
+	return nil
 }
 
 // answer checks a RequestAddress answer: the address with the pool's prefix length, inside it.

@@ -12,6 +12,7 @@
 //	go run ./tools/ipambench -out docs/perf                   # the full sweep, single-member etcd
 //	go run ./tools/ipambench -out docs/perf -etcd-cluster 3   # the same on a 3-member cluster
 //	go run ./tools/ipambench -quick                           # a smoke run of every phase
+//	go run ./tools/ipambench -phases fifty -latency 2ms -rounds 5  # fifty hosts on a LAN (fifty.go)
 package main
 
 import (
@@ -20,6 +21,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -68,9 +70,21 @@ type config struct {
 	FillConc   int           // goroutines filling a pool
 	Keep       bool          // keep the temp dir (logs, etcd data)
 	Verbose    bool
+
+	// The fifty-host phase (fifty.go) and the many-pools memory phase.
+	Latency   time.Duration // one way, between every etcd client and etcd
+	FiftyPool string
+	Burst     int // allocations per burst, then as many releases
+	BurstConc int
+	Idle      time.Duration // the window in which nothing is asked
+	MemPools  int           // 64k pools on one daemon
 }
 
-var allPhases = []string{"initrange", "throughput", "latency", "rss", "exhausted"}
+// allPhases run by default; extraPhases only when named.
+var (
+	allPhases   = []string{"initrange", "throughput", "latency", "rss", "exhausted"}
+	extraPhases = []string{"fifty", "mempools"}
+)
 
 func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("ipambench", flag.ContinueOnError)
@@ -83,7 +97,8 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.Instances, "instances", 3, "plugin daemons to start; the throughput sweep runs with 1 and with all")
 	fs.StringVar(&c.Out, "out", "ipambench-out", "directory for the CSV, SVG and summary files")
 	fs.StringVar(&c.Name, "name", "", "file name prefix (default etcd1, etcd3 or external)")
-	phases := fs.String("phases", strings.Join(allPhases, ","), "what to measure: "+strings.Join(allPhases, ","))
+	phases := fs.String("phases", strings.Join(allPhases, ","), "what to measure: "+strings.Join(allPhases, ",")+
+		"; or fifty (alone: -instances hosts, default 50, on a 3-member etcd behind -latency), mempools")
 	conc := fs.String("concurrency", "1,2,4,8,16,32,64,128", "throughput sweep: concurrent requests")
 	fs.StringVar(&c.Pool, "pool", "64k", "throughput sweep's pool: "+sizeNames())
 	sizes := fs.String("sizes", "1k,64k,1M", "latency sweep's pools, smallest first: "+sizeNames())
@@ -95,6 +110,12 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.FillConc, "fill-concurrency", 64, "concurrent allocations filling a pool")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temp dir with logs and etcd data")
 	fs.BoolVar(&c.Verbose, "v", false, "log progress to stderr")
+	fs.DurationVar(&c.Latency, "latency", 250*time.Microsecond, "fifty: one-way delay between every etcd client (daemons, the baseline) and etcd")
+	fs.StringVar(&c.FiftyPool, "fifty-pool", "16k", "fifty: the pool every host's network shares: "+sizeNames())
+	fs.IntVar(&c.Burst, "burst", 2000, "fifty: allocations per burst, spread over the hosts, then their releases")
+	fs.IntVar(&c.BurstConc, "burst-concurrency", 64, "fifty: requests in flight during a burst")
+	fs.DurationVar(&c.Idle, "idle", 10*time.Second, "fifty: the idle window in which etcd's CPU and watch traffic are measured")
+	fs.IntVar(&c.MemPools, "mem-pools", 20, "mempools: pools of 64k addresses that one daemon loads")
 	quick := fs.Bool("quick", false, "smoke run: tiny pools, short rounds, every phase once (overrides the sweep flags)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -128,11 +149,38 @@ func parseFlags(args []string) (config, error) {
 		c.Sizes = append(c.Sizes, s)
 	}
 	c.Phases = map[string]bool{}
+	known := append(slices.Clone(allPhases), extraPhases...)
 	for _, p := range splitList(*phases) {
-		if !strings.Contains(","+strings.Join(allPhases, ",")+",", ","+p+",") {
-			return c, fmt.Errorf("-phases: unknown %q (want %s)", p, strings.Join(allPhases, ","))
+		if !slices.Contains(known, p) {
+			return c, fmt.Errorf("-phases: unknown %q (want %s)", p, strings.Join(known, ","))
 		}
 		c.Phases[p] = true
+	}
+	if c.Phases["fifty"] {
+		// Its own setup: daemons behind latency links, which no other phase's figures assume.
+		if len(c.Phases) > 1 {
+			return c, fmt.Errorf("-phases fifty runs alone")
+		}
+		set := map[string]bool{}
+		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+		if !set["instances"] {
+			c.Instances = 50
+		}
+		if !set["etcd-cluster"] {
+			c.EtcdCluster = 3
+		}
+		if *endpoints != "" {
+			return c, fmt.Errorf("-phases fifty starts its own etcd (its CPU time is measured): no -etcd-endpoints")
+		}
+		if _, ok := poolSizes[c.FiftyPool]; !ok {
+			return c, fmt.Errorf("-fifty-pool %q: want one of %s", c.FiftyPool, sizeNames())
+		}
+		if c.Burst < 1 || c.BurstConc < 1 || c.Latency < 0 || c.Idle < 0 || c.Burst > poolSizes[c.FiftyPool].size() {
+			return c, fmt.Errorf("-burst (at most the pool's size) and -burst-concurrency must be positive, -latency and -idle not negative")
+		}
+	}
+	if c.Phases["mempools"] && (c.MemPools < 1 || c.MemPools > 256) {
+		return c, fmt.Errorf("-mem-pools %d: want 1 to 256", c.MemPools)
 	}
 	c.EtcdEndpoints = splitList(*endpoints)
 	switch {

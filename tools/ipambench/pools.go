@@ -33,6 +33,7 @@ type poolSpec struct {
 var poolSizes = map[string]poolSpec{
 	"1k":  {"1k", "198.19.0.0/22", "198.19.0.0/22"},                    // 1,022
 	"4k":  {"4k", "2001:db8:1::/64", "2001:db8:1::1-2001:db8:1::1000"}, // 4,096: the smoke run's stand-in for 1M
+	"16k": {"16k", "198.19.64.0/18", "198.19.64.0/18"},                 // 16,382: the fifty-host phase's LAN
 	"64k": {"64k", "198.18.0.0/16", "198.18.0.0/16"},                   // 65,534
 	"1M":  {"1M", "2001:db8::/64", "2001:db8::1-2001:db8::10:0"},       // 1,048,576
 }
@@ -272,8 +273,8 @@ func (r *runner) fill(ctx context.Context, p *benchPool, want int) error {
 // inProcessFillers keep the store's transaction batches full (64 claims each, two in flight).
 const inProcessFillers = 256
 
-// fillers runs fn n times from conc goroutines and returns the first error.
-func (r *runner) fillers(ctx context.Context, n, conc int, fn func(ctx context.Context) error) error {
+// fillers runs fn(i) for i in [0, n) from conc goroutines and returns the first error.
+func (r *runner) fillers(ctx context.Context, n, conc int, fn func(ctx context.Context, i int) error) error {
 	var next atomic.Int64
 	var once sync.Once
 	var first error
@@ -282,8 +283,8 @@ func (r *runner) fillers(ctx context.Context, n, conc int, fn func(ctx context.C
 	var wg sync.WaitGroup
 	for range min(conc, n) {
 		wg.Go(func() {
-			for next.Add(1) <= int64(n) && ctx.Err() == nil {
-				if err := fn(ctx); err != nil {
+			for i := int(next.Add(1)) - 1; i < n && ctx.Err() == nil; i = int(next.Add(1)) - 1 {
+				if err := fn(ctx, i); err != nil {
 					once.Do(func() { first = err; cancel() })
 					return
 				}
@@ -302,7 +303,7 @@ func (r *runner) fillThroughDaemon(ctx context.Context, p *benchPool, n int) err
 		return err
 	}
 	d := r.daemons[0]
-	return r.fillers(ctx, n, r.cfg.FillConc, func(ctx context.Context) error {
+	return r.fillers(ctx, n, r.cfg.FillConc, func(ctx context.Context, _ int) error {
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
 		defer cancel()
 		_, err := d.client.RequestAddress(cctx, pluginclient.RequestAddressRequest{PoolID: p.poolID,
@@ -325,10 +326,8 @@ func (r *runner) fillInProcess(ctx context.Context, p *benchPool, n int) error {
 	}
 	rng := p.spec.hostRange()
 	pools := pool.New(r.store, pool.Config{Host: "fill"})
-	var next atomic.Int64
-	next.Store(int64(p.used))
-	return r.fillers(ctx, n, inProcessFillers, func(ctx context.Context) error {
-		a := pool.AddrAt(rng, uint64(p.order[next.Add(1)-1]))
+	return r.fillers(ctx, n, inProcessFillers, func(ctx context.Context, i int) error {
+		a := pool.AddrAt(rng, uint64(p.order[p.used+i]))
 		cctx, cancel := context.WithTimeout(ctx, callTimeout)
 		defer cancel()
 		if _, err := pools.Allocate(cctx, p.net, a, pool.Allocation{Kind: pool.KindContainer, MAC: r.nextMAC()}); err != nil {

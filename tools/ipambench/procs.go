@@ -145,3 +145,43 @@ func (d *daemon) mem() (memStatus, error) {
 	}
 	return readMem(d.proc.Pid())
 }
+
+// userHZ is the unit of /proc/PID/stat's CPU times: USER_HZ, 100 on every Linux architecture
+// Go supports.
+const userHZ = 100
+
+// cpuTime is the CPU a process has used so far, user and system, all its threads (10ms steps).
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("reading the CPU time of pid %d: %w", pid, err)
+	}
+	// The command name, in parentheses, may hold spaces: fields are counted after its end.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("pid %d: short /proc stat %q", pid, b)
+	}
+	var ticks int64
+	for _, s := range f[11:13] { // utime and stime, fields 14 and 15 of proc(5)
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("pid %d: /proc stat CPU time %q: %w", pid, s, err)
+		}
+		ticks += n
+	}
+	return time.Duration(ticks) * time.Second / userHZ, nil
+}
+
+// cpuTimes sums cpuTime over pids.
+func cpuTimes(pids []int) (time.Duration, error) {
+	var sum time.Duration
+	for _, pid := range pids {
+		t, err := cpuTime(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += t
+	}
+	return sum, nil
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -26,6 +27,7 @@ type results struct {
 	Floor      *pointRow // a plugin call without etcd work
 	InitRange  []initRow
 	Mem        []memRow
+	Fifty      *fiftyResult
 	Targets    []target
 
 	Errors, Duplicates int64 // over every round
@@ -127,9 +129,26 @@ func printSummary(w io.Writer, res *results) {
 	}
 	if len(res.Mem) > 0 {
 		fmt.Fprintf(tw, "\nDAEMON MEMORY\tDAEMON\tVMRSS\tVMHWM\n")
-		for _, m := range res.Mem {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.When, m.Daemon, fmtMB(m.Mem.RSS), fmtMB(m.Mem.HWM))
+		for _, g := range memGroups(res.Mem) {
+			if len(g) <= 3 {
+				for _, m := range g {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.When, m.Daemon, fmtMB(m.Mem.RSS), fmtMB(m.Mem.HWM))
+				}
+				continue
+			}
+			// Fifty daemons: their sum and spread, each one is in memory.csv.
+			var rss, hwm []int64
+			for _, m := range g {
+				rss, hwm = append(rss, m.Mem.RSS), append(hwm, m.Mem.HWM)
+			}
+			fmt.Fprintf(tw, "%s\t%d daemons, sum\t%s\t%s\n", g[0].When, len(g), fmtMB(sum(rss)), fmtMB(sum(hwm)))
+			fmt.Fprintf(tw, "%s\tper daemon, median [min-max]\t%s [%s-%s]\t%s [%s-%s]\n", g[0].When, fmtMB(median(rss)),
+				fmtMB(slices.Min(rss)), fmtMB(slices.Max(rss)), fmtMB(median(hwm)), fmtMB(slices.Min(hwm)), fmtMB(slices.Max(hwm)))
 		}
+	}
+	if res.Fifty != nil {
+		tw.Flush()
+		printFifty(w, res.Fifty)
 	}
 	fmt.Fprintf(tw, "\nTARGET\tOURS\tREFERENCE\tRATIO\tLIMIT\tRESULT\n")
 	for _, t := range res.Targets {
@@ -231,9 +250,126 @@ func csvTables(res *results) map[string][][]string {
 			t["memory.csv"] = append(t["memory.csv"], []string{m.When, m.Daemon, strconv.FormatInt(m.Mem.RSS, 10), strconv.FormatInt(m.Mem.HWM, 10)})
 		}
 	}
+	if f := res.Fifty; f != nil {
+		t["fifty.csv"] = fiftyCSV(f)
+	}
 	t["targets.csv"] = [][]string{{"target", "ours", "reference", "ratio", "limit", "result"}}
 	for _, x := range res.Targets {
 		t["targets.csv"] = append(t["targets.csv"], []string{x.Name, x.Ours, x.Reference, x.Ratio, x.Limit, x.Result})
 	}
+	return t
+}
+
+// memGroups splits memory rows by checkpoint, in order.
+func memGroups(rows []memRow) [][]memRow {
+	var gs [][]memRow
+	for i, m := range rows {
+		if i == 0 || m.When != rows[i-1].When {
+			gs = append(gs, nil)
+		}
+		gs[len(gs)-1] = append(gs[len(gs)-1], m)
+	}
+	return gs
+}
+
+func sum[T int64 | time.Duration](v []T) T {
+	var s T
+	for _, x := range v {
+		s += x
+	}
+	return s
+}
+
+// printFifty is the fifty-host phase's table: per side the median over rounds, [min-max].
+func printFifty(w io.Writer, f *fiftyResult) {
+	fmt.Fprintf(w, "\nFIFTY HOSTS: %d daemons sharing pool %s through %s one-way links; %d allocations spread over them at concurrency %d, then their releases; %d round(s) per side, median [min-max]\n",
+		f.Hosts, f.Pool, f.Latency, f.Burst, f.Conc, len(f.Rounds)/2)
+	fu := f.FirstUse
+	fmt.Fprintf(w, "first use (each host's first allocation, all at once): p50 %s p99 %s max %s, errors %d; etcd CPU %s, %s from etcd\n",
+		fmtDur(quantile(fu.Lat, .5)), fmtDur(quantile(fu.Lat, .99)), fmtDur(quantile(fu.Lat, 1)), fu.Errors, f.FirstUseCost.EtcdCPU, fmtBytes(f.FirstUseCost.FromEtcd))
+	if id := f.Idle; id.Took > 0 {
+		perS := func(n int64) string { return fmtBytes(int64(float64(n)/id.Took.Seconds())) + "/s" }
+		fmt.Fprintf(w, "idle %s: etcd CPU %s (%.2f%% of a core), daemons CPU %s; etcd to daemons %s (%s per host), daemons to etcd %s\n",
+			id.Took.Round(time.Millisecond), id.EtcdCPU, 100*id.EtcdCPU.Seconds()/id.Took.Seconds(), id.DaemonCPU,
+			perS(id.FromEtcd), perS(id.FromEtcd/int64(max(f.Hosts, 1))), perS(id.ToEtcd))
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "SIDE\tALLOCATE ALL\tALLOCATION P99\tRELEASE ALL\tRELEASE P99\tSETTLED AFTER\tETCD CPU\tDAEMONS CPU\tIPAMBENCH CPU\tFROM ETCD\tTO ETCD\tERRORS\tDUPLICATES\n")
+	meds := map[string][]float64{}
+	for _, side := range []string{"ours", "baseline"} {
+		var col [10][]float64
+		var errs, dups int64
+		for _, fr := range f.Rounds {
+			if fr.Side != side {
+				continue
+			}
+			for i, v := range []float64{fr.Alloc.Elapsed.Seconds(), quantile(fr.Alloc.Lat, .99).Seconds(), fr.Release.Elapsed.Seconds(),
+				quantile(fr.Release.Lat, .99).Seconds(), fr.Settle.Seconds(), fr.EtcdCPU.Seconds(), fr.DaemonCPU.Seconds(), fr.SelfCPU.Seconds(),
+				float64(fr.FromEtcd), float64(fr.ToEtcd)} {
+				col[i] = append(col[i], v)
+			}
+			errs += fr.Alloc.Errors + fr.Release.Errors
+			dups += fr.Alloc.Dups + fr.Release.Dups
+		}
+		if len(col[0]) == 0 {
+			continue
+		}
+		fmt.Fprintf(tw, "%s", side)
+		for i, c := range col {
+			format := func(v float64) string { return fmtDur(time.Duration(v * float64(time.Second))) }
+			if i >= 8 {
+				format = func(v float64) string { return fmtBytes(int64(v)) }
+			}
+			meds[side] = append(meds[side], median(c))
+			fmt.Fprintf(tw, "\t%s", spread(c, format))
+		}
+		fmt.Fprintf(tw, "\t%d\t%d\n", errs, dups)
+	}
+	if o, b := meds["ours"], meds["baseline"]; len(o) > 0 && len(b) > 0 {
+		fmt.Fprintf(tw, "ours/baseline")
+		for i := range o {
+			fmt.Fprintf(tw, "\t%s", ratioOf(o[i], b[i]))
+		}
+		fmt.Fprintf(tw, "\t\t\n")
+	}
+	tw.Flush()
+}
+
+// spread is the median of v and, over more than one value, its range.
+func spread(v []float64, format func(float64) string) string {
+	if len(v) == 1 {
+		return format(v[0])
+	}
+	return fmt.Sprintf("%s [%s-%s]", format(median(v)), format(slices.Min(v)), format(slices.Max(v)))
+}
+
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1e6:
+		return fmt.Sprintf("%.1f MB", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1f kB", float64(n)/1e3)
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// fiftyCSV is one row per round and side, then the first use and the idle window.
+func fiftyCSV(f *fiftyResult) [][]string {
+	ms := func(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+	row := func(side, round string, alloc, release roundResult, u usage) []string {
+		return []string{side, round, strconv.Itoa(f.Hosts), us(f.Latency), strconv.Itoa(f.Conc), strconv.FormatInt(alloc.Ops, 10),
+			fmt.Sprintf("%.3f", alloc.Elapsed.Seconds()), us(quantile(alloc.Lat, .5)), us(quantile(alloc.Lat, .99)), us(quantile(alloc.Lat, 1)),
+			fmt.Sprintf("%.3f", release.Elapsed.Seconds()), us(quantile(release.Lat, .5)), us(quantile(release.Lat, .99)),
+			fmt.Sprintf("%.3f", u.Took.Seconds()), ms(u.Settle), ms(u.EtcdCPU), ms(u.DaemonCPU), ms(u.SelfCPU),
+			strconv.FormatInt(u.FromEtcd, 10), strconv.FormatInt(u.ToEtcd, 10),
+			strconv.FormatInt(alloc.Errors+release.Errors, 10), strconv.FormatInt(alloc.Dups+release.Dups, 10)}
+	}
+	t := [][]string{{"side", "round", "hosts", "latency_us", "concurrency", "allocations", "alloc_s", "alloc_p50_us", "alloc_p99_us", "alloc_max_us",
+		"release_s", "release_p50_us", "release_p99_us", "window_s", "settle_ms", "etcd_cpu_ms", "daemons_cpu_ms", "ipambench_cpu_ms",
+		"from_etcd_bytes", "to_etcd_bytes", "errors", "duplicates"}}
+	for _, fr := range f.Rounds {
+		t = append(t, row(fr.Side, strconv.Itoa(fr.Round), fr.Alloc, fr.Release, fr.usage))
+	}
+	t = append(t, row("first-use", "", f.FirstUse, roundResult{}, f.FirstUseCost), row("idle", "", roundResult{}, roundResult{}, f.Idle))
 	return t
 }

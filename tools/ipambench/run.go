@@ -16,6 +16,7 @@ import (
 
 	"github.com/talkingdata/ipam/etcdstore"
 	"github.com/talkingdata/ipam/internal/etcdproc"
+	"github.com/talkingdata/ipam/internal/latency"
 )
 
 const (
@@ -37,9 +38,13 @@ type runner struct {
 	cli       *clientv3.Client
 	store     *etcdstore.Store
 	daemons   []*daemon
-	pools     map[string]*benchPool
-	macs      atomic.Uint64
-	res       *results
+	// The fifty phase's latency links in front of the etcd members: the daemons', and the
+	// baseline's with its client.
+	links, baseLinks []*latency.Proxy
+	baseCli          *clientv3.Client
+	pools            map[string]*benchPool
+	macs             atomic.Uint64
+	res              *results
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -102,17 +107,39 @@ func (r *runner) start(ctx context.Context) error {
 		return fmt.Errorf("connecting to etcd %s: %w", r.endpoints, err)
 	}
 	r.cli, r.store = cli, etcdstore.New(cli, r.prefix)
-	r.logf("starting %d plugin daemon(s) (%s)", r.cfg.Instances, r.cfg.PluginBin)
-	for i := 1; i <= r.cfg.Instances; i++ {
-		d, err := startDaemon(ctx, r.cfg.PluginBin, r.dir, i, r.endpoints, r.prefix)
-		if err != nil {
+	daemonEndpoints := r.endpoints
+	if r.cfg.Phases["fifty"] {
+		if daemonEndpoints, err = r.startLinks(); err != nil {
 			return err
 		}
-		r.daemons = append(r.daemons, d)
+	}
+	r.logf("starting %d plugin daemon(s) (%s)", r.cfg.Instances, r.cfg.PluginBin)
+	if err := r.startDaemons(ctx, daemonEndpoints); err != nil {
+		return err
 	}
 	r.res.Setup = r.setup(ctx)
 	r.logf("%s", r.res.Setup)
 	return r.memCheckpoint("started")
+}
+
+// daemonStarts is how many daemons start at once: fifty one by one would take a while, all at
+// once would put fifty first elections of the etcd client on two cores.
+const daemonStarts = 8
+
+// startDaemons starts cfg.Instances daemons talking to etcd at endpoints, r.daemons in order.
+func (r *runner) startDaemons(ctx context.Context, endpoints []string) error {
+	ds := make([]*daemon, r.cfg.Instances)
+	err := r.fillers(ctx, len(ds), daemonStarts, func(ctx context.Context, i int) error {
+		d, err := startDaemon(ctx, r.cfg.PluginBin, r.dir, i+1, endpoints, r.prefix)
+		ds[i] = d
+		return err
+	})
+	for _, d := range ds {
+		if d != nil {
+			r.daemons = append(r.daemons, d) // also on failure: cleanup stops them
+		}
+	}
+	return err
 }
 
 // setup describes the machine, etcd and the plugin binary for the summary.
@@ -159,6 +186,12 @@ func treeRevision() string {
 func (r *runner) cleanup() {
 	for _, d := range r.daemons {
 		d.stop()
+	}
+	if r.baseCli != nil {
+		r.baseCli.Close()
+	}
+	for _, l := range append(r.links, r.baseLinks...) {
+		l.Close()
 	}
 	if r.cli != nil {
 		if r.cfg.EtcdCluster == 0 {

@@ -11,6 +11,9 @@ import (
 // so that the /16 RSS figure holds no trace of the 1M pool.
 func (r *runner) phases(ctx context.Context) error {
 	ph := r.cfg.Phases
+	if ph["fifty"] {
+		return r.fifty(ctx) // alone (parseFlags)
+	}
 	var main *benchPool
 	if ph["throughput"] || ph["rss"] || ph["exhausted"] || ph["initrange"] {
 		var err error
@@ -56,6 +59,11 @@ func (r *runner) phases(ctx context.Context) error {
 	}
 	if err := finish(); err != nil {
 		return err
+	}
+	if ph["mempools"] {
+		if err := r.memPools(ctx); err != nil {
+			return err
+		}
 	}
 	return r.memCheckpoint("end")
 }
