@@ -187,7 +187,7 @@ func claimRule(e Entry, a Allocation) (State, bool, error) {
 	switch {
 	case u == nil:
 		return State{}, false, fmt.Errorf("%w: %s %w", ErrUnavailable, e.Addr, errUnbound)
-	case indexed(a) && sameEndpoint(u, a):
+	case sameEndpoint(u, a):
 		return State{}, false, nil // the reservation is a's already: a retry
 	case u.Kind == KindReserved:
 		held := a
@@ -286,8 +286,10 @@ var errUnbound = errors.New("stopped being reserved, anycast or bound meanwhile;
 // claims afresh.
 var errChangedHands = errors.New("changed hands while being re-requested")
 
+// sameEndpoint says whether u is held by a's endpoint; an endpoint with
+// neither MAC nor name is nobody's to recognise.
 func sameEndpoint(u *Allocation, a Allocation) bool {
-	return u != nil && u.Kind == KindContainer && u.Owner() == a.Owner()
+	return indexed(a) && u.Owner() == a.Owner()
 }
 
 // listedRule releases e for gc as its holder's release would, if its
