@@ -316,7 +316,12 @@ func printFifty(w io.Writer, f *fiftyResult) {
 		}
 		fmt.Fprintf(tw, "%s", side)
 		for i, c := range col {
-			format := func(v float64) string { return fmtDur(time.Duration(v * float64(time.Second))) }
+			format := func(v float64) string {
+				if v == 0 {
+					return "0" // fmtDur's "-" would read as a range's dash
+				}
+				return fmtDur(time.Duration(v * float64(time.Second)))
+			}
 			if i >= 8 {
 				format = func(v float64) string { return fmtBytes(int64(v)) }
 			}
