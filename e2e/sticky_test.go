@@ -17,6 +17,7 @@ import (
 	"github.com/talkingdata/ipam/etcdstore"
 	"github.com/talkingdata/ipam/internal/dockertest"
 	"github.com/talkingdata/ipam/internal/etcdtest"
+	"github.com/talkingdata/ipam/internal/lab"
 	"github.com/talkingdata/ipam/internal/testproc"
 	"github.com/talkingdata/ipam/pool"
 )
@@ -198,5 +199,128 @@ func TestStickyOnDocker29(t *testing.T) {
 	}
 	if bad := pool.Check(snap); len(bad) > 0 {
 		t.Fatalf("pool after the expiry: %+v", bad)
+	}
+}
+
+// TestStickySwarmOnDocker29: a swarm service's replicas on a sticky
+// --config-from network keep their addresses across docker service update
+// --force and a move to another node. The network's driver (bridge) is
+// node-local, so swarm's managers allocate no address for it: each node's
+// dockerd asks its own plugin with no address and the task's container name
+// (service.slot.taskid) as the endpoint name, which binds service.slot. An
+// update with --update-order start-first cannot keep them: the new task
+// asks for its slot's address while the old task holds it, is refused, and
+// the update pauses with the old tasks running.
+func TestStickySwarmOnDocker29(t *testing.T) {
+	engine := dockertest.LookupEngine(t, "29")
+	l := lab.UpWith(t, lab.Options{Hosts: 2, BinDir: binDir, Engines: []dockertest.Engine{engine, engine}})
+	ctl := labCtl(t, l)
+	swarmOf(t, l)
+	const stickySubnet = "198.19.4.0/24" // apart from the lab's LAN and dockerd's pools
+	for h := 1; h <= l.Hosts(); h++ {
+		l.Docker(t, h, "network", "create", "--config-only", "--ipam-driver", "talkingdata", "--ipam-opt", "talkingdata.sticky=name",
+			"--subnet", stickySubnet, "--ip-range", "198.19.4.128/25", "--gateway", fmt.Sprintf("198.19.4.%d", h),
+			"-o", "com.docker.network.bridge.name=tdsticky0", "stk-config")
+	}
+	l.Docker(t, 1, "network", "create", "-d", "bridge", "--scope", "swarm", "--config-from", "stk-config", "stk")
+	image := l.Docker(t, 1, "image", "inspect", "-f", "{{.Id}}", l.Image())
+	l.Docker(t, 1, "service", "create", "--detach", "--no-resolve-image", "--name", "web", "--replicas", "2", "--network", "stk",
+		"--stop-grace-period", "1s", "--update-monitor", "1s", image, "sleep", "600")
+
+	type replica struct {
+		host      int
+		container string // web.<slot>.<task id>
+		addr      netip.Addr
+	}
+	// replicas maps each slot (web.1, web.2) to its running task.
+	replicas := func() map[string]replica {
+		t.Helper()
+		replicas := map[string]replica{}
+		for h := 1; h <= l.Hosts(); h++ {
+			for _, id := range serviceContainers(t, l, h, "running") {
+				out := l.Docker(t, h, "inspect", "-f", `{{.Name}} {{(index .NetworkSettings.Networks "stk").IPAddress}}`, id)
+				name, ip, _ := strings.Cut(strings.TrimPrefix(out, "/"), " ")
+				if ip == "" {
+					continue // stopping: dockerd has released its endpoint already
+				}
+				a, err := netip.ParseAddr(ip)
+				dot := strings.LastIndex(name, ".") // web.<slot>.<task id>
+				if err != nil || dot < 0 {
+					t.Fatalf("task %q on h%d: %v", out, h, err)
+				}
+				replicas[name[:dot]] = replica{h, name, a}
+			}
+		}
+		return replicas
+	}
+	settled := func(what string, ok func(map[string]replica) bool) map[string]replica {
+		t.Helper()
+		var r map[string]replica
+		waitUntil(t, time.Minute, what, func() bool { r = replicas(); return len(r) == 2 && ok(r) })
+		return r
+	}
+	sameAddrs := func(what string, before, r map[string]replica) {
+		t.Helper()
+		for slot, b := range before {
+			if r[slot].addr != b.addr {
+				t.Fatalf("after %s, slot %s has %s (%s), before %s (%s)", what, slot, r[slot].addr, r[slot].container, b.addr, b.container)
+			}
+		}
+	}
+	show := func(r map[string]replica) string {
+		var b strings.Builder
+		for _, slot := range slices.Sorted(maps.Keys(r)) {
+			fmt.Fprintf(&b, "%s %s on h%d; ", r[slot].container, r[slot].addr, r[slot].host)
+		}
+		return strings.TrimSuffix(b.String(), "; ")
+	}
+	before := settled("2 running tasks", func(map[string]replica) bool { return true })
+	if before["web.1"].addr == before["web.2"].addr {
+		t.Fatalf("both replicas have %s", before["web.1"].addr)
+	}
+	// The binding is the slot's; the record names the endpoint dockerd
+	// sent: the task's container.
+	var bound []struct{ Address, Host, Endpoint, Sticky string }
+	if err := json.Unmarshal([]byte(ctl(1, "sticky", "ls", "--subnet", stickySubnet, "--json")), &bound); err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bound {
+		r := before[b.Sticky]
+		if b.Address != r.addr.String() || b.Endpoint != r.container || b.Host != fmt.Sprintf("h%d", r.host) {
+			t.Fatalf("binding %+v; the slot's task is %+v", b, r)
+		}
+	}
+	if len(bound) != 2 {
+		t.Fatalf("bindings %+v; want web.1 and web.2", bound)
+	}
+
+	// update --force (stop-first): each slot's new task gets its address.
+	l.Docker(t, 1, "service", "update", "--force", "--detach=false", "web")
+	updated := settled("2 new running tasks", func(r map[string]replica) bool {
+		return r["web.1"].container != before["web.1"].container && r["web.2"].container != before["web.2"].container
+	})
+	sameAddrs("update --force", before, updated)
+	t.Logf("update --force: %s, before %s", show(updated), show(before))
+
+	// Draining web.1's node moves its task to the other node, address and all.
+	drained := updated["web.1"].host
+	l.Docker(t, 1, "node", "update", "--availability", "drain", l.Docker(t, drained, "info", "-f", "{{.Swarm.NodeID}}"))
+	moved := settled("both tasks off the drained node", func(r map[string]replica) bool {
+		return r["web.1"].host != drained && r["web.2"].host != drained
+	})
+	sameAddrs("the drain", before, moved)
+	t.Logf("drained h%d: %s", drained, show(moved))
+
+	// start-first: the new task is refused its slot's address while the old
+	// one holds it; the update pauses and the old tasks keep running.
+	l.Docker(t, 1, "service", "update", "--force", "--detach", "--update-order", "start-first", "--update-failure-action", "pause", "web")
+	waitUntil(t, time.Minute, "the start-first update paused", func() bool {
+		return l.Docker(t, 1, "service", "inspect", "-f", "{{.UpdateStatus.State}}", "web") == "paused"
+	})
+	if errs := l.Docker(t, 1, "service", "ps", "--no-trunc", "--format", "{{.Error}}", "web"); !strings.Contains(errs, `is in use: container of host`) || !strings.Contains(errs, `bound to name "web.`) {
+		t.Fatalf("start-first update: task errors %q; want the refusal naming the old task", errs)
+	}
+	if now := replicas(); !maps.Equal(now, moved) {
+		t.Fatalf("after the paused start-first update: %v; want the old tasks still running, %v", now, moved)
 	}
 }

@@ -24,15 +24,7 @@ const swarmAddrPool = "198.19.192.0/18"
 // allocates its own tasks' addresses from the shared pool.
 func TestSwarm(t *testing.T) {
 	l, ctl := seededLAN(t)
-
-	l.Docker(t, 1, "swarm", "init", "--advertise-addr", l.HostAddr(1).String(), "--default-addr-pool", swarmAddrPool)
-	token := l.Docker(t, 1, "swarm", "join-token", "-q", "worker")
-	for h := 2; h <= 3; h++ {
-		l.Docker(t, h, "swarm", "join", "--advertise-addr", l.HostAddr(h).String(), "--token", token, l.HostAddr(1).String()+":2377")
-	}
-	waitUntil(t, time.Minute, "3 swarm nodes ready", func() bool {
-		return strings.Count(l.Docker(t, 1, "node", "ls", "--format", "{{.Status}}"), "Ready") == 3
-	})
+	swarmOf(t, l)
 
 	// dockerd does not hand a legacy plugin networks that swarm's managers allocate.
 	out, err := l.TryDocker(1, "network", "create", "-d", "overlay", "--ipam-driver", "talkingdata", "--subnet", lanSubnet, "ov")
@@ -154,6 +146,20 @@ func TestSwarm(t *testing.T) {
 		l.Docker(t, h, "network", "rm", "lan-config")
 	}
 	assertOnlyHostsUsed(t, ctl)
+}
+
+// swarmOf makes the lab's hosts one swarm, h1 its manager and the others
+// workers, and waits until every node is ready.
+func swarmOf(t *testing.T, l *lab.Lab) {
+	t.Helper()
+	l.Docker(t, 1, "swarm", "init", "--advertise-addr", l.HostAddr(1).String(), "--default-addr-pool", swarmAddrPool)
+	token := l.Docker(t, 1, "swarm", "join-token", "-q", "worker")
+	for h := 2; h <= l.Hosts(); h++ {
+		l.Docker(t, h, "swarm", "join", "--advertise-addr", l.HostAddr(h).String(), "--token", token, l.HostAddr(1).String()+":2377")
+	}
+	waitUntil(t, time.Minute, fmt.Sprintf("%d swarm nodes ready", l.Hosts()), func() bool {
+		return strings.Count(l.Docker(t, 1, "node", "ls", "--format", "{{.Status}}"), "Ready") == l.Hosts()
+	})
 }
 
 // serviceContainers lists the containers of service web on host h, in
