@@ -94,13 +94,18 @@ fuzz:
 
 # Benchmarks, each paired with its raw-etcd baseline (docs/PERFORMANCE.md).
 # Not part of `make test` (its smoke run of ipambench is). ipambench runs the
-# full sweep on a single-member etcd, then on a 3-member cluster, and writes
-# CSV, SVG and a summary per run into BENCH_OUT. Extra flags: BENCH_ARGS="-v".
+# full sweep on a single-member etcd, then on a 3-member cluster, then fifty
+# hosts behind LAN and stretched-cluster latency, then one daemon's memory with
+# 20 pools of 64k, and writes CSV, SVG and a summary per run into BENCH_OUT.
+# Extra flags: BENCH_ARGS="-v".
 BENCH_OUT  ?= docs/perf
 BENCH_ARGS ?=
 bench: test-deps build
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -etcd-cluster 3 $(BENCH_ARGS)
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-250us -phases fifty -latency 250us -rounds 5 $(BENCH_ARGS)
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-2ms -phases fifty -latency 2ms -rounds 5 $(BENCH_ARGS)
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name mempools -phases mempools -instances 1 $(BENCH_ARGS)
 	$(call bench-to,pool-freeset,./pool -bench 'FreeSetTake' -count 3)
 	$(call bench-to,etcdstore-hotpath,./etcdstore -bench 'Allocate|BaselineTxn|Cycle' -benchtime 3000x -count 3)
 	$(call bench-to,etcdstore-seed,./etcdstore -bench '[Ss]eed16' -benchtime 5x -count 3)
