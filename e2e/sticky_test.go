@@ -145,7 +145,9 @@ func TestStickyOnDocker29(t *testing.T) {
 	// (or, with --apply, their results).
 	expired := func(args ...string) map[string]string {
 		t.Helper()
-		var out struct{ Addresses []struct{ Address, Kind, Sticky, Result string } }
+		var out struct {
+			Addresses []struct{ Address, Kind, Sticky, Result string }
+		}
 		if err := json.Unmarshal([]byte(ctl(h2, "h2", append([]string{"gc", "--json"}, args...)...)), &out); err != nil {
 			t.Fatal(err)
 		}
