@@ -18,9 +18,9 @@ import (
 //	hosts/<host>     {"host","since","hostname","pid","instance","bootId"}:
 //	                 bound to a lease the daemon keeps alive; gone within the
 //	                 TTL once the daemon stops, crashes or loses etcd
-//	lastseen/<host>  {"host","seen","since","instance","stopped"}: no lease;
-//	                 rewritten every SeenEvery and at shutdown, so a dead
-//	                 host's age is known after its lease key is gone
+//	lastseen/<host>  {"host","seen","since","instance","stopped","namelessSticky"}:
+//	                 no lease; rewritten every SeenEvery and at shutdown, so a
+//	                 dead host's age is known after its lease key is gone
 //
 // The lease key answers "is the daemon running now" with etcd's own clock
 // (the TTL runs on the server); lastseen answers "for how long not", with
@@ -71,6 +71,11 @@ type LastSeen struct {
 	Instance string `json:"instance,omitempty"`
 	// Stopped is set by a clean shutdown; a crash leaves it false.
 	Stopped bool `json:"stopped,omitempty"`
+	// NamelessSticky are the subnets of the host's sticky networks whose
+	// dockerd sends no endpoint names (before Docker 29), as the daemon
+	// knew at Seen: their containers get ordinary addresses. Here, not
+	// only in the daemon's log, so that ipamctl status shows it on any host.
+	NamelessSticky []string `json:"namelessSticky,omitempty"`
 }
 
 // HostStatus is what etcd knows about one host's daemon.
@@ -112,6 +117,9 @@ type KeeperConfig struct {
 	SeenEvery   time.Duration // lastseen period; DefaultSeenEvery
 	CallTimeout time.Duration // bound on each etcd call; 5s
 	Log         *slog.Logger  // nil: silent
+	// NamelessSticky gives LastSeen.NamelessSticky each time lastseen is
+	// written; nil: none.
+	NamelessSticky func() []string
 }
 
 // Keeper keeps a host's lease-bound key and its lastseen record in etcd
@@ -254,7 +262,11 @@ func (k *Keeper) call(ctx context.Context) (context.Context, context.CancelFunc)
 }
 
 func (k *Keeper) lastSeenValue(stopped bool) string {
-	b, _ := json.Marshal(LastSeen{Host: k.rec.Host, Seen: time.Now().UTC(), Since: k.rec.Since.UTC(), Instance: k.rec.Instance, Stopped: stopped})
+	seen := LastSeen{Host: k.rec.Host, Seen: time.Now().UTC(), Since: k.rec.Since.UTC(), Instance: k.rec.Instance, Stopped: stopped}
+	if k.cfg.NamelessSticky != nil {
+		seen.NamelessSticky = k.cfg.NamelessSticky()
+	}
+	b, _ := json.Marshal(seen)
 	return string(b)
 }
 

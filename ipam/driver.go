@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -96,7 +97,7 @@ type Driver struct {
 	// name, which only Docker >= 29 sends (pool.Allocation.Owner).
 	NoEndpointMAC bool
 
-	nameless sync.Map // PoolIDs of sticky networks whose dockerd sent no endpoint name: logged once
+	nameless sync.Map // PoolIDs of sticky networks whose dockerd sends no endpoint name: logged once, listed by NamelessSticky
 }
 
 // sticky is the name a request's address is bound to on a sticky network,
@@ -104,12 +105,29 @@ type Driver struct {
 // an ordinary address, and the daemon says so once per network.
 func (d *Driver) sticky(poolID, endpoint string) string {
 	if endpoint != "" {
+		// A dockerd upgraded to 29 while the daemon ran: no longer nameless.
+		d.nameless.Delete(poolID)
 		return stickyName(endpoint)
 	}
 	if _, logged := d.nameless.LoadOrStore(poolID, true); !logged {
 		d.Log.Warn("a sticky network's dockerd sent no endpoint name: its containers get ordinary addresses (stickiness needs Docker 29 or later)", "pool", poolID)
 	}
 	return ""
+}
+
+// NamelessSticky lists the subnets of the sticky networks whose dockerd
+// sends no endpoint names, as sticky last found: the host's liveness
+// record carries them to ipamctl status (etcdstore.LastSeen).
+func (d *Driver) NamelessSticky() []string {
+	var out []string
+	d.nameless.Range(func(id, _ any) bool {
+		if r, err := ParsePoolID(id.(string)); err == nil {
+			out = append(out, r.Subnet.String())
+		}
+		return true
+	})
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // PendingReleases keeps a refused release durably (releasequeue.Queue).

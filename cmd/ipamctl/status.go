@@ -22,8 +22,9 @@ func statusCommand() *cli.Command {
 version, leadership, database size and alarms (or why it does not answer),
 and the cluster's alarms (NOSPACE, CORRUPT: etcd refuses changes);
 the liveness record of --host-id (the daemon's lease-bound key, the lease's
-time left, and when it last recorded itself); and every pool as pool ls
-shows it. Each endpoint is asked on its own, all at once, for at most 2s,
+time left, and when it last recorded itself, with a warning when its
+dockerd sends no endpoint names to sticky networks, which then give
+ordinary addresses); and every pool as pool ls shows it. Each endpoint is asked on its own, all at once, for at most 2s,
 and the host and the pools are read through the members that answer, so
 one member down still gives the whole report. Exits 1 when an endpoint
 does not answer, an alarm is raised, or the host's daemon is not alive.`,
@@ -66,6 +67,9 @@ type hostJSON struct {
 	PID       int       `json:"pid,omitempty"`
 	LeaseLeft string    `json:"leaseLeft,omitempty"`
 	LastSeen  time.Time `json:"lastSeen,omitzero"`
+	// NamelessSticky are the subnets of the host's sticky networks whose
+	// dockerd sends no endpoint names (before Docker 29), as of LastSeen.
+	NamelessSticky []string `json:"namelessSticky,omitempty"`
 }
 
 // probeTimeout bounds each endpoint's status: a member that has not
@@ -138,7 +142,7 @@ func newHostJSON(h etcdstore.HostLiveness) hostJSON {
 		out.Since, out.PID, out.LeaseLeft = h.Live.Since.UTC(), h.Live.PID, h.LeaseTTL.String()
 	}
 	if h.LastSeen != nil {
-		out.LastSeen = h.LastSeen.Seen.UTC()
+		out.LastSeen, out.NamelessSticky = h.LastSeen.Seen.UTC(), h.LastSeen.NamelessSticky
 	}
 	return out
 }
@@ -203,6 +207,11 @@ func printStatus(w io.Writer, s statusJSON) error {
 	t.row(h.Host, h.State, dash(formatTime(h.Since)), dash(pid), dash(h.LeaseLeft), dash(formatTime(h.LastSeen)))
 	if err := t.flush(); err != nil {
 		return err
+	}
+	if len(h.NamelessSticky) > 0 {
+		// Not a failure (allocations work), so not in the exit status.
+		fmt.Fprintf(w, "warning: host %s's dockerd sends no endpoint names (Docker before 29): its containers on the sticky networks of pool %s get ordinary addresses (as of %s); upgrade its Docker engine to 29 or later\n",
+			h.Host, strings.Join(h.NamelessSticky, ", "), formatTime(h.LastSeen))
 	}
 	if s.Pools == nil {
 		return nil

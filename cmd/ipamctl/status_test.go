@@ -4,13 +4,18 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	api "github.com/docker/go-plugins-helpers/ipam"
+
 	"github.com/talkingdata/ipam/etcdstore"
 	"github.com/talkingdata/ipam/internal/testproc"
+	"github.com/talkingdata/ipam/ipam"
 )
 
 // TestStatus: etcd's member, this host's daemon liveness and the pools in
@@ -135,4 +140,61 @@ func TestStatusEndpointDown(t *testing.T) {
 			t.Errorf("status output, want the endpoint's row only:\n%s", out.String())
 		}
 	})
+}
+
+// TestStatusNamelessSticky: when a sticky network's dockerd sends no
+// endpoint names (before Docker 29), the daemon's warning reaches status
+// through the host's lastseen record, as the daemon wires it (the driver's
+// NamelessSticky in the keeper's config), and goes once the dockerd sends
+// names again (upgraded while the daemon ran).
+func TestStatusNamelessSticky(t *testing.T) {
+	c := newCtl(t)
+	pools, store := c.pools("ctl")
+	d := &ipam.Driver{Pools: pools, Timeout: 5 * time.Second, Log: slog.New(slog.DiscardHandler)}
+	const subnet = "198.18.9.0/24"
+	p, err := d.RequestPool(&api.RequestPoolRequest{AddressSpace: ipam.AddressSpace, Pool: subnet, SubPool: "198.18.9.0/28",
+		Options: map[string]string{ipam.OptSticky: ipam.StickyName}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A TTL of 1s makes the keeper's rounds, and so lastseen, every 1/3 s.
+	k, err := store.StartKeeper(ctx(t), etcdstore.HostRecord{Host: "ctl", Since: time.Now()},
+		etcdstore.KeeperConfig{TTL: time.Second, SeenEvery: time.Millisecond, NamelessSticky: d.NamelessSticky})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { k.Stop(context.Background()) })
+	request := func(opts map[string]string) {
+		t.Helper()
+		if _, err := d.RequestAddress(&api.RequestAddressRequest{PoolID: p.PoolID, Options: opts}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	shows := func(want []string) {
+		t.Helper()
+		var got []string
+		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			if got = okJSON[statusJSON](c, "status").Host.NamelessSticky; slices.Equal(got, want) {
+				return
+			} else if time.Now().After(deadline) {
+				t.Fatalf("status shows nameless sticky networks %q, want %q", got, want)
+			}
+		}
+	}
+
+	request(map[string]string{"com.docker.network.endpoint.macaddress": "02:42:c6:12:09:01", "com.docker.network.endpoint.name": "db"})
+	shows(nil)
+	request(map[string]string{"com.docker.network.endpoint.macaddress": "02:42:c6:12:09:02"}) // Docker 20.10
+	shows([]string{subnet})
+	table := c.ok("status") // exit 0: allocations work, ordinarily
+	for _, want := range []string{"warning: host ctl's dockerd sends no endpoint names", "sticky networks of pool " + subnet, "upgrade"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("status table lacks %q:\n%s", want, table)
+		}
+	}
+	request(map[string]string{"com.docker.network.endpoint.macaddress": "02:42:c6:12:09:03", "com.docker.network.endpoint.name": "web"})
+	shows(nil)
+	if table := c.ok("status"); strings.Contains(table, "warning") {
+		t.Errorf("status still warns once names come:\n%s", table)
+	}
 }

@@ -33,12 +33,14 @@ type liveness struct {
 // startLiveness announces the host before the daemon serves. It fails
 // only when another machine's daemon runs with this host id (or ctx ends
 // while it finds out): both would release each other's addresses.
-func startLiveness(ctx context.Context, store *etcdstore.Store, host string, log *slog.Logger) (*liveness, error) {
+// nameless lists the sticky networks' subnets whose dockerd sends no
+// endpoint names (ipam.Driver.NamelessSticky), for lastseen.
+func startLiveness(ctx context.Context, store *etcdstore.Store, host string, nameless func() []string, log *slog.Logger) (*liveness, error) {
 	hostname, _ := os.Hostname() // only shown to operators; "" is fine
 	rec := etcdstore.HostRecord{Host: host, Since: time.Now().UTC(), Hostname: hostname, PID: os.Getpid(),
 		Instance: rand.Text()[:16], // 80 random bits, short enough for a table column
 		BootID:   bootID(log)}
-	k, err := store.StartKeeper(ctx, rec, etcdstore.KeeperConfig{Log: log})
+	k, err := store.StartKeeper(ctx, rec, etcdstore.KeeperConfig{Log: log, NamelessSticky: nameless})
 	if err != nil {
 		return nil, fmt.Errorf("announcing host id %q in etcd (set by --host-id or IPAM_HOST_ID): %w", host, err)
 	}

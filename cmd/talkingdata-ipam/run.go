@@ -63,13 +63,6 @@ func run(c *cli.Context) error {
 
 	host := c.String("host-id")
 	store := etcdstore.New(etcd, c.String("etcd-prefix"))
-	// Before anything touches etcd or the socket exists: a second machine
-	// with this host id is refused here.
-	live, err := startLiveness(ctx, store, host, log)
-	if err != nil {
-		return err
-	}
-	defer live.stop() // after the calls in flight have drained
 	driver := &ipam.Driver{
 		Pools:         pool.New(store, pool.Config{Host: host, RequireInit: c.Bool("require-init"), ReuseDelay: c.Duration("reuse-delay")}),
 		Timeout:       c.Duration("request-timeout"),
@@ -78,6 +71,13 @@ func run(c *cli.Context) error {
 		StoreName:     "etcd " + strings.Join(cfg.Endpoints, ","),
 		Log:           log,
 	}
+	// Before anything touches etcd or the socket exists: a second machine
+	// with this host id is refused here.
+	live, err := startLiveness(ctx, store, host, driver.NamelessSticky, log)
+	if err != nil {
+		return err
+	}
+	defer live.stop() // after the calls in flight have drained
 	pending, err := releasequeue.Open(c.String("data-dir"), driver.Pools, driver.Timeout, log)
 	if err != nil {
 		return err
