@@ -12,7 +12,7 @@
 //	go run ./tools/ipambench -out docs/perf                   # the full sweep, single-member etcd
 //	go run ./tools/ipambench -out docs/perf -etcd-cluster 3   # the same on a 3-member cluster
 //	go run ./tools/ipambench -quick                           # a smoke run of every phase
-//	go run ./tools/ipambench -phases fifty -latency 2ms -rounds 5  # fifty hosts on a LAN (fifty.go)
+//	go run ./tools/ipambench -phases fifty -latency 2ms   # fifty hosts on a LAN (fifty.go)
 package main
 
 import (
@@ -103,7 +103,7 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.Pool, "pool", "64k", "throughput sweep's pool: "+sizeNames())
 	sizes := fs.String("sizes", "1k,64k,1M", "latency sweep's pools, smallest first: "+sizeNames())
 	utils := fs.String("utils", "0,50,99", "latency sweep's pool utilisation in %, ascending")
-	fs.IntVar(&c.Rounds, "rounds", 3, "rounds per point, alternating baseline and ours")
+	fs.IntVar(&c.Rounds, "rounds", 5, "rounds per point, alternating baseline and ours (at least 5 for a published median)")
 	fs.DurationVar(&c.RoundTime, "round-time", time.Second, "duration of one throughput round")
 	fs.DurationVar(&c.SerialTime, "serial-time", time.Second, "duration of one serial latency round")
 	fs.IntVar(&c.InitRounds, "init-rounds", 3, "init-range timings of pools up to a /16 (larger pools: one)")
