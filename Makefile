@@ -103,8 +103,8 @@ BENCH_ARGS ?=
 bench: test-deps build
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -etcd-cluster 3 $(BENCH_ARGS)
-	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-250us -phases fifty -latency 250us -rounds 5 $(BENCH_ARGS)
-	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-2ms -phases fifty -latency 2ms -rounds 5 $(BENCH_ARGS)
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-250us -phases fifty -latency 250us $(BENCH_ARGS)
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-2ms -phases fifty -latency 2ms $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name mempools -phases mempools -instances 1 $(BENCH_ARGS)
 	$(call bench-to,pool-freeset,./pool -bench 'FreeSetTake' -count 3)
 	$(call bench-to,etcdstore-hotpath,./etcdstore -bench 'Allocate|BaselineTxn|Cycle' -benchtime 3000x -count 3)
