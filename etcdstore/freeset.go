@@ -7,9 +7,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go4.org/netipx"
 
@@ -25,6 +27,9 @@ const (
 	loadTimeout = 30 * time.Second
 	// reloadPause spaces reloads after failures (etcd down, no leader).
 	reloadPause = time.Second
+	// resumePause spaces resumed watches while etcd has no leader: each
+	// is cancelled again at once until an election ends.
+	resumePause = 200 * time.Millisecond
 )
 
 // views holds the free-set copies of the pools this process allocates
@@ -38,6 +43,7 @@ type view struct {
 	loaded chan struct{} // closed when the first load ended; then set or err is final
 	set    *pool.FreeSet
 	err    error
+	loads  atomic.Uint64 // whole-pool reads, the first one included
 }
 
 // FreeSet returns the pool's free set, loading it and starting its watch
@@ -61,12 +67,13 @@ func (s *Store) FreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet
 			set, rev, err := s.loadFreeSet(lctx, subnet)
 			cancel()
 			v.set, v.err = set, err
+			v.loads.Add(1)
 			if err != nil {
 				s.views.mu.Lock()
 				delete(s.views.m, subnet) // the next request tries again
 				s.views.mu.Unlock()
 			} else {
-				go s.follow(subnet, set, rev)
+				go s.follow(subnet, v, rev)
 			}
 			close(v.loaded)
 		}()
@@ -142,20 +149,29 @@ func addFree(set *pool.FreeSet, kv *mvccpb.KeyValue) error {
 var errOutside = errors.New("free address outside the pool's ranges")
 
 // follow applies the pool's free-key and delay-key changes after rev to
-// set until the client closes. A broken watch (compaction, no leader, a
-// free key outside the set's ranges because they grew) ends in a reload.
-func (s *Store) follow(subnet netip.Prefix, set *pool.FreeSet, rev int64) {
+// v's set until the client closes. A watch that etcd cancels for want of
+// a leader, as every follower does in an election, resumes where it
+// stopped: reloading instead would make every host read every pool at the
+// moment etcd recovers (docs/PERFORMANCE.md, 1,000 hosts). Only a gap
+// etcd no longer has (compaction), or a free key outside the set's ranges
+// because they grew, ends in a reload.
+func (s *Store) follow(subnet netip.Prefix, v *view, rev int64) {
 	for s.cli.Ctx().Err() == nil {
-		s.watchPool(subnet, set, rev)
+		var resumable bool
+		if rev, resumable = s.watchPool(subnet, v.set, rev); resumable {
+			time.Sleep(resumePause)
+			continue
+		}
 		for s.cli.Ctx().Err() == nil {
 			ctx, cancel := context.WithTimeout(s.cli.Ctx(), loadTimeout)
 			next, r, err := s.loadFreeSet(ctx, subnet)
 			cancel()
+			v.loads.Add(1)
 			if errors.Is(err, pool.ErrUnknownPool) {
 				next, err = pool.NewFreeSet(&netipx.IPSet{}), nil // removed: empty until it is created again
 			}
 			if err == nil {
-				set.Replace(next)
+				v.set.Replace(next)
 				rev = r
 				break
 			}
@@ -165,23 +181,36 @@ func (s *Store) follow(subnet netip.Prefix, set *pool.FreeSet, rev int64) {
 	}
 }
 
-// watchPool applies changes until either watch breaks. The free keys and
-// the delay keys are two directories, so two watches: FreeSet takes an
-// address's two facts in either order.
-func (s *Store) watchPool(subnet netip.Prefix, set *pool.FreeSet, rev int64) {
+// watchPool applies changes after rev until either watch breaks, and
+// returns the revision up to which set has every change of both, and
+// whether watching can resume from there. The free keys and the delay keys
+// are two directories, so two watches: FreeSet takes an address's two
+// facts in either order, and applying a change twice ends in the same
+// state, so both resume from the one that is behind.
+func (s *Store) watchPool(subnet netip.Prefix, set *pool.FreeSet, rev int64) (int64, bool) {
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(s.cli.Ctx()))
 	defer cancel()
-	free := s.cli.Watch(ctx, s.k.freeDir(subnet), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	delays := s.cli.Watch(ctx, s.k.delaysDir(subnet), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithRev(rev + 1), clientv3.WithProgressNotify()}
+	free := s.cli.Watch(ctx, s.k.freeDir(subnet), opts...)
+	delays := s.cli.Watch(ctx, s.k.delaysDir(subnet), opts...)
+	freeRev, delaysRev := rev, rev
+	done := func(wr clientv3.WatchResponse, ok bool) (int64, bool) {
+		resumable := ok && wr.CompactRevision == 0 && !errors.Is(wr.Err(), rpctypes.ErrCompacted) && s.cli.Ctx().Err() == nil
+		return min(freeRev, delaysRev), resumable
+	}
 	for {
 		select {
 		case wr, ok := <-free:
-			if !ok || wr.Err() != nil || !applyFree(set, wr.Events) {
-				return
+			if !ok || wr.Err() != nil {
+				return done(wr, ok)
 			}
+			if !applyFree(set, wr.Events) {
+				return rev, false
+			}
+			freeRev = max(freeRev, watched(wr))
 		case wr, ok := <-delays:
 			if !ok || wr.Err() != nil {
-				return
+				return done(wr, ok)
 			}
 			for _, ev := range wr.Events {
 				if a, err := parseAddrKey(string(ev.Kv.Key)); err == nil && ev.Type == clientv3.EventTypeDelete {
@@ -190,8 +219,22 @@ func (s *Store) watchPool(subnet netip.Prefix, set *pool.FreeSet, rev int64) {
 					set.Delay(a)
 				}
 			}
+			delaysRev = max(delaysRev, watched(wr))
 		}
 	}
+}
+
+// watched is the revision up to which wr shows every change of its watch:
+// its last event's, or, in a progress notification (sent when the watch
+// is idle), the store's.
+func watched(wr clientv3.WatchResponse) int64 {
+	if wr.IsProgressNotify() {
+		return wr.Header.Revision
+	}
+	if n := len(wr.Events); n > 0 {
+		return wr.Events[n-1].Kv.ModRevision
+	}
+	return 0
 }
 
 // applyFree applies free-key events to set; false means set must be
@@ -218,6 +261,7 @@ func applyFree(set *pool.FreeSet, events []*clientv3.Event) bool {
 // CopyCount is what this process's copy says of one pool.
 type CopyCount struct {
 	Size, Free, Delayed uint64 // Free excludes those in their reuse delay
+	Loads               uint64 // whole-pool reads since the process started
 }
 
 // CopyCounts reports the pools this process allocates from, as their free-set
@@ -234,7 +278,7 @@ func (s *Store) CopyCounts() map[netip.Prefix]CopyCount {
 		}
 		if v.err == nil {
 			ready, waiting := v.set.Counts()
-			out[subnet] = CopyCount{Size: v.set.Size(), Free: ready, Delayed: waiting}
+			out[subnet] = CopyCount{Size: v.set.Size(), Free: ready, Delayed: waiting, Loads: v.loads.Load()}
 		}
 	}
 	return out

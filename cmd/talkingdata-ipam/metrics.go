@@ -90,6 +90,7 @@ type poolCollector struct {
 	store *etcdstore.Store
 	size  *prometheus.Desc
 	addrs *prometheus.Desc
+	loads *prometheus.Desc
 }
 
 func newPoolCollector(store *etcdstore.Store) *poolCollector {
@@ -98,10 +99,16 @@ func newPoolCollector(store *etcdstore.Store) *poolCollector {
 		size:  prometheus.NewDesc("talkingdata_pool_size", "Addresses seeded into the pool (its ranges).", []string{"pool"}, nil),
 		addrs: prometheus.NewDesc("talkingdata_pool_addresses", "The pool's seeded addresses by state, adding up to talkingdata_pool_size: free, delayed (released, in their reuse delay) and held (neither: used by any kind). ipamctl pool ls USED also counts used addresses outside the seeded ranges, such as a router.",
 			[]string{"pool", "state"}, nil),
+		loads: prometheus.NewDesc("talkingdata_pool_copy_loads_total", "Whole-pool reads of this daemon's free-set copy: the first, then a reload whenever etcd no longer has the changes its watch missed (compaction) or the pool's ranges grew. A watch that etcd cancels during an election resumes without one.",
+			[]string{"pool"}, nil),
 	}
 }
 
-func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.size; ch <- c.addrs }
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.size
+	ch <- c.addrs
+	ch <- c.loads
+}
 
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	for subnet, n := range c.store.CopyCounts() {
@@ -110,6 +117,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(n.Free), p, "free")
 		ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(n.Delayed), p, "delayed")
 		ch <- prometheus.MustNewConstMetric(c.addrs, prometheus.GaugeValue, float64(n.Size-n.Free-n.Delayed), p, "held")
+		ch <- prometheus.MustNewConstMetric(c.loads, prometheus.CounterValue, float64(n.Loads), p)
 	}
 }
 
