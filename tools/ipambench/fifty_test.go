@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"encoding/csv"
 	"os"
 	"path/filepath"
@@ -15,25 +13,11 @@ import (
 // figures are not judged; its correctness checks are (no address granted twice, all released,
 // the pool's counts back to its size, no errors), and that every figure was measured.
 func TestFiftySmoke(t *testing.T) {
-	dir := buildBinaries(t)
-	out := filepath.Join(dir, "out")
-	cfg, err := parseFlags([]string{"-phases", "fifty", "-burst", "300", "-rounds", "1", "-latency", "250us", "-idle", "1s",
-		"-plugin", filepath.Join(dir, "talkingdata-ipam"), "-ipamctl", filepath.Join(dir, "ipamctl"), "-out", out})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if cfg.Instances != 50 || cfg.EtcdCluster != 3 {
-		t.Fatalf("fifty's defaults: %d daemons on %d members, want 50 on 3", cfg.Instances, cfg.EtcdCluster)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Second)
-	defer cancel()
-	start := time.Now()
-	var stdout, stderr bytes.Buffer
-	res, err := run(ctx, cfg, &stdout, &stderr)
-	if err != nil {
-		t.Fatalf("run: %v\nstderr:\n%s", err, stderr.String())
-	}
-	t.Logf("took %s\nprogress:\n%s\nsummary:\n%s", time.Since(start).Round(time.Millisecond), stderr.String(), stdout.String())
+	res, out, _ := smokeRun(t, 100*time.Second, func(cfg config) {
+		if cfg.Instances != 50 || cfg.EtcdCluster != 3 {
+			t.Fatalf("fifty's defaults: %d daemons on %d members, want 50 on 3", cfg.Instances, cfg.EtcdCluster)
+		}
+	}, "-phases", "fifty", "-burst", "300", "-rounds", "1", "-latency", "250us", "-idle", "1s")
 
 	f := res.Fifty
 	if res.Errors != 0 || res.Duplicates != 0 || f == nil || len(f.Rounds) != 2 {
