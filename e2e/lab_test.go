@@ -25,7 +25,7 @@ const (
 
 // labCtl returns a function that runs ipamctl on a lab host against the
 // lab's etcd and returns its stdout; it fails the test on error.
-func labCtl(t *testing.T, l *lab.Lab) func(host int, args ...string) string {
+func labCtl(t testing.TB, l *lab.Lab) func(host int, args ...string) string {
 	ipamctl := filepath.Join(binDir, "ipamctl")
 	return func(host int, args ...string) string {
 		t.Helper()
@@ -178,8 +178,14 @@ type usedAddr struct {
 // usedAddrs lists lanSubnet's used addresses, as recorded in etcd.
 func usedAddrs(t *testing.T, ctl func(host int, args ...string) string) []usedAddr {
 	t.Helper()
+	return usedAddrsIn(t, ctl, lanSubnet)
+}
+
+// usedAddrsIn lists subnet's used addresses, as recorded in etcd.
+func usedAddrsIn(t testing.TB, ctl func(host int, args ...string) string, subnet string) []usedAddr {
+	t.Helper()
 	var used []usedAddr
-	if err := json.Unmarshal([]byte(ctl(1, "addr", "ls", lanSubnet, "--json")), &used); err != nil {
+	if err := json.Unmarshal([]byte(ctl(1, "addr", "ls", subnet, "--json")), &used); err != nil {
 		t.Fatal(err)
 	}
 	return used
