@@ -110,6 +110,7 @@ bench: test-deps build
 	$(call bench-to,etcdstore-hotpath,./etcdstore -bench 'Allocate|BaselineTxn|Cycle' -benchtime 3000x -count 3)
 	$(call bench-to,etcdstore-seed,./etcdstore -bench '[Ss]eed16' -benchtime 5x -count 3)
 	$(call bench-to,docker-run,./e2e -bench '^BenchmarkDockerRun$$' -benchtime 1x)
+	$(call bench-to,docker-run-concurrent,./e2e -bench '^BenchmarkDockerRunConcurrent' -benchtime 1x -timeout 60m -v)
 
 # bench-to,NAME,ARGS: go test -run '^$' ARGS, its output shown and kept in BENCH_OUT/NAME.txt.
 bench-to = $(GO) test -run '^$$' $(2) > $(BENCH_OUT)/$(1).txt; s=$$?; cat $(BENCH_OUT)/$(1).txt; exit $$s
