@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/talkingdata/ipam/pool"
@@ -201,7 +202,7 @@ func (s *Store) Snapshot(ctx context.Context, subnet netip.Prefix) (pool.Snapsho
 	if !ok {
 		return pool.Snapshot{}, fmt.Errorf("%w: %s", pool.ErrUnknownPool, subnet)
 	}
-	snap := pool.Snapshot{Meta: m, Used: map[netip.Addr][]byte{}, Refs: map[string]int{}, Owners: map[string]netip.Addr{}, Bindings: map[string]netip.Addr{}}
+	snap := pool.Snapshot{Meta: m, Used: map[netip.Addr][]byte{}, Refs: map[string]int{}}
 	for _, kv := range r.Responses[1].GetResponseRange().Kvs {
 		if a, err := parseAddrKey(string(kv.Key)); err != nil {
 			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
@@ -224,21 +225,23 @@ func (s *Store) Snapshot(ctx context.Context, subnet netip.Prefix) (pool.Snapsho
 		}
 		snap.Refs[strings.TrimPrefix(string(kv.Key), refs)] = n
 	}
-	for _, kv := range r.Responses[4].GetResponseRange().Kvs {
-		a, err := netip.ParseAddr(string(kv.Value))
-		if err != nil {
-			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
-			continue
-		}
-		snap.Owners[strings.TrimPrefix(string(kv.Key), owners)] = a
-	}
-	for _, kv := range r.Responses[5].GetResponseRange().Kvs {
-		a, err := netip.ParseAddr(string(kv.Value))
-		if err != nil {
-			snap.BadKeys = append(snap.BadKeys, string(kv.Key))
-			continue
-		}
-		snap.Bindings[strings.TrimPrefix(string(kv.Key), sticky)] = a
-	}
+	snap.Owners = addrIndex(r.Responses[4].GetResponseRange().Kvs, owners, &snap.BadKeys)
+	snap.Bindings = addrIndex(r.Responses[5].GetResponseRange().Kvs, sticky, &snap.BadKeys)
 	return snap, nil
+}
+
+// addrIndex reads an index directory whose keys below dir each name an
+// address (the owner index, the sticky bindings); a key whose value is not
+// an address goes to bad.
+func addrIndex(kvs []*mvccpb.KeyValue, dir string, bad *[]string) map[string]netip.Addr {
+	index := map[string]netip.Addr{}
+	for _, kv := range kvs {
+		a, err := netip.ParseAddr(string(kv.Value))
+		if err != nil {
+			*bad = append(*bad, string(kv.Key))
+			continue
+		}
+		index[strings.TrimPrefix(string(kv.Key), dir)] = a
+	}
+	return index
 }
