@@ -420,8 +420,8 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 	// The entry is unchanged: the owner compare or a guard failed.
 	if owner != "" {
 		if kvs := r.Responses[entryReads].GetResponseRange().Kvs; len(kvs) > 0 { // the owner key, after the entry
-			return fresh, false, fmt.Errorf("%w: endpoint %s of host %q already holds %s in pool %s",
-				pool.ErrUnavailable, next.Used.MAC, next.Used.Host, kvs[0].Value, subnet)
+			return fresh, false, fmt.Errorf("%w: the endpoint (%s) already holds %s in pool %s",
+				pool.ErrUnavailable, next.Used.Describe(), kvs[0].Value, subnet)
 		}
 	}
 	if len(guards) > 0 {

@@ -215,8 +215,8 @@ type Claim struct {
 	Version Version
 	// NoPool is true when the pool does not exist.
 	NoPool bool
-	// Existing is the address the requesting endpoint (same host and MAC)
-	// already holds in the pool: the request is a retry.
+	// Existing is the address the requesting endpoint (the same
+	// Allocation.Owner) already holds in the pool: the request is a retry.
 	Existing netip.Addr
 	// Holder is the address's record when it was used by someone.
 	Holder *Allocation
@@ -251,7 +251,7 @@ type Store interface {
 	// nor used, and reports how many it added. progress may be nil.
 	Seed(ctx context.Context, subnet netip.Prefix, set *netipx.IPSet, progress func(done, total uint64)) (added uint64, err error)
 	// Claim moves addr from free to used, recorded as a, unless a's
-	// endpoint (host and MAC) already holds an address in the pool, a's
+	// endpoint (Allocation.Owner) already holds an address in the pool, a's
 	// sticky name is bound to an address already (Bound), or addr is
 	// still in its reuse delay and takeDelayed is false. A claim with a
 	// sticky name binds it to addr in the same change.
