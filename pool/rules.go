@@ -304,8 +304,7 @@ func listedRule(e Entry, rev int64, now time.Time) (State, bool) {
 // expireRule frees e, an idle sticky binding, if its record is still the
 // one listed at revision rev; its binding goes with the record.
 func expireRule(e Entry, rev int64) (State, bool) {
-	u := e.Used
-	if u == nil || e.Version.Used != rev || u.Kind != KindReserved || u.Sticky == "" || u.Reservation != "" {
+	if !e.Used.IdleBinding() || e.Version.Used != rev {
 		return State{}, false
 	}
 	return State{Free: seeded(e)}, true

@@ -76,6 +76,12 @@ func (a *Allocation) Vacated(now time.Time) *Allocation {
 	return nil
 }
 
+// IdleBinding says whether a is a sticky name's address that no container
+// holds (and no reservation names): what the pool's sticky TTL expires.
+func (a *Allocation) IdleBinding() bool {
+	return a != nil && a.Kind == KindReserved && a.Sticky != "" && a.Reservation == ""
+}
+
 // Owner is the owner-index key of a container record, "host/id"
 // (endpointID), or "" when it has none.
 func (a *Allocation) Owner() string {

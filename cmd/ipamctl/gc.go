@@ -194,7 +194,7 @@ func expiredBindings(cen etcdstore.Census, now time.Time) []gcCandidate {
 	var out []gcCandidate
 	for _, u := range cen.Used {
 		a := u.Allocation
-		if a.Kind != pool.KindReserved || a.Sticky == "" || a.Reservation != "" {
+		if !a.IdleBinding() {
 			continue
 		}
 		ttl := cen.Pools[u.Subnet].StickyTTL
