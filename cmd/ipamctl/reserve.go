@@ -92,10 +92,13 @@ func subnetAddrArgs(c *cli.Context) (netip.Prefix, netip.Addr, error) {
 	return subnet, addr, nil
 }
 
-// editMarked applies one of pool's operator edits to SUBNET ADDRESS and
-// prints the address as the edit left it. check, when given, validates the
-// flags once the arguments (and flags after them) are parsed.
-func editMarked(c *cli.Context, check func() error, edit func(ctx context.Context, e *env, subnet netip.Prefix, addr netip.Addr) (*pool.Allocation, error)) error {
+// markEdit is one of pool's operator edits of an address.
+type markEdit func(ctx context.Context, e *env, subnet netip.Prefix, addr netip.Addr) (*pool.Allocation, error)
+
+// editMarked applies edit to SUBNET ADDRESS and prints the address as the
+// edit left it. check, when given, validates the flags once the arguments
+// (and flags after them) are parsed.
+func editMarked(c *cli.Context, check func() error, edit markEdit) error {
 	subnet, addr, err := subnetAddrArgs(c)
 	if err != nil {
 		return err
@@ -105,11 +108,25 @@ func editMarked(c *cli.Context, check func() error, edit func(ctx context.Contex
 			return err
 		}
 	}
-	var now *pool.Allocation
-	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
+	return editFound(c, subnet, func(context.Context, *env) (netip.Addr, error) { return addr, nil }, edit)
+}
+
+// editFound applies edit to the address of subnet that find names, once
+// the pool is known to exist, and prints the address as the edit left it.
+func editFound(c *cli.Context, subnet netip.Prefix, find func(ctx context.Context, e *env) (netip.Addr, error), edit markEdit) error {
+	var (
+		addr netip.Addr
+		now  *pool.Allocation
+	)
+	err := withEtcd(c, 0, func(ctx context.Context, e *env) error {
 		if _, err := e.meta(ctx, subnet); err != nil {
 			return err
 		}
+		found, err := find(ctx, e)
+		if err != nil {
+			return err
+		}
+		addr = found
 		now, err = edit(ctx, e, subnet, addr)
 		return unknownPool(subnet, err)
 	})
@@ -131,10 +148,11 @@ func reserve(c *cli.Context) error {
 	})
 }
 
-func unreserve(c *cli.Context) error {
-	return editMarked(c, nil, func(ctx context.Context, e *env, subnet netip.Prefix, addr netip.Addr) (*pool.Allocation, error) {
-		return e.pools.Unreserve(ctx, subnet, addr)
-	})
+func unreserve(c *cli.Context) error { return editMarked(c, nil, unreserveEdit) }
+
+// unreserveEdit ends a reservation or a sticky binding (reserve rm, sticky rm).
+func unreserveEdit(ctx context.Context, e *env, subnet netip.Prefix, addr netip.Addr) (*pool.Allocation, error) {
+	return e.pools.Unreserve(ctx, subnet, addr)
 }
 
 // listCensus is the opening of host ls, reserve ls and anycast ls: it

@@ -49,27 +49,14 @@ func stickyRemove(c *cli.Context) error {
 		return err
 	}
 	name := args[1]
-	var (
-		addr netip.Addr
-		now  *pool.Allocation
-	)
-	err = withEtcd(c, 0, func(ctx context.Context, e *env) error {
-		if _, err := e.meta(ctx, subnet); err != nil {
-			return err
-		}
+	return editFound(c, subnet, func(ctx context.Context, e *env) (netip.Addr, error) {
 		bound, ok, err := e.store.Binding(ctx, subnet, name)
 		switch {
 		case err != nil:
-			return err
+			return netip.Addr{}, err
 		case !ok:
-			return fmt.Errorf("name %q is bound to no address in pool %s (see ipamctl sticky ls)", name, subnet)
+			return netip.Addr{}, fmt.Errorf("name %q is bound to no address in pool %s (see ipamctl sticky ls)", name, subnet)
 		}
-		addr = bound
-		now, err = e.pools.Unreserve(ctx, subnet, addr)
-		return unknownPool(subnet, err)
-	})
-	if err != nil {
-		return err
-	}
-	return printMarked(c, []markJSON{newMarkJSON(subnet, addr, now)})
+		return bound, nil
+	}, unreserveEdit)
 }
