@@ -7,6 +7,8 @@ import (
 
 	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/talkingdata/ipam/pool"
 )
 
 // Every allocation must be a durable etcd write, but not an etcd
@@ -22,6 +24,12 @@ const (
 	// maxInFlight batches are committed at once, so a batch forms while
 	// the previous one is on the wire. A lone request goes at once.
 	maxInFlight = 2
+	// defaultLinger is how long a release dockerd was answered for
+	// (pool.Behind) waits for another request to ride with: the next
+	// container's claim usually follows within it, and the two then cost
+	// one raft entry instead of two, the claim no longer queueing behind
+	// the release's commit.
+	defaultLinger = 2 * time.Millisecond
 )
 
 // subTxn is one request's transaction.
@@ -53,6 +61,8 @@ type batcher struct {
 	mu       sync.Mutex
 	queue    []*pendingTxn
 	inFlight int
+	linger   time.Duration
+	waiting  bool // a lingering request's timer is armed
 }
 
 // do commits t, alone or with others, and returns its own response (its
@@ -65,19 +75,38 @@ func (b *batcher) do(ctx context.Context, t subTxn) (*pb.TxnResponse, int64, err
 	p := &pendingTxn{ctx: ctx, txn: t, done: make(chan batchResult, 1)}
 	b.mu.Lock()
 	b.queue = append(b.queue, p)
-	start := b.inFlight < maxInFlight
-	if start {
-		b.inFlight++
+	switch {
+	case !pool.Behind(ctx):
+		b.start()
+	case b.inFlight == 0 && !b.waiting:
+		b.waiting = true
+		time.AfterFunc(b.linger, b.lingered)
 	}
+	// Else a flush running now takes it once its commit is done.
 	b.mu.Unlock()
-	if start {
-		go b.flush()
-	}
 	select {
 	case r := <-p.done:
 		return r.resp, r.rev, marked(ctx, r.err)
 	case <-ctx.Done():
 		return nil, 0, ctx.Err()
+	}
+}
+
+// start starts a flush unless maxInFlight are running; b.mu is held.
+func (b *batcher) start() {
+	if b.inFlight < maxInFlight && len(b.queue) > 0 {
+		b.inFlight++
+		go b.flush()
+	}
+}
+
+// lingered sends what lingering requests no other one took along.
+func (b *batcher) lingered() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.waiting = false
+	if b.inFlight == 0 {
+		b.start()
 	}
 }
 

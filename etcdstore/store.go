@@ -44,7 +44,7 @@ type Store struct {
 // New uses cli with keys under prefix.
 func New(cli *clientv3.Client, prefix string) *Store {
 	s := &Store{cli: cli, k: keys{prefix: strings.TrimSuffix(prefix, "/") + "/"}, avoid: avoidance{all: cli.Endpoints()}}
-	s.batch = &batcher{kv: cli, timedOut: s.timedOut}
+	s.batch = &batcher{kv: cli, timedOut: s.timedOut, linger: defaultLinger}
 	return s
 }
 

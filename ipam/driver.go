@@ -409,23 +409,42 @@ func (d *Driver) ReleaseAddress(r *api.ReleaseAddressRequest) error {
 	if err != nil {
 		return fmt.Errorf("invalid Address %q in ReleaseAddress", r.Address)
 	}
+	// Answered before its commit when it can be (pool.ReleaseBehind):
+	// dockerd goes on tearing the container down meanwhile.
+	if d.Pools.ReleaseBehind(ref.Subnet, addr, d.Timeout, func(released bool, err error) error {
+		ctx, cancel := d.context()
+		defer cancel()
+		if err := d.endRelease(ctx, r.PoolID, ref.Subnet, addr, released, err); err != nil {
+			d.Log.Warn("release failed after dockerd was answered: the address stays used until `ipamctl gc` releases it", "pool", r.PoolID, "address", addr, "err", err)
+			return err
+		}
+		return nil
+	}) {
+		return nil
+	}
 	ctx, cancel := d.context()
 	defer cancel()
 	released, err := d.Pools.Release(ctx, ref.Subnet, addr)
-	if errors.Is(err, pool.ErrNoSpace) && d.Pending != nil {
-		err = d.keep(ctx, ref.Subnet, addr, err)
-		if err == nil {
-			return nil
-		}
-	}
-	if err != nil {
+	if err := d.endRelease(ctx, r.PoolID, ref.Subnet, addr, released, err); err != nil {
 		d.Log.Warn("release refused", "pool", r.PoolID, "address", addr, "err", err)
 		return d.explain(ctx, err)
 	}
-	if released {
-		d.Log.Info("address released", "pool", r.PoolID, "address", addr)
-	} else {
-		d.Log.Info("address was not held by this host; nothing to release", "pool", r.PoolID, "address", addr)
+	return nil
+}
+
+// endRelease logs a release the store has answered, after handing one etcd
+// refused for want of space to d.Pending. It returns the error left.
+func (d *Driver) endRelease(ctx context.Context, poolID string, subnet netip.Prefix, addr netip.Addr, released bool, err error) error {
+	if errors.Is(err, pool.ErrNoSpace) && d.Pending != nil {
+		return d.keep(ctx, subnet, addr, err) // logs what it kept
+	}
+	switch {
+	case err != nil:
+		return err
+	case released:
+		d.Log.Info("address released", "pool", poolID, "address", addr)
+	default:
+		d.Log.Info("address was not held by this host; nothing to release", "pool", poolID, "address", addr)
 	}
 	return nil
 }

@@ -20,8 +20,9 @@ import (
 )
 
 type plugin struct {
-	t   *testing.T
-	url string
+	t     *testing.T
+	url   string
+	pools *pool.Pools
 }
 
 // newPlugin serves a driver for host over HTTP, on etcd srv.
@@ -48,7 +49,7 @@ func newPluginWith(t *testing.T, srv *etcdtest.Server, host string, set func(*ip
 	set(d)
 	hs := httptest.NewServer(ipam.Handler(d, log))
 	t.Cleanup(hs.Close)
-	return plugin{t, hs.URL}
+	return plugin{t, hs.URL, d.Pools}
 }
 
 // call posts body (a string is sent raw) and returns status and decoded reply.

@@ -61,6 +61,8 @@ type Pools struct {
 	cfg   Config
 	now   func() time.Time
 	randN func(n uint64) uint64
+	// lookAgainAfter is otherHostRelease, shorter in tests.
+	lookAgainAfter time.Duration
 	// claimed holds the entries of addresses this process claimed, as the
 	// claim left them (claimKey → Entry), so that their release needs no
 	// read: a stale one fails its compare, which returns the fresh entry.
@@ -68,6 +70,7 @@ type Pools struct {
 	claimed    sync.Map
 	remembered atomic.Int64 // entries in claimed
 	metas      sync.Map     // netip.Prefix → the Meta claimed entries refer to
+	behind     releasesBehind
 }
 
 // maxRemembered bounds the claimed cache at about 1.6 MB (an entry takes
@@ -87,7 +90,7 @@ func New(store Store, cfg Config) *Pools {
 	if cfg.MaxAutoSeed == 0 {
 		cfg.MaxAutoSeed = DefaultMaxAutoSeed
 	}
-	return &Pools{store: store, cfg: cfg, now: time.Now, randN: rand.Uint64N}
+	return &Pools{store: store, cfg: cfg, now: time.Now, randN: rand.Uint64N, lookAgainAfter: otherHostRelease}
 }
 
 // Host is the id this engine allocates for.
@@ -299,6 +302,9 @@ func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, t
 // host's claim costs one more.
 func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
 	a.Host, a.Since = p.cfg.Host, p.now().UTC()
+	if err := p.afterReleases(ctx, n.Subnet, want, &a); err != nil {
+		return netip.Addr{}, err
+	}
 	var r retrier // shared by every attempt: one backoff, one count
 	if want.IsValid() {
 		if err := CheckHostAddr(n.Subnet, want); err != nil {
@@ -336,6 +342,9 @@ func (p *Pools) allocateSticky(ctx context.Context, r *retrier, n Network, a All
 		err = p.claimOutsideFreeSet(ctx, n.Subnet, bound, a)
 		if err == nil {
 			return bound, nil
+		}
+		if p.releasedElsewhere(ctx, attempt, err) {
+			continue
 		}
 		if !errors.Is(err, errUnbound) {
 			return netip.Addr{}, err
@@ -419,9 +428,17 @@ func (p *Pools) allocateNamed(ctx context.Context, r *retrier, n Network, want n
 		case claimHoldsOther:
 			return netip.Addr{}, fmt.Errorf("%w: the endpoint (%s) already holds %s in pool %s", ErrUnavailable, a.Describe(), c.Existing, n.Subnet)
 		case claimByRule:
-			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
+			err := p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
+			if p.releasedElsewhere(ctx, attempt, err) {
+				continue
+			}
+			return want, err
 		case claimHeld:
-			return netip.Addr{}, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, want, c.Holder.Describe())
+			err := inUse(want, c.Holder)
+			if p.releasedElsewhere(ctx, attempt, err) {
+				continue
+			}
+			return netip.Addr{}, err
 		}
 		return netip.Addr{}, p.unseeded(ctx, n.Subnet, want)
 	}
@@ -595,6 +612,9 @@ func (p *Pools) hold(ctx context.Context, subnet netip.Prefix, addr netip.Addr, 
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return err
 	}
+	if err := p.afterReleases(ctx, subnet, addr, nil); err != nil {
+		return err
+	}
 	return p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
 		next, err := holdRule(e, kind, p.cfg.Host, local, p.now().UTC())
 		return next, true, err
@@ -609,6 +629,14 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return false, err
 	}
+	if err := p.afterReleases(ctx, subnet, addr, nil); err != nil {
+		return false, err
+	}
+	return p.release(ctx, subnet, addr)
+}
+
+// release is Release without waiting for a release in flight.
+func (p *Pools) release(ctx context.Context, subnet netip.Prefix, addr netip.Addr) (released bool, err error) {
 	err = p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
 		next, change, err := releaseRule(e, p.cfg.Host, p.now().UTC())
 		released = change

@@ -25,7 +25,7 @@ func holdRule(e Entry, kind Kind, host string, local bool, now time.Time) (State
 	}
 	claimsHost := kind == KindGateway && u.Kind == KindHost
 	if u.Kind != kind && !claimsHost {
-		return State{}, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
+		return State{}, inUse(e.Addr, u)
 	}
 	if kind == KindGateway && u.Host != host && !(claimsHost && u.Host == "") {
 		return State{}, fmt.Errorf("%w: %s is the %s; each host's gateway must be its own bridge address",
@@ -194,7 +194,7 @@ func claimRule(e Entry, a Allocation) (State, bool, error) {
 		held.Reservation, held.Sticky = u.Reservation, u.Sticky
 		return State{Used: &held}, true, nil
 	case u.Kind != KindAnycast:
-		return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
+		return State{}, false, inUse(e.Addr, u)
 	}
 	if id, holds := u.MACs[a.Host]; holds || u.Holders[a.Host] > 0 {
 		if holds && id == a.endpointID() {
@@ -350,7 +350,7 @@ func reserveRule(e Entry, name string, now time.Time) (State, bool, error) {
 		held.Reservation = name
 		return State{Used: &held}, true, nil
 	}
-	return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, u.Describe())
+	return State{}, false, inUse(e.Addr, u)
 }
 
 // unreserveRule ends e's reservation: an idle one is freed (if seeded),
@@ -376,7 +376,7 @@ func anycastRule(e Entry, now time.Time) (State, bool, error) {
 	case e.Used.Kind == KindAnycast:
 		return State{}, false, nil
 	}
-	return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, e.Used.Describe())
+	return State{}, false, inUse(e.Addr, e.Used)
 }
 
 // unanycastRule frees an anycast address (if seeded); one that containers
@@ -402,7 +402,7 @@ func hostAddrRule(e Entry, now time.Time) (State, bool, error) {
 	case e.Used.Kind == KindHost:
 		return State{}, false, nil
 	}
-	return State{}, false, fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, e.Addr, e.Used.Describe())
+	return State{}, false, inUse(e.Addr, e.Used)
 }
 
 func firstHost(holders map[string]int) string {

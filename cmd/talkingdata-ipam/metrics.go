@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/talkingdata/ipam/etcdstore"
+	"github.com/talkingdata/ipam/pool"
 	"github.com/talkingdata/ipam/releasequeue"
 )
 
@@ -122,11 +123,17 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 // serveMetrics serves /metrics and /healthz on addr until stop is called.
-func serveMetrics(addr string, m *metrics, store *etcdstore.Store, pending *releasequeue.Queue, log *slog.Logger) (stop func(), err error) {
+func serveMetrics(addr string, m *metrics, store *etcdstore.Store, pools *pool.Pools, pending *releasequeue.Queue, log *slog.Logger) (stop func(), err error) {
 	m.reg.MustRegister(newPoolCollector(store), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "talkingdata_releases_pending",
 		Help: "Releases etcd refused for want of space (its NOSPACE alarm), kept in --data-dir to apply once it has room.",
-	}, func() float64 { return float64(pending.Len()) }))
+	}, func() float64 { return float64(pending.Len()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "talkingdata_releases_in_flight",
+		Help: "Releases dockerd was answered for whose etcd transaction has not ended yet.",
+	}, func() float64 { n, _ := pools.ReleasesBehind(); return float64(n) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "talkingdata_releases_failed_total",
+		Help: "Releases dockerd was answered for whose etcd transaction failed: each address stays used until `ipamctl gc` releases it (the daemon logs which).",
+	}, func() float64 { _, n := pools.ReleasesBehind(); return float64(n) }))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {

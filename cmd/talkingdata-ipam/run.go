@@ -86,7 +86,7 @@ func run(c *cli.Context) error {
 	go pending.Run(ctx)
 	go loadHostPools(ctx, store, host, log)
 	if m != nil {
-		stopMetrics, err := serveMetrics(c.String("metrics-addr"), m, store, pending, log)
+		stopMetrics, err := serveMetrics(c.String("metrics-addr"), m, store, driver.Pools, pending, log)
 		if err != nil {
 			return err
 		}
@@ -123,6 +123,12 @@ func run(c *cli.Context) error {
 		return fmt.Errorf("serving %s: %w", path, err)
 	}
 	<-drained
+	// Releases dockerd was answered for land before etcd is closed.
+	wait, cancel := context.WithTimeout(context.Background(), driver.Timeout)
+	defer cancel()
+	if err := driver.Pools.WaitReleases(wait); err != nil {
+		log.Warn("releases answered to dockerd were cut off at shutdown: their addresses stay used until `ipamctl gc` releases them", "err", err)
+	}
 	log.Info("stopped")
 	return nil
 }

@@ -1,0 +1,215 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+)
+
+// gatedSwaps holds every Swap (a release's write) until gate is closed;
+// fail, when set, is the error the Swap then returns without writing.
+type gatedSwaps struct {
+	*memStore
+	gate chan struct{}
+	fail error
+}
+
+func (s gatedSwaps) Swap(ctx context.Context, subnet netip.Prefix, cur Entry, next State, guards ...Guard) (Entry, bool, error) {
+	select {
+	case <-s.gate:
+	case <-ctx.Done():
+		return Entry{}, false, ctx.Err()
+	}
+	if s.fail != nil {
+		return Entry{}, false, s.fail
+	}
+	return s.memStore.Swap(ctx, subnet, cur, next, guards...)
+}
+
+// refusedWhileReleasing asserts that claim, given a short deadline, waits
+// for the release in flight rather than deciding on the address's old record.
+func refusedWhileReleasing(t *testing.T, what string, claim func(ctx context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := claim(ctx); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "release in flight") {
+		t.Errorf("%s while the release is in flight: %v; want it to wait for the release", what, err)
+	}
+}
+
+// TestReleaseBehind: a release answered before its commit lets other
+// claims go on, and makes wait exactly the claims that could tell: the
+// same address (--ip, a gateway), the same endpoint, the same sticky name.
+func TestReleaseBehind(t *testing.T) {
+	ctx := context.Background()
+	mem := newMemStore()
+	s := gatedSwaps{memStore: mem, gate: make(chan struct{})}
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	p := hosts(t, s, n, "a")[0]
+	mac := "02:42:00:00:00:01"
+	held, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: mac, Sticky: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	outcome := make(chan error, 1)
+	if !p.ReleaseBehind(n.Subnet, held, time.Minute, func(released bool, err error) error {
+		if err == nil && !released {
+			err = errors.New("nothing released")
+		}
+		outcome <- err
+		return err
+	}) {
+		t.Fatal("ReleaseBehind refused a container address this process claimed")
+	}
+	if inFlight, _ := p.ReleasesBehind(); inFlight != 1 {
+		t.Fatalf("releases in flight: %d, want 1", inFlight)
+	}
+
+	// Another endpoint's claim does not wait.
+	other, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02"})
+	if err != nil || other == held {
+		t.Fatalf("another endpoint's claim during the release: %s, %v", other, err)
+	}
+	// Without the wait these would see the old record: --ip refused as in
+	// use, the same MAC taken for a retry and given the address being
+	// released, the sticky name refused as held.
+	refusedWhileReleasing(t, "--ip of the address", func(ctx context.Context) error {
+		_, err := p.Allocate(ctx, n, held, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"})
+		return err
+	})
+	refusedWhileReleasing(t, "the same endpoint", func(ctx context.Context) error {
+		_, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: mac})
+		return err
+	})
+	refusedWhileReleasing(t, "the same sticky name", func(ctx context.Context) error {
+		_, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:04", Sticky: "db"})
+		return err
+	})
+	refusedWhileReleasing(t, "the address as gateway", func(ctx context.Context) error {
+		return p.Aux(ctx, n, held)
+	})
+	refusedWhileReleasing(t, "a second release", func(ctx context.Context) error {
+		_, err := p.Release(ctx, n.Subnet, held)
+		return err
+	})
+
+	close(s.gate)
+	if err := <-outcome; err != nil {
+		t.Fatalf("the release: %v", err)
+	}
+	if err := p.WaitReleases(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if inFlight, failed := p.ReleasesBehind(); inFlight != 0 || failed != 0 {
+		t.Fatalf("after the release: %d in flight, %d failed", inFlight, failed)
+	}
+	got, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:05", Sticky: "db"})
+	if err != nil || got != held {
+		t.Fatalf("the sticky name after its release: %s, %v; want %s", got, err, held)
+	}
+}
+
+// TestReleaseBehindOnlyForOwnContainers: gateways, and addresses this
+// process did not claim, are released as before, after the commit.
+func TestReleaseBehindOnlyForOwnContainers(t *testing.T) {
+	ctx := context.Background()
+	mem := newMemStore()
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	ps := hosts(t, mem, n, "a", "b")
+	never := func(bool, error) error { t.Error("done called for a release not started"); return nil }
+	gw, err := ps[0].Gateway(ctx, n, netip.Addr{}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps[0].ReleaseBehind(n.Subnet, gw, time.Minute, never) {
+		t.Error("a gateway's release went behind")
+	}
+	c, err := ps[1].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps[0].ReleaseBehind(n.Subnet, c, time.Minute, never) {
+		t.Error("another host's container address went behind")
+	}
+}
+
+// TestReleaseBehindFailure: a release that fails after its answer is
+// counted, and leaves the address used (for gc), never freed twice.
+func TestReleaseBehindFailure(t *testing.T) {
+	ctx := context.Background()
+	mem := newMemStore()
+	gate := make(chan struct{})
+	close(gate)
+	s := gatedSwaps{memStore: mem, gate: gate, fail: errors.New("etcd unreachable")}
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	p := hosts(t, s, n, "a")[0]
+	a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.ReleaseBehind(n.Subnet, a, time.Second, func(_ bool, err error) error { return err }) {
+		t.Fatal("not started")
+	}
+	if err := p.WaitReleases(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, failed := p.ReleasesBehind(); failed != 1 {
+		t.Errorf("failed releases: %d, want 1", failed)
+	}
+	if e, _ := mem.Entry(ctx, n.Subnet, a); e.Used == nil {
+		t.Errorf("%s is no longer used after a failed release: %+v", a, e)
+	}
+}
+
+// TestWaitReleasesIsBounded: shutdown does not hang on a release etcd
+// never answers.
+func TestWaitReleasesIsBounded(t *testing.T) {
+	ctx := context.Background()
+	s := gatedSwaps{memStore: newMemStore(), gate: make(chan struct{})}
+	defer close(s.gate)
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	p := hosts(t, s, n, "a")[0]
+	a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.ReleaseBehind(n.Subnet, a, time.Minute, func(_ bool, err error) error { return err })
+	wait, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := p.WaitReleases(wait); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitReleases with a release stuck: %v", err)
+	}
+}
+
+// TestMoveToAnotherHostDuringRelease: a container moving to another host
+// (--ip, or its sticky name) may start there before the first host's
+// release, answered already, has committed: the claim looks once more
+// before refusing. A holder that stays is still refused.
+func TestMoveToAnotherHostDuringRelease(t *testing.T) {
+	ctx := context.Background()
+	for _, sticky := range []string{"", "db"} {
+		s := gatedSwaps{memStore: newMemStore(), gate: make(chan struct{})}
+		n := mustNetwork(t, "198.18.0.0/24", "")
+		ps := hosts(t, s, n, "a", "b")
+		first, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01", Sticky: sticky})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := first
+		if sticky != "" {
+			want = netip.Addr{} // the name brings it
+		}
+		if _, err := ps[1].Allocate(ctx, n, want, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02", Sticky: sticky}); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("sticky %q: a held address claimed by another host: %v", sticky, err)
+		}
+		ps[0].ReleaseBehind(n.Subnet, first, time.Minute, func(_ bool, err error) error { return err })
+		time.AfterFunc(20*time.Millisecond, func() { close(s.gate) })
+		got, err := ps[1].Allocate(ctx, n, want, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03", Sticky: sticky})
+		if err != nil || got != first {
+			t.Fatalf("sticky %q: moved to host b while a's release committed: %s, %v; want %s", sticky, got, err, first)
+		}
+	}
+}
