@@ -163,8 +163,9 @@ func hostState(t *testing.T, etcd *etcdtest.Server, d *dockertest.Daemon) string
 	return ""
 }
 
-// TestGCFindsLeaks: running containers, a stopped one, a release dockerd
-// lost while etcd was down, and an address taken through the plugin socket
+// TestGCFindsLeaks: running containers, a stopped one, a release lost
+// while etcd was down (answered, then failed past the plugin's
+// --request-timeout), and an address taken through the plugin socket
 // for an endpoint no container has. gc lists exactly the two leaks, keeps
 // them while younger than --min-age, and --apply frees them and nothing
 // else.
@@ -181,7 +182,18 @@ func TestGCFindsLeaks(t *testing.T) {
 	d.MustDocker(t, "stop", "-t", "1", "stopped") // releases its address, as it should
 	lost, _ := inspect(t, d, "lost")
 	etcd.Stop(t)
-	d.MustDocker(t, "stop", "-t", "1", "lost") // its ReleaseAddress fails; dockerd logs it and moves on
+	// Answered at once; the plugin's transaction fails after its
+	// --request-timeout (3s), leaving the address for gc.
+	d.MustDocker(t, "stop", "-t", "1", "lost")
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		b, _ := os.ReadFile(p.log)
+		if strings.Contains(string(b), "release failed after dockerd was answered") && strings.Contains(string(b), lost.String()) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the plugin did not log the failed release of %s within 20s of etcd being stopped", lost)
+		}
+	}
 	etcd.Restart(t)
 	for deadline := time.Now().Add(20 * time.Second); hostState(t, etcd, d) != etcdstore.HostAlive; time.Sleep(200 * time.Millisecond) {
 		if time.Now().After(deadline) {

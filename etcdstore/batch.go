@@ -25,7 +25,7 @@ const (
 	// the previous one is on the wire. A lone request goes at once.
 	maxInFlight = 2
 	// defaultLinger is how long a release dockerd was answered for
-	// (pool.Behind) waits for another request to ride with: the next
+	// (pool.MayLinger) waits for another request to ride with: the next
 	// container's claim usually follows within it, and the two then cost
 	// one raft entry instead of two, the claim no longer queueing behind
 	// the release's commit.
@@ -62,7 +62,7 @@ type batcher struct {
 	queue    []*pendingTxn
 	inFlight int
 	linger   time.Duration
-	waiting  bool // a lingering request's timer is armed
+	lingerer *time.Timer // armed while a lingering request waits for company
 }
 
 // do commits t, alone or with others, and returns its own response (its
@@ -76,13 +76,14 @@ func (b *batcher) do(ctx context.Context, t subTxn) (*pb.TxnResponse, int64, err
 	b.mu.Lock()
 	b.queue = append(b.queue, p)
 	switch {
-	case !pool.Behind(ctx):
+	case !pool.MayLinger(ctx):
 		b.start()
-	case b.inFlight == 0 && !b.waiting:
-		b.waiting = true
-		time.AfterFunc(b.linger, b.lingered)
+	case b.inFlight == 0 && b.lingerer == nil:
+		var t *time.Timer
+		t = time.AfterFunc(b.linger, func() { b.lingered(&t) })
+		b.lingerer = t
 	}
-	// Else a flush running now takes it once its commit is done.
+	// Else a flush running now, or the timer armed, takes it.
 	b.mu.Unlock()
 	select {
 	case r := <-p.done:
@@ -100,11 +101,15 @@ func (b *batcher) start() {
 	}
 }
 
-// lingered sends what lingering requests no other one took along.
-func (b *batcher) lingered() {
+// lingered sends what lingering requests no other one took along, unless
+// its timer *t was stopped meanwhile (b.lingerer is another or none).
+func (b *batcher) lingered(t **time.Timer) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.waiting = false
+	if b.lingerer != *t {
+		return
+	}
+	b.lingerer = nil
 	if b.inFlight == 0 {
 		b.start()
 	}
@@ -142,6 +147,12 @@ func (b *batcher) next() []*pendingTxn {
 		batch = append(batch, p)
 	}
 	b.queue = rest
+	if len(rest) == 0 && b.lingerer != nil {
+		// Nothing waits any more: the next lingering request gets its
+		// full linger. A timer that fired already finds nothing to send.
+		b.lingerer.Stop()
+		b.lingerer = nil
+	}
 	if len(batch) == 0 {
 		b.inFlight--
 		return nil

@@ -414,11 +414,17 @@ func (d *Driver) ReleaseAddress(r *api.ReleaseAddressRequest) error {
 	if d.Pools.ReleaseBehind(ref.Subnet, addr, d.Timeout, func(released bool, err error) error {
 		ctx, cancel := d.context()
 		defer cancel()
-		if err := d.endRelease(ctx, r.PoolID, ref.Subnet, addr, released, err); err != nil {
+		err = d.endRelease(ctx, r.PoolID, ref.Subnet, addr, released, err)
+		switch {
+		case errors.Is(err, pool.ErrUnavailable):
+			// Not this host's any more (gc or an operator released it,
+			// another host took it): nothing stays behind.
+			d.Log.Warn("release refused", "pool", r.PoolID, "address", addr, "err", err)
+			return nil
+		case err != nil:
 			d.Log.Warn("release failed after dockerd was answered: the address stays used until `ipamctl gc` releases it", "pool", r.PoolID, "address", addr, "err", err)
-			return err
 		}
-		return nil
+		return err
 	}) {
 		return nil
 	}

@@ -2,7 +2,6 @@ package pool
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -17,13 +16,16 @@ import (
 // finds (an orphan), and never lets it be handed out twice. So the
 // release of a container address this process claimed is answered once
 // it has started, and its transaction overlaps what dockerd does next
-// (tearing the sandbox down, the next container's RequestAddress).
+// (tearing the sandbox down, the next container's RequestAddress), or
+// rides in the next claim's transaction (MayLinger).
 // What could tell the difference waits for it: this process's claims of
-// the same address, for the same endpoint (owner key) or for the same
-// sticky name. Other hosts see the address used until the transaction
-// commits, one round trip later.
+// the same address, for the same endpoint (owner key), and its Detach of
+// the pool. Another host sees the address used until the transaction
+// commits: a lingering moment and a commit later, or longer when etcd is
+// slow (allocateNamed looks again). A sticky record is released after its
+// commit, as before: its name is meant to move to another host at once.
 
-// maxReleasesBehind bounds the releases in flight: beyond it a release is
+// maxReleasesBehind bounds the releases under way: beyond it a release is
 // answered after its commit, as every release was before, which pushes
 // back on dockerd when etcd is slower than it.
 const maxReleasesBehind = 256
@@ -31,45 +33,52 @@ const maxReleasesBehind = 256
 // releasesBehind tracks the releases ReleaseBehind started.
 type releasesBehind struct {
 	mu       sync.Mutex
-	inFlight map[claimKey]*releaseBehind
+	inFlight map[claimKey]*releaseBehind // until the commit ends
+	running  int                         // goroutines, until done returns
+	closed   bool                        // WaitReleases was called: no new ones
 	wg       sync.WaitGroup
 	failed   atomic.Uint64
 }
 
 type releaseBehind struct {
-	owner, sticky string // the record's, for claims that must wait
-	done          chan struct{}
+	owner string // the record's, for claims of the same endpoint
+	done  chan struct{}
 }
 
 // ReleaseBehind starts the release of addr when it is a container address
-// this process claimed and returns without waiting for the commit; done
-// gets the outcome as Release would have returned it, and returns the
-// error it could not deal with (counted as failed). It reports false,
-// doing nothing, for any other address, or when maxReleasesBehind are in
-// flight: the caller then calls Release. timeout bounds the release.
+// this process claimed, unbound to a sticky name, and returns without
+// waiting for the commit; done gets the outcome as Release would have
+// returned it, and returns the error it could not deal with (counted by
+// ReleasesFailed). It reports false, doing nothing, for any other address,
+// when maxReleasesBehind are under way, and after WaitReleases: the
+// caller then calls Release. timeout bounds the release.
 func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time.Duration, done func(released bool, err error) error) bool {
 	k := claimKey{subnet, addr}
 	claimed, ok := p.claimed.Load(k)
-	if !ok || claimed.(Entry).Used.Kind != KindContainer {
+	if !ok {
 		return false
 	}
 	used := claimed.(Entry).Used
+	if used.Kind != KindContainer || used.Sticky != "" {
+		return false
+	}
 	b := &p.behind
 	b.mu.Lock()
-	if b.inFlight == nil {
-		b.inFlight = map[claimKey]*releaseBehind{}
-	}
-	if b.inFlight[k] != nil || len(b.inFlight) >= maxReleasesBehind {
+	if b.closed || b.inFlight[k] != nil || b.running >= maxReleasesBehind {
 		b.mu.Unlock()
 		return false
 	}
-	r := &releaseBehind{owner: used.Owner(), sticky: used.Sticky, done: make(chan struct{})}
+	if b.inFlight == nil {
+		b.inFlight = map[claimKey]*releaseBehind{}
+	}
+	r := &releaseBehind{owner: used.Owner(), done: make(chan struct{})}
 	b.inFlight[k] = r
+	b.running++
 	b.wg.Add(1)
 	b.mu.Unlock()
 	go func() {
 		defer b.wg.Done()
-		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), behindKey{}, true), timeout)
+		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), lingerKey{}, true), timeout)
 		released, err := p.release(ctx, subnet, addr)
 		cancel()
 		b.mu.Lock()
@@ -79,53 +88,57 @@ func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time
 		if done(released, err) != nil {
 			b.failed.Add(1)
 		}
+		b.mu.Lock()
+		b.running--
+		b.mu.Unlock()
 	}()
 	return true
 }
 
-type behindKey struct{}
+type lingerKey struct{}
 
-// Behind says that ctx is a release's that dockerd was answered for: a
+// MayLinger says that ctx is a release's that dockerd was answered for: a
 // store may hold its write back a moment, to send it with the next one
 // (one etcd transaction instead of two).
-func Behind(ctx context.Context) bool { return ctx.Value(behindKey{}) != nil }
+func MayLinger(ctx context.Context) bool { return ctx.Value(lingerKey{}) != nil }
 
-// ReleasesBehind reports the releases ReleaseBehind has in flight and how
-// many of all it started failed (the address stays used until gc).
-func (p *Pools) ReleasesBehind() (inFlight int, failed uint64) {
+// ReleasesInFlight counts the releases ReleaseBehind started whose commit
+// has not ended.
+func (p *Pools) ReleasesInFlight() int {
 	p.behind.mu.Lock()
 	defer p.behind.mu.Unlock()
-	return len(p.behind.inFlight), p.behind.failed.Load()
+	return len(p.behind.inFlight)
 }
 
-// WaitReleases waits until every release ReleaseBehind started has ended,
-// or ctx is done.
+// ReleasesFailed counts the releases ReleaseBehind started that failed:
+// each address stays used until gc.
+func (p *Pools) ReleasesFailed() uint64 { return p.behind.failed.Load() }
+
+// WaitReleases stops ReleaseBehind from starting more and waits until
+// every release it started has ended, or ctx is done.
 func (p *Pools) WaitReleases(ctx context.Context) error {
+	p.behind.mu.Lock()
+	p.behind.closed = true
+	p.behind.mu.Unlock()
 	all := make(chan struct{})
 	go func() { p.behind.wg.Wait(); close(all) }()
 	select {
 	case <-all:
 		return nil
 	case <-ctx.Done():
-		n, _ := p.ReleasesBehind()
-		return fmt.Errorf("%d releases still in flight: %w", n, ctx.Err())
+		return fmt.Errorf("%d releases still in flight: %w", p.ReleasesInFlight(), ctx.Err())
 	}
 }
 
-// afterReleases waits for the releases in flight in subnet that a claim of
-// addr for a must not overtake: of addr itself, of a's endpoint or of a's
-// sticky name. addr may be invalid (any address) and a nil (an address
-// alone).
-func (p *Pools) afterReleases(ctx context.Context, subnet netip.Prefix, addr netip.Addr, a *Allocation) error {
-	var owner, sticky string
-	if a != nil {
-		owner, sticky = a.Owner(), a.Sticky
-	}
+// afterReleases waits for this process's releases in flight in subnet
+// that a change must not overtake: those whose address or endpoint
+// conflicts says it touches.
+func (p *Pools) afterReleases(ctx context.Context, subnet netip.Prefix, conflicts func(addr netip.Addr, owner string) bool) error {
 	for {
 		var wait chan struct{}
 		p.behind.mu.Lock()
 		for k, r := range p.behind.inFlight {
-			if k.subnet == subnet && (k.addr == addr || owner != "" && r.owner == owner || sticky != "" && r.sticky == sticky) {
+			if k.subnet == subnet && conflicts(k.addr, r.owner) {
 				wait = r.done
 				break
 			}
@@ -142,36 +155,29 @@ func (p *Pools) afterReleases(ctx context.Context, subnet netip.Prefix, addr net
 	}
 }
 
-// otherHostRelease is how long a claim refused an address that another
-// host's container holds waits before it looks once more: that host may
-// have answered the container's release and not committed it yet, as
-// when a container moves to another host (a sticky name, an --ip). It
-// covers the linger and a commit on a LAN, so only a refusal costs it.
-const otherHostRelease = 250 * time.Millisecond
-
-// heldError refuses an address because holder holds it.
-type heldError struct {
-	addr   netip.Addr
-	holder *Allocation
+// of is the conflict with one address.
+func of(addr netip.Addr) func(netip.Addr, string) bool {
+	return func(a netip.Addr, _ string) bool { return a == addr }
 }
 
-func inUse(addr netip.Addr, holder *Allocation) error { return &heldError{addr, holder} }
+// otherHostRelease bounds how long a claim refused an address another
+// host's container holds keeps looking before it refuses: that host may
+// have answered the container's release and not committed it yet, as when
+// a container moves to another host with its --ip. It covers the linger
+// and a few commits; only a refusal costs it.
+const otherHostRelease = time.Second
 
-func (e *heldError) Error() string {
-	return fmt.Sprintf("%v: %s is in use: %s", ErrUnavailable, e.addr, e.holder.Describe())
-}
-
-func (e *heldError) Unwrap() error { return ErrUnavailable }
-
-// releasedElsewhere says whether a claim refused with err on its first
-// attempt should look again: another host's container holds the address,
-// which that host may be releasing. It waits otherHostRelease first.
-func (p *Pools) releasedElsewhere(ctx context.Context, attempt int, err error) bool {
-	var held *heldError
-	if attempt > 0 || !errors.As(err, &held) || held.holder.Kind != KindContainer || held.holder.Host == p.cfg.Host {
+// lookAgain says whether a claim refused an address holder holds should
+// look again, after waiting: holder is another host's container, and the
+// claim has waited less than p.lookAgainFor in all (waited), in growing
+// steps.
+func (p *Pools) lookAgain(ctx context.Context, waited *time.Duration, holder *Allocation) bool {
+	if holder == nil || holder.Kind != KindContainer || holder.Host == p.cfg.Host || *waited >= p.lookAgainFor {
 		return false
 	}
-	t := time.NewTimer(p.lookAgainAfter)
+	step := max(*waited, p.lookAgainFor/16)
+	*waited += step
+	t := time.NewTimer(step)
 	defer t.Stop()
 	select {
 	case <-t.C:
@@ -179,4 +185,9 @@ func (p *Pools) releasedElsewhere(ctx context.Context, attempt int, err error) b
 	case <-ctx.Done():
 		return false
 	}
+}
+
+// inUse refuses addr, which holder holds.
+func inUse(addr netip.Addr, holder *Allocation) error {
+	return fmt.Errorf("%w: %s is in use: %s", ErrUnavailable, addr, holder.Describe())
 }

@@ -41,8 +41,9 @@ func refusedWhileReleasing(t *testing.T, what string, claim func(ctx context.Con
 }
 
 // TestReleaseBehind: a release answered before its commit lets other
-// claims go on, and makes wait exactly the claims that could tell: the
-// same address (--ip, a gateway), the same endpoint, the same sticky name.
+// claims go on, and makes wait exactly what could tell: claims of the same
+// address (--ip, an aux or gateway reference) or for the same endpoint,
+// another release of it, and the host's Detach of the pool.
 func TestReleaseBehind(t *testing.T) {
 	ctx := context.Background()
 	mem := newMemStore()
@@ -50,7 +51,7 @@ func TestReleaseBehind(t *testing.T) {
 	n := mustNetwork(t, "198.18.0.0/24", "")
 	p := hosts(t, s, n, "a")[0]
 	mac := "02:42:00:00:00:01"
-	held, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: mac, Sticky: "db"})
+	held, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: mac})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +65,7 @@ func TestReleaseBehind(t *testing.T) {
 	}) {
 		t.Fatal("ReleaseBehind refused a container address this process claimed")
 	}
-	if inFlight, _ := p.ReleasesBehind(); inFlight != 1 {
+	if inFlight := p.ReleasesInFlight(); inFlight != 1 {
 		t.Fatalf("releases in flight: %d, want 1", inFlight)
 	}
 
@@ -75,7 +76,7 @@ func TestReleaseBehind(t *testing.T) {
 	}
 	// Without the wait these would see the old record: --ip refused as in
 	// use, the same MAC taken for a retry and given the address being
-	// released, the sticky name refused as held.
+	// released.
 	refusedWhileReleasing(t, "--ip of the address", func(ctx context.Context) error {
 		_, err := p.Allocate(ctx, n, held, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"})
 		return err
@@ -84,9 +85,8 @@ func TestReleaseBehind(t *testing.T) {
 		_, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: mac})
 		return err
 	})
-	refusedWhileReleasing(t, "the same sticky name", func(ctx context.Context) error {
-		_, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:04", Sticky: "db"})
-		return err
+	refusedWhileReleasing(t, "the pool's Detach", func(ctx context.Context) error {
+		return p.Detach(ctx, n.Subnet)
 	})
 	refusedWhileReleasing(t, "the address as gateway", func(ctx context.Context) error {
 		return p.Aux(ctx, n, held)
@@ -103,17 +103,18 @@ func TestReleaseBehind(t *testing.T) {
 	if err := p.WaitReleases(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if inFlight, failed := p.ReleasesBehind(); inFlight != 0 || failed != 0 {
+	if inFlight, failed := p.ReleasesInFlight(), p.ReleasesFailed(); inFlight != 0 || failed != 0 {
 		t.Fatalf("after the release: %d in flight, %d failed", inFlight, failed)
 	}
-	got, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:05", Sticky: "db"})
-	if err != nil || got != held {
-		t.Fatalf("the sticky name after its release: %s, %v; want %s", got, err, held)
+	if got, err := p.Allocate(ctx, n, held, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:05"}); err != nil || got != held {
+		t.Fatalf("--ip of the address after its release: %s, %v", got, err)
 	}
 }
 
-// TestReleaseBehindOnlyForOwnContainers: gateways, and addresses this
-// process did not claim, are released as before, after the commit.
+// TestReleaseBehindOnlyForOwnContainers: gateways, sticky records (their
+// name moves to another host at once), addresses this process did not
+// claim, and any release once WaitReleases has begun, are released as
+// before, after the commit.
 func TestReleaseBehindOnlyForOwnContainers(t *testing.T) {
 	ctx := context.Background()
 	mem := newMemStore()
@@ -133,6 +134,23 @@ func TestReleaseBehindOnlyForOwnContainers(t *testing.T) {
 	}
 	if ps[0].ReleaseBehind(n.Subnet, c, time.Minute, never) {
 		t.Error("another host's container address went behind")
+	}
+	sticky, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02", Sticky: "db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps[0].ReleaseBehind(n.Subnet, sticky, time.Minute, never) {
+		t.Error("a sticky record's release went behind")
+	}
+	plain, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ps[0].WaitReleases(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ps[0].ReleaseBehind(n.Subnet, plain, time.Minute, never) {
+		t.Error("a release went behind after WaitReleases")
 	}
 }
 
@@ -156,7 +174,7 @@ func TestReleaseBehindFailure(t *testing.T) {
 	if err := p.WaitReleases(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, failed := p.ReleasesBehind(); failed != 1 {
+	if failed := p.ReleasesFailed(); failed != 1 {
 		t.Errorf("failed releases: %d, want 1", failed)
 	}
 	if e, _ := mem.Entry(ctx, n.Subnet, a); e.Used == nil {
@@ -185,31 +203,30 @@ func TestWaitReleasesIsBounded(t *testing.T) {
 }
 
 // TestMoveToAnotherHostDuringRelease: a container moving to another host
-// (--ip, or its sticky name) may start there before the first host's
-// release, answered already, has committed: the claim looks once more
-// before refusing. A holder that stays is still refused.
+// with its --ip may start there before the first host's release, answered
+// already, has committed: the claim looks again before refusing. A holder
+// that stays is still refused, after otherHostRelease.
 func TestMoveToAnotherHostDuringRelease(t *testing.T) {
 	ctx := context.Background()
-	for _, sticky := range []string{"", "db"} {
-		s := gatedSwaps{memStore: newMemStore(), gate: make(chan struct{})}
-		n := mustNetwork(t, "198.18.0.0/24", "")
-		ps := hosts(t, s, n, "a", "b")
-		first, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01", Sticky: sticky})
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := first
-		if sticky != "" {
-			want = netip.Addr{} // the name brings it
-		}
-		if _, err := ps[1].Allocate(ctx, n, want, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02", Sticky: sticky}); !errors.Is(err, ErrUnavailable) {
-			t.Fatalf("sticky %q: a held address claimed by another host: %v", sticky, err)
-		}
-		ps[0].ReleaseBehind(n.Subnet, first, time.Minute, func(_ bool, err error) error { return err })
-		time.AfterFunc(20*time.Millisecond, func() { close(s.gate) })
-		got, err := ps[1].Allocate(ctx, n, want, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03", Sticky: sticky})
-		if err != nil || got != first {
-			t.Fatalf("sticky %q: moved to host b while a's release committed: %s, %v; want %s", sticky, got, err, first)
-		}
+	s := gatedSwaps{memStore: newMemStore(), gate: make(chan struct{})}
+	n := mustNetwork(t, "198.18.0.0/24", "")
+	ps := hosts(t, s, n, "a", "b")
+	ps[1].lookAgainFor = 200 * time.Millisecond
+	first, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := ps[1].Allocate(ctx, n, first, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02"}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a held address claimed by another host: %v", err)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond {
+		t.Errorf("refused after %s, before looking again for 200ms", took)
+	}
+	ps[0].ReleaseBehind(n.Subnet, first, time.Minute, func(_ bool, err error) error { return err })
+	time.AfterFunc(20*time.Millisecond, func() { close(s.gate) })
+	got, err := ps[1].Allocate(ctx, n, first, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"})
+	if err != nil || got != first {
+		t.Fatalf("moved to host b while a's release committed: %s, %v; want %s", got, err, first)
 	}
 }

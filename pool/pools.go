@@ -61,8 +61,8 @@ type Pools struct {
 	cfg   Config
 	now   func() time.Time
 	randN func(n uint64) uint64
-	// lookAgainAfter is otherHostRelease, shorter in tests.
-	lookAgainAfter time.Duration
+	// lookAgainFor is otherHostRelease, shorter in tests.
+	lookAgainFor time.Duration
 	// claimed holds the entries of addresses this process claimed, as the
 	// claim left them (claimKey → Entry), so that their release needs no
 	// read: a stale one fails its compare, which returns the fresh entry.
@@ -90,7 +90,7 @@ func New(store Store, cfg Config) *Pools {
 	if cfg.MaxAutoSeed == 0 {
 		cfg.MaxAutoSeed = DefaultMaxAutoSeed
 	}
-	return &Pools{store: store, cfg: cfg, now: time.Now, randN: rand.Uint64N, lookAgainAfter: otherHostRelease}
+	return &Pools{store: store, cfg: cfg, now: time.Now, randN: rand.Uint64N, lookAgainFor: otherHostRelease}
 }
 
 // Host is the id this engine allocates for.
@@ -151,6 +151,10 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 // Detach drops this host's use of the pool; the pool itself stays, other
 // hosts may use it.
 func (p *Pools) Detach(ctx context.Context, subnet netip.Prefix) error {
+	// After its containers' releases: `ipamctl pool rm` may follow.
+	if err := p.afterReleases(ctx, subnet, func(netip.Addr, string) bool { return true }); err != nil {
+		return err
+	}
 	var r retrier
 	if _, ok, err := p.meta(ctx, &r, subnet); err != nil {
 		return fmt.Errorf("reading pool %s: %w", subnet, err)
@@ -302,7 +306,8 @@ func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, t
 // host's claim costs one more.
 func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
 	a.Host, a.Since = p.cfg.Host, p.now().UTC()
-	if err := p.afterReleases(ctx, n.Subnet, want, &a); err != nil {
+	owner := a.Owner()
+	if err := p.afterReleases(ctx, n.Subnet, func(addr netip.Addr, o string) bool { return addr == want || owner != "" && o == owner }); err != nil {
 		return netip.Addr{}, err
 	}
 	var r retrier // shared by every attempt: one backoff, one count
@@ -342,9 +347,6 @@ func (p *Pools) allocateSticky(ctx context.Context, r *retrier, n Network, a All
 		err = p.claimOutsideFreeSet(ctx, n.Subnet, bound, a)
 		if err == nil {
 			return bound, nil
-		}
-		if p.releasedElsewhere(ctx, attempt, err) {
-			continue
 		}
 		if !errors.Is(err, errUnbound) {
 			return netip.Addr{}, err
@@ -409,6 +411,7 @@ func (p *Pools) allocateFree(ctx context.Context, r *retrier, n Network, a Alloc
 
 // allocateNamed claims want, the address the request named (--ip).
 func (p *Pools) allocateNamed(ctx context.Context, r *retrier, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
+	var waited time.Duration // for another host's release (lookAgain)
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		c, err := p.claim(ctx, r, n.Subnet, want, a, true)
 		if err != nil {
@@ -428,17 +431,12 @@ func (p *Pools) allocateNamed(ctx context.Context, r *retrier, n Network, want n
 		case claimHoldsOther:
 			return netip.Addr{}, fmt.Errorf("%w: the endpoint (%s) already holds %s in pool %s", ErrUnavailable, a.Describe(), c.Existing, n.Subnet)
 		case claimByRule:
-			err := p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
-			if p.releasedElsewhere(ctx, attempt, err) {
-				continue
-			}
-			return want, err
+			return want, p.claimOutsideFreeSet(ctx, n.Subnet, want, a)
 		case claimHeld:
-			err := inUse(want, c.Holder)
-			if p.releasedElsewhere(ctx, attempt, err) {
+			if p.lookAgain(ctx, &waited, c.Holder) {
 				continue
 			}
-			return netip.Addr{}, err
+			return netip.Addr{}, inUse(want, c.Holder)
 		}
 		return netip.Addr{}, p.unseeded(ctx, n.Subnet, want)
 	}
@@ -612,7 +610,7 @@ func (p *Pools) hold(ctx context.Context, subnet netip.Prefix, addr netip.Addr, 
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return err
 	}
-	if err := p.afterReleases(ctx, subnet, addr, nil); err != nil {
+	if err := p.afterReleases(ctx, subnet, of(addr)); err != nil {
 		return err
 	}
 	return p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
@@ -629,7 +627,7 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return false, err
 	}
-	if err := p.afterReleases(ctx, subnet, addr, nil); err != nil {
+	if err := p.afterReleases(ctx, subnet, of(addr)); err != nil {
 		return false, err
 	}
 	return p.release(ctx, subnet, addr)

@@ -88,9 +88,6 @@ func TestStickyRace(t *testing.T) {
 		s := newMemStore()
 		n := mustNetwork(t, "198.18.0.0/28", "")
 		ps := hosts(t, s, n, "a", "b")
-		for _, p := range ps {
-			p.lookAgainAfter = time.Millisecond // the loser looks again once, as after another host's release
-		}
 		var wg sync.WaitGroup
 		got := make([]netip.Addr, 2)
 		errs := make([]error, 2)

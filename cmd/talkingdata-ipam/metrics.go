@@ -130,10 +130,10 @@ func serveMetrics(addr string, m *metrics, store *etcdstore.Store, pools *pool.P
 	}, func() float64 { return float64(pending.Len()) }), prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "talkingdata_releases_in_flight",
 		Help: "Releases dockerd was answered for whose etcd transaction has not ended yet.",
-	}, func() float64 { n, _ := pools.ReleasesBehind(); return float64(n) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
+	}, func() float64 { return float64(pools.ReleasesInFlight()) }), prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "talkingdata_releases_failed_total",
 		Help: "Releases dockerd was answered for whose etcd transaction failed: each address stays used until `ipamctl gc` releases it (the daemon logs which).",
-	}, func() float64 { _, n := pools.ReleasesBehind(); return float64(n) }))
+	}, func() float64 { return float64(pools.ReleasesFailed()) }))
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {

@@ -279,6 +279,13 @@ func (r *runner) txnsServed(ctx context.Context, k int) (int, error) {
 func (r *runner) pluginKill(_ context.Context, f *faultRecord) error {
 	h := 1 + r.faultRng.IntN(len(r.plugins))
 	f.target = "the plugin of h" + strconv.Itoa(h)
+	r.mu.Lock()
+	if r.pluginKills == nil {
+		r.pluginKills = map[string][]time.Time{}
+	}
+	name := r.plugins[h-1].name
+	r.pluginKills[name] = append(r.pluginKills[name], time.Now())
+	r.mu.Unlock()
 	if err := r.lab.KillPlugin(h); err != nil {
 		return fmt.Errorf("killing the plugin of h%d: %w", h, err)
 	}

@@ -179,6 +179,7 @@ type Result struct {
 	GrantsVerified      int64
 	Unverified          int64 // grant/release reads that etcd did not answer (elections)
 	Leaked              int   // container addresses in used/ that no endpoint holds
+	LostWithPlugin      int   // releases answered with success whose plugin was killed before it committed them (killWindow): gc's to find
 	InvariantViolations int   // free/used/seeded inconsistencies, ipamctl check anomalies
 	FreeMismatch        int   // seeded addresses not free once the endpoints released everything
 
@@ -198,10 +199,10 @@ type Result struct {
 // Line is the one-line summary.
 func (r *Result) Line() string {
 	return fmt.Sprintf("chaos: operations=%d (allocations=%d releases=%d, calls=%d) errors-returned=%d transport-errors=%d retries=%d "+
-		"duplicates=%d lost=%d lost-at-grant=%d releases-not-done=%d leaked=%d leaked-releases=%d failed-allocations=%d stale-release-retries=%d (freeing a holder's: %d) invariant-violations=%d free-mismatch=%d "+
+		"duplicates=%d lost=%d lost-at-grant=%d releases-not-done=%d leaked=%d lost-with-plugin=%d leaked-releases=%d failed-allocations=%d stale-release-retries=%d (freeing a holder's: %d) invariant-violations=%d free-mismatch=%d "+
 		"grants-verified=%d unverified-reads=%d duration=%s seed=%d",
 		r.Ops, r.Allocs, r.Releases, r.Calls, r.Errors, r.TransportErrors, r.Retries,
-		r.Duplicates, r.Lost, r.LostAtGrant, r.ReleasesNotDone, r.Leaked, r.LeakedReleases, r.FailedAllocs, r.StaleReleaseRetries, r.StaleReleaseFreed, r.InvariantViolations, r.FreeMismatch,
+		r.Duplicates, r.Lost, r.LostAtGrant, r.ReleasesNotDone, r.Leaked, r.LostWithPlugin, r.LeakedReleases, r.FailedAllocs, r.StaleReleaseRetries, r.StaleReleaseFreed, r.InvariantViolations, r.FreeMismatch,
 		r.GrantsVerified, r.Unverified, r.Duration.Round(100*time.Millisecond), r.Seed)
 }
 
@@ -255,7 +256,10 @@ type endpoint struct {
 	addr      netip.Addr
 	uncertain bool   // an attempt ended without a clear answer: it may have committed
 	state     string // allocating, held, kept, releasing, released, release-failed, gave-up
-	events    []string
+	// releasedAt is when its release was answered with success: the plugin
+	// commits it a moment later (pool.ReleaseBehind).
+	releasedAt time.Time
+	events     []string
 }
 
 func (e *endpoint) logf(format string, args ...any) {
@@ -297,6 +301,8 @@ type runner struct {
 	// counters updated by workers; copied into res at the end
 	ops, allocs, releases, calls, errs, terrs, retries, failed, leakedRel, stale atomic.Int64
 	verified, unverified, lostAtGrant, notReleased, staleFreed                   atomic.Int64
+	releaseChecks                                                                sync.WaitGroup // awaitReleased calls under way
+	pluginKills                                                                  map[string][]time.Time
 
 	mu        sync.Mutex
 	held      map[netip.Addr][]*endpoint // who holds each address right now, per the endpoints (two: a duplicate)
@@ -432,6 +438,7 @@ func Run(ctx context.Context, l *lab.Lab, cfg Config) (*Result, error) {
 			break
 		}
 	}
+	r.releaseChecks.Wait()
 	r.counters()
 	if err != nil {
 		r.finish()
@@ -615,15 +622,56 @@ func (r *runner) checkStale(ctx context.Context, a netip.Addr, e *endpoint, hold
 	}
 }
 
-// checkReleased: after a release answered with success, etcd must no longer record e there.
+// releaseSettle bounds how long a release answered with success may take
+// to reach etcd: the plugin commits it within a few milliseconds, or, in an
+// election, retries it for up to its --request-timeout (10 s).
+const releaseSettle = 15 * time.Second
+
+// killWindow is how soon after a release's answer a SIGKILL of its plugin
+// may take the release with it: the plugin answers before it commits.
+const killWindow = time.Second
+
+// checkReleased: after a release answered with success, etcd must stop
+// recording e there within releaseSettle, unless its plugin was killed
+// first (killedAfterRelease). It checks in the background: the worker goes
+// on, and the verification waits for every check (r.releaseChecks).
 func (r *runner) checkReleased(ctx context.Context, a netip.Addr, e *endpoint) {
-	u, ok := r.readUsed(ctx, a)
-	if !ok || u == nil || !strings.EqualFold(u.MAC, e.mac) || u.Host != e.p.name {
-		return
+	r.releaseChecks.Go(func() {
+		deadline := time.Now().Add(releaseSettle)
+		for wait := 5 * time.Millisecond; ; wait = min(2*wait, 500*time.Millisecond) {
+			time.Sleep(wait)
+			u, ok := r.readUsed(ctx, a)
+			if ok && (u == nil || !strings.EqualFold(u.MAC, e.mac) || u.Host != e.p.name) {
+				return
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				if killed, after := r.killedAfterRelease(e); killed {
+					e.logf("etcd still records the released %s: its plugin was killed %s after the answer", a, after.Round(time.Millisecond))
+					return
+				}
+				r.notReleased.Add(1)
+				e.logf("etcd read %s after the release: used/%s is still %v", releaseSettle, addrKey(a), u)
+				r.anomaly("RELEASE NOT DONE %s: ReleaseAddress on %s answered success, but etcd still records %v after %s\n    %s", a, e.p.name, u, releaseSettle, e.describe())
+				return
+			}
+		}
+	})
+}
+
+// killedAfterRelease says whether e's plugin was killed within killWindow
+// after e's release was answered, and how long after.
+func (r *runner) killedAfterRelease(e *endpoint) (bool, time.Duration) {
+	e.mu.Lock()
+	at := e.releasedAt
+	e.mu.Unlock()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, k := range r.pluginKills[e.p.name] {
+		if after := k.Sub(at); !at.IsZero() && after >= 0 && after <= killWindow {
+			return true, after
+		}
 	}
-	r.notReleased.Add(1)
-	e.logf("etcd read after the release: used/%s is still %s", addrKey(a), u)
-	r.anomaly("RELEASE NOT DONE %s: ReleaseAddress on %s answered success, but etcd still records %s\n    %s", a, e.p.name, u, e.describe())
+	return false, 0
 }
 
 func backoff(attempt int) time.Duration {
@@ -723,7 +771,8 @@ func (r *runner) release(ctx context.Context, e *endpoint, a netip.Addr) bool {
 		if err == nil {
 			e.logf("ReleaseAddress %s #%d sent %s → ok (%s)", a, attempt, stamp(t0), took)
 			r.releases.Add(1)
-			e.set(func(e *endpoint) { e.state = "released" })
+			answered := time.Now()
+			e.set(func(e *endpoint) { e.state, e.releasedAt = "released", answered })
 			return true
 		}
 		e.logf("ReleaseAddress %s #%d sent %s → %v (%s)", a, attempt, stamp(t0), err, took)
