@@ -120,38 +120,29 @@ func TestReleaseBehindOnlyForOwnContainers(t *testing.T) {
 	mem := newMemStore()
 	n := mustNetwork(t, "198.18.0.0/24", "")
 	ps := hosts(t, mem, n, "a", "b")
-	never := func(bool, error) error { t.Error("done called for a release not started"); return nil }
-	gw, err := ps[0].Gateway(ctx, n, netip.Addr{}, false)
-	if err != nil {
-		t.Fatal(err)
+	must := func(a netip.Addr, err error) netip.Addr {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
 	}
-	if ps[0].ReleaseBehind(n.Subnet, gw, time.Minute, never) {
-		t.Error("a gateway's release went behind")
+	container := func(p *Pools, mac, sticky string) netip.Addr {
+		return must(p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: mac, Sticky: sticky}))
 	}
-	c, err := ps[1].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:01"})
-	if err != nil {
-		t.Fatal(err)
+	behind := func(what string, addr netip.Addr) {
+		if ps[0].ReleaseBehind(n.Subnet, addr, time.Minute, func(bool, error) error { return nil }) {
+			t.Errorf("the release of %s went behind", what)
+		}
 	}
-	if ps[0].ReleaseBehind(n.Subnet, c, time.Minute, never) {
-		t.Error("another host's container address went behind")
-	}
-	sticky, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:02", Sticky: "db"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ps[0].ReleaseBehind(n.Subnet, sticky, time.Minute, never) {
-		t.Error("a sticky record's release went behind")
-	}
-	plain, err := ps[0].Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	behind("a gateway", must(ps[0].Gateway(ctx, n, netip.Addr{}, false)))
+	behind("another host's container", container(ps[1], "02:42:00:00:00:01", ""))
+	behind("a sticky record", container(ps[0], "02:42:00:00:00:02", "db"))
+	plain := container(ps[0], "02:42:00:00:00:03", "")
 	if err := ps[0].WaitReleases(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if ps[0].ReleaseBehind(n.Subnet, plain, time.Minute, never) {
-		t.Error("a release went behind after WaitReleases")
-	}
+	behind("a container after WaitReleases", plain)
 }
 
 // TestReleaseBehindFailure: a release that fails after its answer is
