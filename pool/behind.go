@@ -33,8 +33,7 @@ const maxReleasesBehind = 256
 // releasesBehind tracks the releases ReleaseBehind started.
 type releasesBehind struct {
 	mu       sync.Mutex
-	inFlight map[claimKey]*releaseBehind // until the commit ends
-	running  int                         // goroutines, until done returns
+	inFlight map[claimKey]*releaseBehind // until done has returned
 	closed   bool                        // WaitReleases was called: no new ones
 	wg       sync.WaitGroup
 	failed   atomic.Uint64
@@ -64,7 +63,7 @@ func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time
 	}
 	b := &p.behind
 	b.mu.Lock()
-	if b.closed || b.inFlight[k] != nil || b.running >= maxReleasesBehind {
+	if b.closed || b.inFlight[k] != nil || len(b.inFlight) >= maxReleasesBehind {
 		b.mu.Unlock()
 		return false
 	}
@@ -73,7 +72,6 @@ func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time
 	}
 	r := &releaseBehind{owner: used.Owner(), done: make(chan struct{})}
 	b.inFlight[k] = r
-	b.running++
 	b.wg.Add(1)
 	b.mu.Unlock()
 	go func() {
@@ -81,16 +79,15 @@ func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time
 		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), lingerKey{}, true), timeout)
 		released, err := p.release(ctx, subnet, addr)
 		cancel()
-		b.mu.Lock()
-		delete(b.inFlight, k)
-		b.mu.Unlock()
-		close(r.done)
+		// Those waiting go on once done has dealt with the outcome (a
+		// release kept for later is kept by then).
 		if done(released, err) != nil {
 			b.failed.Add(1)
 		}
 		b.mu.Lock()
-		b.running--
+		delete(b.inFlight, k)
 		b.mu.Unlock()
+		close(r.done)
 	}()
 	return true
 }
@@ -102,8 +99,8 @@ type lingerKey struct{}
 // (one etcd transaction instead of two).
 func MayLinger(ctx context.Context) bool { return ctx.Value(lingerKey{}) != nil }
 
-// ReleasesInFlight counts the releases ReleaseBehind started whose commit
-// has not ended.
+// ReleasesInFlight counts the releases ReleaseBehind started that have not
+// ended.
 func (p *Pools) ReleasesInFlight() int {
 	p.behind.mu.Lock()
 	defer p.behind.mu.Unlock()

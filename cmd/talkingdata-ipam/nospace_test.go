@@ -47,12 +47,21 @@ func TestNoSpaceKeptAcrossRestart(t *testing.T) {
 			t.Fatalf("release of %s with etcd out of space: %v", a, out)
 		}
 	}
+	// A container's release is answered before its commit, so its keeping
+	// follows the answer by a moment: look for up to 10 s.
 	health := func(wantCode int, want ...string) {
 		t.Helper()
-		code, body := get(t, "http://"+addr+"/healthz")
-		for _, w := range want {
-			if code != wantCode || !strings.Contains(body, w) {
-				t.Fatalf("/healthz: %d %q, want %d and %q", code, body, wantCode, w)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			code, body := get(t, "http://"+addr+"/healthz")
+			missing := code != wantCode
+			for _, w := range want {
+				missing = missing || !strings.Contains(body, w)
+			}
+			if !missing {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("/healthz: %d %q, want %d and %q", code, body, wantCode, want)
 			}
 		}
 	}
