@@ -57,7 +57,8 @@ func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time
 	if !ok {
 		return false
 	}
-	used := claimed.(Entry).Used
+	entry := claimed.(Entry)
+	used := entry.Used
 	if used.Kind != KindContainer || used.Sticky != "" {
 		return false
 	}
@@ -78,6 +79,13 @@ func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time
 		defer b.wg.Done()
 		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), lingerKey{}, true), timeout)
 		released, err := p.release(ctx, subnet, addr)
+		if released && entry.ReuseDelay == 0 && seeded(entry) {
+			// Free at once: this host's next claim need not wait for
+			// the watch to say so (a full range, allocateFree).
+			if free, err := p.store.FreeSet(ctx, subnet); err == nil {
+				free.Add(addr)
+			}
+		}
 		cancel()
 		// Those waiting go on once done has dealt with the outcome (a
 		// release kept for later is kept by then).
@@ -150,6 +158,19 @@ func (p *Pools) afterReleases(ctx context.Context, subnet netip.Prefix, conflict
 			return fmt.Errorf("waiting for this host's release in flight in pool %s: %w", subnet, ctx.Err())
 		}
 	}
+}
+
+// anyReleases waits for this process's releases in flight in subnet and
+// says whether there were any: a claim that found no free address looks
+// again after them.
+func (p *Pools) anyReleases(ctx context.Context, subnet netip.Prefix) bool {
+	p.behind.mu.Lock()
+	some := false
+	for k := range p.behind.inFlight {
+		some = some || k.subnet == subnet
+	}
+	p.behind.mu.Unlock()
+	return some && p.afterReleases(ctx, subnet, func(netip.Addr, string) bool { return true }) == nil
 }
 
 // of is the conflict with one address.

@@ -3,6 +3,7 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -219,5 +220,31 @@ func TestMoveToAnotherHostDuringRelease(t *testing.T) {
 	got, err := ps[1].Allocate(ctx, n, first, Allocation{Kind: KindContainer, MAC: "02:42:00:00:00:03"})
 	if err != nil || got != first {
 		t.Fatalf("moved to host b while a's release committed: %s, %v; want %s", got, err, first)
+	}
+}
+
+// TestFullRangeWaitsForOwnRelease: with no free address left but one of
+// this host's releases in flight, a claim waits for it instead of
+// answering "no free address" (a pool without reuse delay).
+func TestFullRangeWaitsForOwnRelease(t *testing.T) {
+	ctx := context.Background()
+	s := gatedSwaps{memStore: newMemStore(), gate: make(chan struct{})}
+	n := mustNetwork(t, "198.18.0.0/29", "")
+	p := hosts(t, s, n, "a")[0]
+	var first netip.Addr
+	for i := range 6 {
+		a, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: fmt.Sprintf("02:42:00:00:00:%02x", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = a
+		}
+	}
+	p.ReleaseBehind(n.Subnet, first, time.Minute, func(_ bool, err error) error { return err })
+	time.AfterFunc(20*time.Millisecond, func() { close(s.gate) })
+	got, err := p.Allocate(ctx, n, netip.Addr{}, Allocation{Kind: KindContainer, MAC: "02:42:00:00:01:00"})
+	if err != nil || got != first {
+		t.Fatalf("a claim on a full range while its release is in flight: %s, %v; want %s", got, err, first)
 	}
 }

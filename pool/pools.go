@@ -374,6 +374,8 @@ func (p *Pools) allocateFree(ctx context.Context, r *retrier, n Network, a Alloc
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		addr, waiting, ok := free.Take(n.Range(), p.randN)
 		switch {
+		case !ok && p.anyReleases(ctx, n.Subnet):
+			continue // one of them may free an address
 		case !ok && waiting > 0:
 			return netip.Addr{}, p.allDelayed(ctx, n)
 		case !ok:
