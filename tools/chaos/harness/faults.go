@@ -279,6 +279,9 @@ func (r *runner) txnsServed(ctx context.Context, k int) (int, error) {
 func (r *runner) pluginKill(_ context.Context, f *faultRecord) error {
 	h := 1 + r.faultRng.IntN(len(r.plugins))
 	f.target = "the plugin of h" + strconv.Itoa(h)
+	err := r.lab.KillPlugin(h)
+	// When the plugin is surely gone: a release it answered while the
+	// kill was under way counts as answered before it.
 	r.mu.Lock()
 	if r.pluginKills == nil {
 		r.pluginKills = map[string][]time.Time{}
@@ -286,7 +289,7 @@ func (r *runner) pluginKill(_ context.Context, f *faultRecord) error {
 	name := r.plugins[h-1].name
 	r.pluginKills[name] = append(r.pluginKills[name], time.Now())
 	r.mu.Unlock()
-	if err := r.lab.KillPlugin(h); err != nil {
+	if err != nil {
 		return fmt.Errorf("killing the plugin of h%d: %w", h, err)
 	}
 	f.start = time.Now()

@@ -658,8 +658,8 @@ func (r *runner) checkReleased(ctx context.Context, a netip.Addr, e *endpoint) {
 	})
 }
 
-// killedAfterRelease says whether e's plugin was killed within killWindow
-// after e's release was answered, and how long after.
+// killedAfterRelease says whether e's plugin was killed (the kill done)
+// within killWindow after e's release was answered, and how long after.
 func (r *runner) killedAfterRelease(e *endpoint) (bool, time.Duration) {
 	e.mu.Lock()
 	at := e.releasedAt
