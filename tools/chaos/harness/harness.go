@@ -256,8 +256,9 @@ type endpoint struct {
 	addr      netip.Addr
 	uncertain bool   // an attempt ended without a clear answer: it may have committed
 	state     string // allocating, held, kept, releasing, released, release-failed, gave-up
-	// releasedAt is when its release was answered with success: the plugin
-	// commits it a moment later (pool.ReleaseBehind).
+	// releasedAt is when the release that was answered with success was
+	// sent (its answer may be read after a kill that followed it): the
+	// plugin commits it a moment after answering (pool.ReleaseBehind).
 	releasedAt time.Time
 	events     []string
 }
@@ -627,9 +628,9 @@ func (r *runner) checkStale(ctx context.Context, a netip.Addr, e *endpoint, hold
 // election, retries it for up to its --request-timeout (10 s).
 const releaseSettle = 15 * time.Second
 
-// killWindow is how soon after a release's answer a SIGKILL of its plugin
+// killWindow is how soon after a release is sent a SIGKILL of its plugin
 // may take the release with it: the plugin answers before it commits.
-const killWindow = time.Second
+const killWindow = 250 * time.Millisecond
 
 // checkReleased: after a release answered with success, etcd must stop
 // recording e there within releaseSettle, unless its plugin was killed
@@ -646,7 +647,7 @@ func (r *runner) checkReleased(ctx context.Context, a netip.Addr, e *endpoint) {
 			}
 			if time.Now().After(deadline) || ctx.Err() != nil {
 				if killed, after := r.killedAfterRelease(e); killed {
-					e.logf("etcd still records the released %s: its plugin was killed %s after the answer", a, after.Round(time.Millisecond))
+					e.logf("etcd still records the released %s: its plugin was killed %s after the release was sent", a, after.Round(time.Millisecond))
 					return
 				}
 				r.notReleased.Add(1)
@@ -659,7 +660,8 @@ func (r *runner) checkReleased(ctx context.Context, a netip.Addr, e *endpoint) {
 }
 
 // killedAfterRelease says whether e's plugin was killed (the kill done)
-// within killWindow after e's release was answered, and how long after.
+// within killWindow after e's successful release was sent, and how long
+// after.
 func (r *runner) killedAfterRelease(e *endpoint) (bool, time.Duration) {
 	e.mu.Lock()
 	at := e.releasedAt
@@ -771,8 +773,7 @@ func (r *runner) release(ctx context.Context, e *endpoint, a netip.Addr) bool {
 		if err == nil {
 			e.logf("ReleaseAddress %s #%d sent %s → ok (%s)", a, attempt, stamp(t0), took)
 			r.releases.Add(1)
-			answered := time.Now()
-			e.set(func(e *endpoint) { e.state, e.releasedAt = "released", answered })
+			e.set(func(e *endpoint) { e.state, e.releasedAt = "released", t0 })
 			return true
 		}
 		e.logf("ReleaseAddress %s #%d sent %s → %v (%s)", a, attempt, stamp(t0), err, took)

@@ -317,7 +317,7 @@ func (r *runner) classify(u usedEntry) (string, *endpoint) {
 		return fmt.Sprintf("an unknown-outcome commit: an attempt failed without a clear answer, a retry with the same MAC got %s", e.addr), e
 	case e.state == "released":
 		if killed {
-			return fmt.Sprintf("%s, %s after the answer", releasedThenKilled, after.Round(time.Millisecond)), e
+			return fmt.Sprintf("%s, %s after the release was sent", releasedThenKilled, after.Round(time.Millisecond)), e
 		}
 		return "released with success, yet still recorded", e
 	default:
