@@ -86,6 +86,25 @@ func (s *Store) FreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet
 	}
 }
 
+// loadedSet is the pool's free set if this process has loaded it, or nil:
+// it never starts a load nor waits for one.
+func (s *Store) loadedSet(subnet netip.Prefix) *pool.FreeSet {
+	s.views.mu.Lock()
+	v := s.views.m[subnet]
+	s.views.mu.Unlock()
+	if v == nil {
+		return nil
+	}
+	select {
+	case <-v.loaded:
+		if v.err == nil {
+			return v.set
+		}
+	default:
+	}
+	return nil
+}
+
 // loadFreeSet reads the pool's ranges, free keys and delay keys at one
 // revision.
 func (s *Store) loadFreeSet(ctx context.Context, subnet netip.Prefix) (*pool.FreeSet, int64, error) {

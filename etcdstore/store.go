@@ -411,6 +411,14 @@ func (s *Store) Swap(ctx context.Context, subnet netip.Prefix, cur pool.Entry, n
 		return pool.Entry{}, false, err
 	}
 	if r.Succeeded {
+		if next.Free && !cur.Free && next.Delay == 0 {
+			// Free at once: this process's next claim need not wait for
+			// its watch to say so (a full range). Applying the watch's
+			// event again later changes nothing.
+			if set := s.loadedSet(subnet); set != nil {
+				set.Add(cur.Addr)
+			}
+		}
 		return pool.Entry{}, true, nil
 	}
 	fresh, err := entryFrom(cur.Addr, r.Responses)

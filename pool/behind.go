@@ -57,8 +57,7 @@ func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time
 	if !ok {
 		return false
 	}
-	entry := claimed.(Entry)
-	used := entry.Used
+	used := claimed.(Entry).Used
 	if used.Kind != KindContainer || used.Sticky != "" {
 		return false
 	}
@@ -79,13 +78,6 @@ func (p *Pools) ReleaseBehind(subnet netip.Prefix, addr netip.Addr, timeout time
 		defer b.wg.Done()
 		ctx, cancel := context.WithTimeout(context.WithValue(context.Background(), lingerKey{}, true), timeout)
 		released, err := p.release(ctx, subnet, addr)
-		if released && entry.ReuseDelay == 0 && seeded(entry) {
-			// Free at once: this host's next claim need not wait for
-			// the watch to say so (a full range, allocateFree).
-			if free, err := p.store.FreeSet(ctx, subnet); err == nil {
-				free.Add(addr)
-			}
-		}
 		cancel()
 		// Those waiting go on once done has dealt with the outcome (a
 		// release kept for later is kept by then).
@@ -137,8 +129,8 @@ func (p *Pools) WaitReleases(ctx context.Context) error {
 
 // afterReleases waits for this process's releases in flight in subnet
 // that a change must not overtake: those whose address or endpoint
-// conflicts says it touches.
-func (p *Pools) afterReleases(ctx context.Context, subnet netip.Prefix, conflicts func(addr netip.Addr, owner string) bool) error {
+// conflicts says it touches. waited says whether there were any.
+func (p *Pools) afterReleases(ctx context.Context, subnet netip.Prefix, conflicts func(addr netip.Addr, owner string) bool) (waited bool, err error) {
 	for {
 		var wait chan struct{}
 		p.behind.mu.Lock()
@@ -150,28 +142,27 @@ func (p *Pools) afterReleases(ctx context.Context, subnet netip.Prefix, conflict
 		}
 		p.behind.mu.Unlock()
 		if wait == nil {
-			return nil
+			return waited, nil
 		}
+		waited = true
 		select {
 		case <-wait:
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for this host's release in flight in pool %s: %w", subnet, ctx.Err())
+			return waited, fmt.Errorf("waiting for this host's release in flight in pool %s: %w", subnet, ctx.Err())
 		}
 	}
 }
 
-// anyReleases waits for this process's releases in flight in subnet and
-// says whether there were any: a claim that found no free address looks
-// again after them.
-func (p *Pools) anyReleases(ctx context.Context, subnet netip.Prefix) bool {
-	p.behind.mu.Lock()
-	some := false
-	for k := range p.behind.inFlight {
-		some = some || k.subnet == subnet
-	}
-	p.behind.mu.Unlock()
-	return some && p.afterReleases(ctx, subnet, func(netip.Addr, string) bool { return true }) == nil
+// waitedForReleases waits for this process's releases in flight in subnet
+// and says whether there were any (and all ended): a claim that found no
+// free address looks again after them.
+func (p *Pools) waitedForReleases(ctx context.Context, subnet netip.Prefix) bool {
+	waited, err := p.afterReleases(ctx, subnet, every)
+	return waited && err == nil
 }
+
+// every is the conflict with any release in the pool.
+func every(netip.Addr, string) bool { return true }
 
 // of is the conflict with one address.
 func of(addr netip.Addr) func(netip.Addr, string) bool {

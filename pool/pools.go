@@ -152,7 +152,7 @@ func (p *Pools) Attach(ctx context.Context, n Network) error {
 // hosts may use it.
 func (p *Pools) Detach(ctx context.Context, subnet netip.Prefix) error {
 	// After its containers' releases: `ipamctl pool rm` may follow.
-	if err := p.afterReleases(ctx, subnet, func(netip.Addr, string) bool { return true }); err != nil {
+	if _, err := p.afterReleases(ctx, subnet, every); err != nil {
 		return err
 	}
 	var r retrier
@@ -307,7 +307,7 @@ func (p *Pools) finishSeeding(ctx context.Context, m Meta, progress func(done, t
 func (p *Pools) Allocate(ctx context.Context, n Network, want netip.Addr, a Allocation) (netip.Addr, error) {
 	a.Host, a.Since = p.cfg.Host, p.now().UTC()
 	owner := a.Owner()
-	if err := p.afterReleases(ctx, n.Subnet, func(addr netip.Addr, o string) bool { return addr == want || owner != "" && o == owner }); err != nil {
+	if _, err := p.afterReleases(ctx, n.Subnet, func(addr netip.Addr, o string) bool { return addr == want || owner != "" && o == owner }); err != nil {
 		return netip.Addr{}, err
 	}
 	var r retrier // shared by every attempt: one backoff, one count
@@ -374,8 +374,8 @@ func (p *Pools) allocateFree(ctx context.Context, r *retrier, n Network, a Alloc
 	for attempt := 0; attempt < maxAttempts; attempt++ {
 		addr, waiting, ok := free.Take(n.Range(), p.randN)
 		switch {
-		case !ok && p.anyReleases(ctx, n.Subnet):
-			continue // one of them may free an address
+		case !ok && p.waitedForReleases(ctx, n.Subnet):
+			continue // one of them may have freed an address
 		case !ok && waiting > 0:
 			return netip.Addr{}, p.allDelayed(ctx, n)
 		case !ok:
@@ -612,7 +612,7 @@ func (p *Pools) hold(ctx context.Context, subnet netip.Prefix, addr netip.Addr, 
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return err
 	}
-	if err := p.afterReleases(ctx, subnet, of(addr)); err != nil {
+	if _, err := p.afterReleases(ctx, subnet, of(addr)); err != nil {
 		return err
 	}
 	return p.change(ctx, subnet, addr, func(e Entry) (State, bool, error) {
@@ -629,7 +629,7 @@ func (p *Pools) Release(ctx context.Context, subnet netip.Prefix, addr netip.Add
 	if err := CheckHostAddr(subnet, addr); err != nil {
 		return false, err
 	}
-	if err := p.afterReleases(ctx, subnet, of(addr)); err != nil {
+	if _, err := p.afterReleases(ctx, subnet, of(addr)); err != nil {
 		return false, err
 	}
 	return p.release(ctx, subnet, addr)
