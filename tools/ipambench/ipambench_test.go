@@ -162,3 +162,20 @@ func TestQuantileMedian(t *testing.T) {
 		t.Errorf("median = %v", m)
 	}
 }
+
+// TestMemPoolsSmoke is make bench's many-pools phase small: one daemon loads 3 pools of 64k, an
+// allocation and its release each, after which each pool's counts must be whole again (a
+// release answered before its commit made the check fail once), and memory is recorded.
+func TestMemPoolsSmoke(t *testing.T) {
+	res, _, _ := smokeRun(t, 60*time.Second, func(config) {}, "-phases", "mempools", "-instances", "1", "-mem-pools", "3")
+	if res.Errors != 0 || res.Duplicates != 0 {
+		t.Errorf("%d errors, %d duplicates", res.Errors, res.Duplicates)
+	}
+	var loaded bool
+	for _, m := range res.Mem {
+		loaded = loaded || m.When == "3 pools of 64k loaded" && m.Mem.RSS > 0
+	}
+	if !loaded {
+		t.Errorf("no memory recorded with the 3 pools loaded: %+v", res.Mem)
+	}
+}

@@ -191,18 +191,25 @@ func (r *runner) pool(ctx context.Context, name string) (*benchPool, error) {
 }
 
 // checkCounts makes sure the pool holds what this run thinks: a fill that fell short would
-// measure another utilisation than the one reported.
+// measure another utilisation than the one reported. A release is answered before it commits
+// (docs/ARCHITECTURE.md, ReleaseAddress), so the counts may lag the answers: it looks again for
+// as long as a release may take.
 func (r *runner) checkCounts(ctx context.Context, p *benchPool) error {
 	cctx, cancel := context.WithTimeout(ctx, etcdTimeout)
 	defer cancel()
-	free, used, err := r.store.Counts(cctx, p.net.Subnet)
-	if err != nil {
-		return err
+	for deadline := time.Now().Add(callTimeout); ; {
+		free, used, err := r.store.Counts(cctx, p.net.Subnet)
+		if err != nil {
+			return err
+		}
+		if int(free) == p.size-p.used && int(used) == p.used {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("pool %s: %d free and %d used, want %d and %d", p.spec.name, free, used, p.size-p.used, p.used)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
-	if int(free) != p.size-p.used || int(used) != p.used {
-		return fmt.Errorf("pool %s: %d free and %d used, want %d and %d", p.spec.name, free, used, p.size-p.used, p.used)
-	}
-	return nil
 }
 
 // attach is `docker network create` on daemon i: RequestPool, once per daemon.
