@@ -174,13 +174,18 @@ func (r *runner) setup(ctx context.Context) string {
 }
 
 // treeRevision names the working tree the run started in, for binaries built without VCS
-// stamps (GOFLAGS=-buildvcs=false): `make bench` builds them from it just before.
+// stamps (GOFLAGS=-buildvcs=false): `make bench` builds them from it just before. What the
+// runs themselves write (docs/perf) does not make it dirty.
 func treeRevision() string {
-	out, err := exec.Command("git", "describe", "--always", "--dirty").Output()
+	head, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
 	if err != nil {
 		return "unknown revision"
 	}
-	return "built from tree " + strings.TrimSpace(string(out))
+	rev := strings.TrimSpace(string(head))
+	if changed, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)docs/perf").Output(); err != nil || len(changed) > 0 {
+		rev += "-dirty"
+	}
+	return "built from tree " + rev
 }
 
 func (r *runner) cleanup() {
