@@ -13,6 +13,7 @@
 //	go run ./tools/ipambench -out docs/perf -etcd-cluster 3   # the same on a 3-member cluster
 //	go run ./tools/ipambench -quick                           # a smoke run of every phase
 //	go run ./tools/ipambench -phases fifty -latency 2ms   # fifty hosts on a LAN (fifty.go)
+//	go run ./tools/ipambench -compare docs/perf -out DIR      # does a run in DIR reproduce docs/perf?
 package main
 
 import (
@@ -32,6 +33,13 @@ func main() {
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "ipambench:", err)
 		os.Exit(2)
+	}
+	if cfg.Compare != "" {
+		if err := compareDirs(cfg.Compare, cfg.Out, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "ipambench:", err)
+			os.Exit(1)
+		}
+		return
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
@@ -69,6 +77,7 @@ type config struct {
 	InitRounds int           // init-range timings of pools up to a /16 (larger: one)
 	FillConc   int           // goroutines filling a pool
 	Keep       bool          // keep the temp dir (logs, etcd data)
+	Compare    string        // a published run's directory: compare Out's rounds with it instead of measuring
 	Verbose    bool
 
 	// The fifty-host phase (fifty.go) and the many-pools memory phase.
@@ -108,6 +117,7 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.SerialTime, "serial-time", time.Second, "duration of one serial latency round")
 	fs.IntVar(&c.InitRounds, "init-rounds", 3, "init-range timings of pools up to a /16 (larger pools: one)")
 	fs.IntVar(&c.FillConc, "fill-concurrency", 64, "concurrent allocations filling a pool")
+	fs.StringVar(&c.Compare, "compare", "", "measure nothing: set the rounds files in -out beside those of this directory (e.g. docs/perf) and say which reproduced")
 	fs.BoolVar(&c.Keep, "keep", false, "keep the temp dir with logs and etcd data")
 	fs.BoolVar(&c.Verbose, "v", false, "log progress to stderr")
 	fs.DurationVar(&c.Latency, "latency", 250*time.Microsecond, "fifty: one-way delay between every etcd client (daemons, the baseline) and etcd")

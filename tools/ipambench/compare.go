@@ -1,0 +1,208 @@
+package main
+
+import (
+	"cmp"
+	"encoding/csv"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+)
+
+// A published figure must reproduce on a fresh clone (issue 19): -compare sets every point of
+// a run beside the same point of a published run, from the two runs' rounds files. A point
+// reproduces when its median lands inside the published rounds' min–max; a ratio to the
+// baseline, when it lands inside the min–max of the published round-by-round ratios (each
+// round of ours against the baseline's round beside it).
+
+// pointKey names one point of a run, on one side.
+type pointKey struct {
+	name, phase, side            string
+	instances, concurrency, util int
+	pool                         string
+}
+
+// comparison is one point of ours (or the baseline), published and new.
+type comparison struct {
+	key                pointKey
+	unit               string // what the figures are: cycles/s or p50 µs
+	pub, now           figure
+	pubRatio, nowRatio figure // ours against the baseline; zero for the baseline itself
+}
+
+// figure is a median and the min–max it came from.
+type figure struct{ med, min, max float64 }
+
+func (s figure) holds(x float64) bool { return x >= s.min && x <= s.max }
+
+// roundValues are a rounds file's figures by point, in round order.
+type roundValues map[pointKey][]float64
+
+// metric is the figure a phase is judged by: the rate for load, the p50 for serial latency.
+func metric(phase string) (column, unit string) {
+	switch phase {
+	case "latency", "floor", "exhausted":
+		return "p50_us", "p50 µs"
+	}
+	return "rate_per_s", "per s"
+}
+
+func readRounds(path, name string) (roundValues, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	if len(rows) == 0 {
+		return nil, fmt.Errorf("%s: empty", path)
+	}
+	col := map[string]int{}
+	for i, h := range rows[0] {
+		col[h] = i
+	}
+	for _, h := range []string{"phase", "side", "instances", "concurrency", "pool", "util_pct", "rate_per_s", "p50_us"} {
+		if _, ok := col[h]; !ok {
+			return nil, fmt.Errorf("%s: no column %q: not a rounds file", path, h)
+		}
+	}
+	v := roundValues{}
+	for n, r := range rows[1:] {
+		num := func(h string) (float64, error) {
+			x, err := strconv.ParseFloat(r[col[h]], 64)
+			if err != nil {
+				return 0, fmt.Errorf("%s line %d, %s: %w", path, n+2, h, err)
+			}
+			return x, nil
+		}
+		var n3 [3]int // instances, concurrency, util_pct
+		for i, h := range []string{"instances", "concurrency", "util_pct"} {
+			x, err := num(h)
+			if err != nil {
+				return nil, err
+			}
+			n3[i] = int(x)
+		}
+		k := pointKey{name: name, phase: r[col["phase"]], side: r[col["side"]], instances: n3[0], concurrency: n3[1],
+			util: n3[2], pool: r[col["pool"]]}
+		column, _ := metric(k.phase)
+		x, err := num(column)
+		if err != nil {
+			return nil, err
+		}
+		v[k] = append(v[k], x)
+	}
+	return v, nil
+}
+
+func rangeOf(xs []float64) figure {
+	return figure{med: median(xs), min: slices.Min(xs), max: slices.Max(xs)}
+}
+
+// ratios of each round of ours to the baseline's round of the same number.
+func ratios(ours, base []float64) figure {
+	n := min(len(ours), len(base))
+	rs := make([]float64, n)
+	for i := range n {
+		rs[i] = ours[i] / base[i]
+	}
+	r := rangeOf(rs)
+	r.med = rangeOf(ours).med / rangeOf(base).med // the published ratio is that of the medians
+	return r
+}
+
+// compareRounds pairs every point both runs measured in at least 3 rounds (fewer make no
+// spread), in a stable order.
+func compareRounds(pub, now roundValues) []comparison {
+	var out []comparison
+	for k, p := range pub {
+		n, ok := now[k]
+		if !ok || len(p) < 3 || len(n) < 3 {
+			continue
+		}
+		_, unit := metric(k.phase)
+		c := comparison{key: k, unit: unit, pub: rangeOf(p), now: rangeOf(n)}
+		base := k
+		base.side, base.instances = "baseline", 0
+		if pb, nb := pub[base], now[base]; k.side != "baseline" && len(pb) >= 3 && len(nb) >= 3 {
+			c.pubRatio, c.nowRatio = ratios(p, pb), ratios(n, nb)
+		}
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b comparison) int {
+		x, y := a.key, b.key
+		return cmp.Or(strings.Compare(x.name, y.name), strings.Compare(x.phase, y.phase), strings.Compare(x.pool, y.pool),
+			cmp.Compare(x.util, y.util), cmp.Compare(x.instances, y.instances), cmp.Compare(x.concurrency, y.concurrency))
+	})
+	return out
+}
+
+// compareDirs compares every NAME-rounds.csv of newDir with the one of pubDir, and prints the
+// points and how many reproduced.
+func compareDirs(pubDir, newDir string, w io.Writer) error {
+	files, err := filepath.Glob(filepath.Join(newDir, "*-rounds.csv"))
+	if err != nil {
+		return err
+	}
+	var all []comparison
+	for _, f := range files {
+		name := strings.TrimSuffix(filepath.Base(f), "-rounds.csv")
+		pubFile := filepath.Join(pubDir, filepath.Base(f))
+		if _, err := os.Stat(pubFile); err != nil {
+			fmt.Fprintf(w, "%s: nothing published to compare with (%v)\n", name, err)
+			continue
+		}
+		pub, err := readRounds(pubFile, name)
+		if err != nil {
+			return err
+		}
+		now, err := readRounds(f, name)
+		if err != nil {
+			return err
+		}
+		all = append(all, compareRounds(pub, now)...)
+	}
+	if len(all) == 0 {
+		return fmt.Errorf("no point of %s/*-rounds.csv is in %s: nothing to compare", newDir, pubDir)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "RUN\tPHASE\tPOOL\tUTIL\tSIDE\tINSTANCES\tCONCURRENCY\tUNIT\tPUBLISHED [MIN-MAX]\tNOW\t\tRATIO PUBLISHED [ROUNDS MIN-MAX]\tNOW\t\n")
+	var in, ratiosIn, withRatio int
+	for _, c := range all {
+		k := c.key
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d%%\t%s\t%d\t%d\t%s\t%s\t%.4g\t%s", k.name, k.phase, k.pool, k.util, k.side, k.instances,
+			k.concurrency, c.unit, fmtFigure(c.pub, "%.4g"), c.now.med, mark(c.pub.holds(c.now.med), &in))
+		if c.pubRatio.max > 0 {
+			withRatio++
+			fmt.Fprintf(tw, "\t%s\t%.2f\t%s", fmtFigure(c.pubRatio, "%.2f"), c.nowRatio.med, mark(c.pubRatio.holds(c.nowRatio.med), &ratiosIn))
+		} else {
+			fmt.Fprint(tw, "\t\t\t")
+		}
+		fmt.Fprintln(tw)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "\n%d of %d medians inside the published spread; %d of %d ratios to the baseline inside the published rounds' spread\n",
+		in, len(all), ratiosIn, withRatio)
+	return err
+}
+
+func fmtFigure(s figure, f string) string {
+	return fmt.Sprintf(f+" ["+f+"–"+f+"]", s.med, s.min, s.max)
+}
+
+func mark(inside bool, count *int) string {
+	if inside {
+		*count++
+		return "in"
+	}
+	return "OUT"
+}
