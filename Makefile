@@ -94,17 +94,22 @@ fuzz:
 
 # Benchmarks, each paired with its raw-etcd baseline (docs/PERFORMANCE.md).
 # Not part of `make test` (its smoke run of ipambench is). ipambench runs the
-# full sweep on a single-member etcd, then on a 3-member cluster, then fifty
-# hosts behind LAN and stretched-cluster latency, then one daemon's memory with
-# 20 pools of 64k, and writes CSV, SVG and a summary per run into BENCH_OUT.
-# Extra flags: BENCH_ARGS="-v".
+# throughput sweep alone, the full sweep on a single-member etcd, then on a
+# 3-member cluster, then fifty hosts behind LAN and stretched-cluster latency
+# (and 1, 10 and 25 hosts; and one host's lone requests), then one daemon's
+# memory with 20 pools of 64k, and writes CSV, SVG and a summary per run into
+# BENCH_OUT. Extra flags: BENCH_ARGS="-v". Whether a run reproduced the
+# published one: go run ./tools/ipambench -compare docs/perf -out BENCH_OUT.
 BENCH_OUT  ?= docs/perf
 BENCH_ARGS ?=
 bench: test-deps build
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name throughput -phases throughput $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -etcd-cluster 3 $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-250us -phases fifty -latency 250us $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-2ms -phases fifty -latency 2ms $(BENCH_ARGS)
+	for n in 1 10 25; do $(GO) run ./tools/ipambench -out $(BENCH_OUT) -name fifty-250us-$$n-hosts -phases fifty -instances $$n -latency 250us $(BENCH_ARGS) || exit 1; done
+	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name lone -phases fifty -instances 1 -burst 1000 -burst-concurrency 1 -latency 1us -idle 1s $(BENCH_ARGS)
 	$(GO) run ./tools/ipambench -out $(BENCH_OUT) -name mempools -phases mempools -instances 1 $(BENCH_ARGS)
 	$(call bench-to,pool-freeset,./pool -bench 'FreeSetTake' -count 3)
 	$(call bench-to,etcdstore-hotpath,./etcdstore -bench 'Allocate|BaselineTxn|Cycle' -benchtime 3000x -count 3)
