@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -152,6 +153,7 @@ func compareDirs(pubDir, newDir string, w io.Writer) error {
 		return err
 	}
 	var all []comparison
+	var names []string
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), "-rounds.csv")
 		pubFile := filepath.Join(pubDir, filepath.Base(f))
@@ -168,20 +170,27 @@ func compareDirs(pubDir, newDir string, w io.Writer) error {
 			return err
 		}
 		all = append(all, compareRounds(pub, now)...)
+		names = append(names, name)
 	}
 	if len(all) == 0 {
 		return fmt.Errorf("no point of %s/*-rounds.csv is in %s: nothing to compare", newDir, pubDir)
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintf(tw, "RUN\tPHASE\tPOOL\tUTIL\tSIDE\tINSTANCES\tCONCURRENCY\tUNIT\tPUBLISHED [MIN-MAX]\tNOW\t\tRATIO PUBLISHED [ROUNDS MIN-MAX]\tNOW\t\n")
+	fmt.Fprintf(tw, "RUN\tPHASE\tPOOL\tUTIL\tSIDE\tINSTANCES\tCONCURRENCY\tUNIT\tPUBLISHED [MIN-MAX]\tNOW\t\tRATIO PUBLISHED [ROUNDS MIN-MAX]\tNOW\t\tCHANGE\n")
 	var in, ratiosIn, withRatio int
+	var worst float64 // the largest change of a ratio that landed outside
+	var worstAt string
 	for _, c := range all {
 		k := c.key
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d%%\t%s\t%d\t%d\t%s\t%s\t%.4g\t%s", k.name, k.phase, k.pool, k.util, k.side, k.instances,
 			k.concurrency, c.unit, fmtFigure(c.pub, "%.4g"), c.now.med, mark(c.pub.holds(c.now.med), &in))
 		if c.pubRatio.max > 0 {
 			withRatio++
-			fmt.Fprintf(tw, "\t%s\t%.2f\t%s", fmtFigure(c.pubRatio, "%.2f"), c.nowRatio.med, mark(c.pubRatio.holds(c.nowRatio.med), &ratiosIn))
+			change := c.nowRatio.med/c.pubRatio.med - 1
+			fmt.Fprintf(tw, "\t%s\t%.2f\t%s\t%+.0f%%", fmtFigure(c.pubRatio, "%.2f"), c.nowRatio.med, mark(c.pubRatio.holds(c.nowRatio.med), &ratiosIn), 100*change)
+			if !c.pubRatio.holds(c.nowRatio.med) && math.Abs(change) > math.Abs(worst) {
+				worst, worstAt = change, fmt.Sprintf("%s %s %s/%d c=%d", k.name, k.phase, k.side, k.instances, k.concurrency)
+			}
 		} else {
 			fmt.Fprint(tw, "\t\t\t")
 		}
@@ -190,9 +199,69 @@ func compareDirs(pubDir, newDir string, w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(w, "\n%d of %d medians inside the published spread; %d of %d ratios to the baseline inside the published rounds' spread\n",
+	fmt.Fprintf(w, "\n%d of %d medians inside the published spread; %d of %d ratios to the baseline inside the published rounds' spread\n",
 		in, len(all), ratiosIn, withRatio)
-	return err
+	if worstAt != "" {
+		fmt.Fprintf(w, "largest change of a ratio outside its spread: %+.0f%% (%s)\n", 100*worst, worstAt)
+	}
+	for _, name := range names {
+		if err := compareTargets(filepath.Join(pubDir, name+"-targets.csv"), filepath.Join(newDir, name+"-targets.csv"), name, w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// compareTargets says which of a run's verdicts against its targets (PASS or MISS) differ from
+// the published run's.
+func compareTargets(pubFile, newFile, name string, w io.Writer) error {
+	verdicts := func(path string) (map[string]string, []string, error) {
+		f, err := os.Open(path)
+		if os.IsNotExist(err) {
+			return nil, nil, nil
+		}
+		if err != nil {
+			return nil, nil, err
+		}
+		defer f.Close()
+		rows, err := csv.NewReader(f).ReadAll()
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading %s: %w", path, err)
+		}
+		v, order := map[string]string{}, []string{}
+		for _, r := range rows[min(1, len(rows)):] {
+			if len(r) == 6 && (r[5] == "PASS" || r[5] == "MISS") {
+				v[r[0]] = r[5]
+				order = append(order, r[0])
+			}
+		}
+		return v, order, nil
+	}
+	pub, _, err := verdicts(pubFile)
+	if err != nil {
+		return err
+	}
+	now, order, err := verdicts(newFile)
+	if err != nil {
+		return err
+	}
+	var same, both int
+	for _, t := range order {
+		p, ok := pub[t]
+		if !ok {
+			continue
+		}
+		both++
+		if p == now[t] {
+			same++
+			continue
+		}
+		fmt.Fprintf(w, "%s: target %q: %s, published %s\n", name, t, now[t], p)
+	}
+	if both > 0 {
+		fmt.Fprintf(w, "%s: %d of %d verdicts against the targets as published\n", name, same, both)
+	}
+	return nil
 }
 
 func fmtFigure(s figure, f string) string {

@@ -55,6 +55,13 @@ func TestCompare(t *testing.T) {
 		"latency ours 1 1":           {1000, 1050, 1100},
 		"fifty-first-use ours 50 64": {5},
 	})
+	// Only PASS and MISS are verdicts; "report" is not.
+	for dir, serial := range map[string]string{pub: "MISS", now: "PASS"} {
+		targets := "target,ours,reference,ratio,limit,result\nthroughput,1,1,1,>= 1,PASS\nserial,1,1,1,<= 1,SERIAL\nmemory,1,-,-,report,report\n"
+		if err := os.WriteFile(filepath.Join(dir, "etcd1-targets.csv"), []byte(strings.Replace(targets, "SERIAL", serial, 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var out bytes.Buffer
 	if err := compareDirs(pub, now, &out); err != nil {
 		t.Fatal(err)
@@ -63,15 +70,18 @@ func TestCompare(t *testing.T) {
 	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 		lines = append(lines, strings.Join(strings.Fields(l), " "))
 	}
-	if got, want := lines[len(lines)-1], "4 of 6 medians inside the published spread; 1 of 3 ratios to the baseline inside the published rounds' spread"; got != want {
+	if got, want := lines[len(lines)-4], "4 of 6 medians inside the published spread; 1 of 3 ratios to the baseline inside the published rounds' spread"; got != want {
 		t.Errorf("summary %q, want %q\n%s", got, want, out.String())
 	}
 	for _, want := range []string{
 		"etcd1 throughput 64k 0% baseline 0 1 per s 100 [90–110] 100 in",
-		"etcd1 throughput 64k 0% ours 1 1 per s 200 [190–210] 250 OUT 2.00 [1.73–2.33] 2.50 OUT",
+		"etcd1 throughput 64k 0% ours 1 1 per s 200 [190–210] 250 OUT 2.00 [1.73–2.33] 2.50 OUT +25%",
 		"etcd1 throughput 64k 0% baseline 0 8 per s 100 [100–100] 120 OUT",
-		"etcd1 throughput 64k 0% ours 1 8 per s 300 [290–310] 300 in 3.00 [2.90–3.10] 2.50 OUT",
-		"etcd1 latency 64k 0% ours 1 1 p50 µs 1100 [1000–1200] 1050 in 1.38 [1.25–1.57] 1.38 in",
+		"etcd1 throughput 64k 0% ours 1 8 per s 300 [290–310] 300 in 3.00 [2.90–3.10] 2.50 OUT -17%",
+		"etcd1 latency 64k 0% ours 1 1 p50 µs 1100 [1000–1200] 1050 in 1.38 [1.25–1.57] 1.38 in +0%",
+		"largest change of a ratio outside its spread: +25% (etcd1 throughput ours/1 c=1)",
+		`etcd1: target "serial": PASS, published MISS`,
+		"etcd1: 1 of 2 verdicts against the targets as published",
 	} {
 		if !slices.Contains(lines, want) {
 			t.Errorf("no line %q in\n%s", want, out.String())
