@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -18,7 +19,7 @@ import (
 // a run beside the same point of a published run, from the two runs' rounds files. A point
 // reproduces when its median lands inside the published rounds' min–max; a ratio to the
 // baseline, when it lands inside the min–max of the published round-by-round ratios (each
-// round of ours against the baseline's round beside it).
+// round of ours against the baseline's round of the same number).
 
 // pointKey names one point of a run, on one side.
 type pointKey struct {
@@ -40,14 +41,17 @@ type figure struct{ med, min, max float64 }
 
 func (s figure) holds(x float64) bool { return x >= s.min && x <= s.max }
 
-// roundValues are a rounds file's figures by point, in round order.
-type roundValues map[pointKey][]float64
+// roundValues are a rounds file's figures by point and round number.
+type roundValues map[pointKey]map[int]float64
 
-// metric is the figure a phase is judged by: the rate for load, the p50 for serial latency.
+// metric is the figure a phase is judged by, as docs/PERFORMANCE.md gives it: the rate for
+// load, the p50 for serial latency, the time a fifty-host burst took.
 func metric(phase string) (column, unit string) {
 	switch phase {
 	case "latency", "floor", "exhausted":
 		return "p50_us", "p50 µs"
+	case "fifty-alloc", "fifty-release", "fifty-first-use":
+		return "seconds", "s"
 	}
 	return "rate_per_s", "per s"
 }
@@ -69,7 +73,7 @@ func readRounds(path, name string) (roundValues, error) {
 	for i, h := range rows[0] {
 		col[h] = i
 	}
-	for _, h := range []string{"phase", "side", "instances", "concurrency", "pool", "util_pct", "rate_per_s", "p50_us"} {
+	for _, h := range []string{"round", "seconds", "phase", "side", "instances", "concurrency", "pool", "util_pct", "rate_per_s", "p50_us"} {
 		if _, ok := col[h]; !ok {
 			return nil, fmt.Errorf("%s: no column %q: not a rounds file", path, h)
 		}
@@ -83,40 +87,51 @@ func readRounds(path, name string) (roundValues, error) {
 			}
 			return x, nil
 		}
-		var n3 [3]int // instances, concurrency, util_pct
-		for i, h := range []string{"instances", "concurrency", "util_pct"} {
+		var n4 [4]int // round, instances, concurrency, util_pct
+		for i, h := range []string{"round", "instances", "concurrency", "util_pct"} {
 			x, err := num(h)
 			if err != nil {
 				return nil, err
 			}
-			n3[i] = int(x)
+			n4[i] = int(x)
 		}
-		k := pointKey{name: name, phase: r[col["phase"]], side: r[col["side"]], instances: n3[0], concurrency: n3[1],
-			util: n3[2], pool: r[col["pool"]]}
+		k := pointKey{name: name, phase: r[col["phase"]], side: r[col["side"]], instances: n4[1], concurrency: n4[2],
+			util: n4[3], pool: r[col["pool"]]}
 		column, _ := metric(k.phase)
 		x, err := num(column)
 		if err != nil {
 			return nil, err
 		}
-		v[k] = append(v[k], x)
+		if v[k] == nil {
+			v[k] = map[int]float64{}
+		}
+		v[k][n4[0]] = x
 	}
 	return v, nil
 }
 
-func rangeOf(xs []float64) figure {
+func rangeOf(byRound map[int]float64) figure {
+	xs := slices.Collect(maps.Values(byRound))
 	return figure{med: median(xs), min: slices.Min(xs), max: slices.Max(xs)}
 }
 
-// ratios of each round of ours to the baseline's round of the same number.
-func ratios(ours, base []float64) figure {
-	n := min(len(ours), len(base))
-	rs := make([]float64, n)
-	for i := range n {
-		rs[i] = ours[i] / base[i]
+// ratios: ours against the baseline, as the ratio of the medians (the published figure) and
+// the min–max of each round's against the baseline's round of the same number; not ok when no
+// round pairs or a baseline figure is 0 (a round of errors only).
+func ratios(ours, base map[int]float64) (figure, bool) {
+	byRound := map[int]float64{}
+	for round, o := range ours {
+		if b, ok := base[round]; ok && b > 0 {
+			byRound[round] = o / b
+		}
 	}
-	r := rangeOf(rs)
-	r.med = rangeOf(ours).med / rangeOf(base).med // the published ratio is that of the medians
-	return r
+	bm := rangeOf(base).med
+	if len(byRound) == 0 || bm <= 0 {
+		return figure{}, false
+	}
+	r := rangeOf(byRound)
+	r.med = rangeOf(ours).med / bm
+	return r, true
 }
 
 // compareRounds pairs every point both runs measured in at least 3 rounds (fewer make no
@@ -133,14 +148,19 @@ func compareRounds(pub, now roundValues) []comparison {
 		base := k
 		base.side, base.instances = "baseline", 0
 		if pb, nb := pub[base], now[base]; k.side != "baseline" && len(pb) >= 3 && len(nb) >= 3 {
-			c.pubRatio, c.nowRatio = ratios(p, pb), ratios(n, nb)
+			pr, pok := ratios(p, pb)
+			nr, nok := ratios(n, nb)
+			if pok && nok {
+				c.pubRatio, c.nowRatio = pr, nr
+			}
 		}
 		out = append(out, c)
 	}
 	slices.SortFunc(out, func(a, b comparison) int {
 		x, y := a.key, b.key
 		return cmp.Or(strings.Compare(x.name, y.name), strings.Compare(x.phase, y.phase), strings.Compare(x.pool, y.pool),
-			cmp.Compare(x.util, y.util), cmp.Compare(x.instances, y.instances), cmp.Compare(x.concurrency, y.concurrency))
+			cmp.Compare(x.util, y.util), cmp.Compare(x.instances, y.instances), strings.Compare(x.side, y.side),
+			cmp.Compare(x.concurrency, y.concurrency))
 	})
 	return out
 }
@@ -148,24 +168,32 @@ func compareRounds(pub, now roundValues) []comparison {
 // compareDirs compares every NAME-rounds.csv of newDir with the one of pubDir, and prints the
 // points and how many reproduced.
 func compareDirs(pubDir, newDir string, w io.Writer) error {
-	files, err := filepath.Glob(filepath.Join(newDir, "*-rounds.csv"))
-	if err != nil {
-		return err
+	runs := func(dir string) map[string]bool {
+		files, _ := filepath.Glob(filepath.Join(dir, "*-rounds.csv")) // only a malformed pattern errs
+		names := map[string]bool{}
+		for _, f := range files {
+			names[strings.TrimSuffix(filepath.Base(f), "-rounds.csv")] = true
+		}
+		return names
+	}
+	published, measured := runs(pubDir), runs(newDir)
+	for _, name := range slices.Sorted(maps.Keys(measured)) {
+		if !published[name] {
+			fmt.Fprintf(w, "%s: nothing published to compare with\n", name)
+		}
 	}
 	var all []comparison
 	var names []string
-	for _, f := range files {
-		name := strings.TrimSuffix(filepath.Base(f), "-rounds.csv")
-		pubFile := filepath.Join(pubDir, filepath.Base(f))
-		if _, err := os.Stat(pubFile); err != nil {
-			fmt.Fprintf(w, "%s: nothing published to compare with (%v)\n", name, err)
+	for _, name := range slices.Sorted(maps.Keys(published)) {
+		if !measured[name] {
+			fmt.Fprintf(w, "%s: published, not in this run\n", name)
 			continue
 		}
-		pub, err := readRounds(pubFile, name)
+		pub, err := readRounds(filepath.Join(pubDir, name+"-rounds.csv"), name)
 		if err != nil {
 			return err
 		}
-		now, err := readRounds(f, name)
+		now, err := readRounds(filepath.Join(newDir, name+"-rounds.csv"), name)
 		if err != nil {
 			return err
 		}
@@ -188,7 +216,8 @@ func compareDirs(pubDir, newDir string, w io.Writer) error {
 			withRatio++
 			change := c.nowRatio.med/c.pubRatio.med - 1
 			fmt.Fprintf(tw, "\t%s\t%.2f\t%s\t%+.0f%%", fmtFigure(c.pubRatio, "%.2f"), c.nowRatio.med, mark(c.pubRatio.holds(c.nowRatio.med), &ratiosIn), 100*change)
-			if !c.pubRatio.holds(c.nowRatio.med) && math.Abs(change) > math.Abs(worst) {
+			// Largest as a factor either way: halving counts as much as doubling.
+			if !c.pubRatio.holds(c.nowRatio.med) && math.Abs(math.Log1p(change)) > math.Abs(math.Log1p(worst)) {
 				worst, worstAt = change, fmt.Sprintf("%s %s %s/%d c=%d", k.name, k.phase, k.side, k.instances, k.concurrency)
 			}
 		} else {
@@ -237,18 +266,19 @@ func compareTargets(pubFile, newFile, name string, w io.Writer) error {
 		}
 		return v, order, nil
 	}
-	pub, _, err := verdicts(pubFile)
+	pub, order, err := verdicts(pubFile)
 	if err != nil {
 		return err
 	}
-	now, order, err := verdicts(newFile)
+	now, _, err := verdicts(newFile)
 	if err != nil {
 		return err
 	}
 	var same, both int
 	for _, t := range order {
-		p, ok := pub[t]
-		if !ok {
+		p := pub[t]
+		if _, ok := now[t]; !ok {
+			fmt.Fprintf(w, "%s: target %q: published %s, not judged in this run\n", name, t, p)
 			continue
 		}
 		both++

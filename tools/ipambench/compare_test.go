@@ -13,6 +13,11 @@ import (
 // writeRounds writes a rounds file with the given figures per round: rate for throughput,
 // p50 for latency, each side's rounds in order.
 func writeRounds(t *testing.T, dir string, rows map[string][]float64) {
+	writeRun(t, dir, "etcd1", rows)
+}
+
+// writeRun is writeRounds for the run called name.
+func writeRun(t *testing.T, dir, name string, rows map[string][]float64) {
 	t.Helper()
 	var b strings.Builder
 	b.WriteString("round,seconds,phase,side,instances,concurrency,pool,addresses,util_pct,used,ops,rate_per_s,p50_us,p99_us,max_us,errors,duplicates\n")
@@ -30,7 +35,7 @@ func writeRounds(t *testing.T, dir string, rows map[string][]float64) {
 			fmt.Fprintf(&b, "%d,1.000,%s,%s,%d,%d,64k,65534,0,0,1,%g,%g,1,1,0,0\n", i+1, phase, side, inst, conc, rate, p50)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, "etcd1-rounds.csv"), []byte(b.String()), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, name+"-rounds.csv"), []byte(b.String()), 0o644); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -55,10 +60,16 @@ func TestCompare(t *testing.T) {
 		"latency ours 1 1":           {1000, 1050, 1100},
 		"fifty-first-use ours 50 64": {5},
 	})
-	// Only PASS and MISS are verdicts; "report" is not.
-	for dir, serial := range map[string]string{pub: "MISS", now: "PASS"} {
-		targets := "target,ours,reference,ratio,limit,result\nthroughput,1,1,1,>= 1,PASS\nserial,1,1,1,<= 1,SERIAL\nmemory,1,-,-,report,report\n"
-		if err := os.WriteFile(filepath.Join(dir, "etcd1-targets.csv"), []byte(strings.Replace(targets, "SERIAL", serial, 1)), 0o644); err != nil {
+	// A run on one side only is named, not compared.
+	writeRun(t, pub, "etcd3", map[string][]float64{"throughput ours 1 1": {1, 2, 3}})
+	writeRun(t, now, "lone", map[string][]float64{"throughput ours 1 1": {1, 2, 3}})
+	// Only PASS and MISS are verdicts; "report" is not. A published target the new run no
+	// longer judges is named.
+	for dir, targets := range map[string]string{
+		pub: "target,ours,reference,ratio,limit,result\nthroughput,1,1,1,>= 1,PASS\nserial,1,1,1,<= 1,MISS\nmemory,1,-,-,report,report\nold,1,1,1,<= 1,PASS\n",
+		now: "target,ours,reference,ratio,limit,result\nthroughput,1,1,1,>= 1,PASS\nserial,1,1,1,<= 1,PASS\nmemory,1,-,-,report,report\n",
+	} {
+		if err := os.WriteFile(filepath.Join(dir, "etcd1-targets.csv"), []byte(targets), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -70,7 +81,7 @@ func TestCompare(t *testing.T) {
 	for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
 		lines = append(lines, strings.Join(strings.Fields(l), " "))
 	}
-	if got, want := lines[len(lines)-4], "4 of 6 medians inside the published spread; 1 of 3 ratios to the baseline inside the published rounds' spread"; got != want {
+	if got, want := lines[slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "medians inside") })], "4 of 6 medians inside the published spread; 1 of 3 ratios to the baseline inside the published rounds' spread"; got != want {
 		t.Errorf("summary %q, want %q\n%s", got, want, out.String())
 	}
 	for _, want := range []string{
@@ -82,6 +93,9 @@ func TestCompare(t *testing.T) {
 		"largest change of a ratio outside its spread: +25% (etcd1 throughput ours/1 c=1)",
 		`etcd1: target "serial": PASS, published MISS`,
 		"etcd1: 1 of 2 verdicts against the targets as published",
+		`etcd1: target "old": published PASS, not judged in this run`,
+		"etcd3: published, not in this run",
+		"lone: nothing published to compare with",
 	} {
 		if !slices.Contains(lines, want) {
 			t.Errorf("no line %q in\n%s", want, out.String())
@@ -98,5 +112,19 @@ func TestCompareNothingInCommon(t *testing.T) {
 	writeRounds(t, now, map[string][]float64{"throughput ours 3 1": {1, 2, 3}})
 	if err := compareDirs(pub, now, &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "nothing to compare") {
 		t.Errorf("err %v, want nothing to compare", err)
+	}
+}
+
+// TestRatios: rounds pair by their number, not their place; a baseline of 0 gives no ratio.
+func TestRatios(t *testing.T) {
+	r, ok := ratios(map[int]float64{1: 200, 2: 300, 3: 400}, map[int]float64{2: 100, 3: 200, 4: 50})
+	if want := (figure{med: 3, min: 2, max: 3}); !ok || r != want {
+		t.Errorf("ratios %+v %v, want %+v (rounds 2 and 3 only; the medians' ratio 300/100)", r, ok, want)
+	}
+	if r, ok := ratios(map[int]float64{1: 1, 2: 1, 3: 1}, map[int]float64{1: 0, 2: 0, 3: 0}); ok {
+		t.Errorf("a baseline of 0 gave ratio %+v", r)
+	}
+	if f := rangeOf(map[int]float64{1: 1, 2: 2, 3: 3, 4: 10}); f != (figure{med: 2.5, min: 1, max: 10}) {
+		t.Errorf("rangeOf an even count: %+v", f)
 	}
 }

@@ -178,8 +178,8 @@ func (r *runner) setup(ctx context.Context) string {
 		kind, r.cfg.Instances, r.cfg.PluginBin, rev, runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, r.res.Start.Format(time.RFC3339))
 }
 
-// cpuModel names the processor: runs on two models of one cloud's "2 vCPU" differed by 10–30 % in
-// etcd's commits per second, so a comparison of runs must know it.
+// cpuModel names the processor: absolute figures depend on it (and on the host's load), so a
+// comparison of runs must know it.
 func cpuModel() string {
 	b, err := os.ReadFile("/proc/cpuinfo")
 	if err != nil {
