@@ -150,15 +150,32 @@ func FreeLoopbackAddr(t testing.TB) string {
 }
 
 // LoopbackAddr is FreeLoopbackAddr for programs that are not tests. Another process may take
-// the port before the caller binds it: retry on "address already in use".
+// the port before the caller binds it: retry on "address already in use". It never returns an
+// address twice in one process: the kernel may offer a port it just closed again, and an etcd
+// member given the same port for its client and peer URLs cannot start.
 func LoopbackAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("finding a free loopback port: %w", err)
+	handedOut.Lock()
+	defer handedOut.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", fmt.Errorf("finding a free loopback port: %w", err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !handedOut.addrs[addr] {
+			handedOut.addrs[addr] = true
+			return addr, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	return "", errors.New("finding a free loopback port: the kernel offered only ports handed out already")
 }
+
+// handedOut are the addresses LoopbackAddr returned.
+var handedOut = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 // LookTool finds a program on PATH or in the sbin directories a non-login root PATH may lack,
 // or returns "". For docker it prefers Debian's /usr/bin/docker, which matches Debian's dockerd,
