@@ -3,8 +3,10 @@ package main
 import (
 	"cmp"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"math"
 	"os"
@@ -56,7 +58,8 @@ func metric(phase string) (column, unit string) {
 	return "rate_per_s", "per s"
 }
 
-func readRounds(path, name string) (roundValues, error) {
+// readCSV is the rows of the CSV file at path.
+func readCSV(path string) ([][]string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -65,6 +68,14 @@ func readRounds(path, name string) (roundValues, error) {
 	rows, err := csv.NewReader(f).ReadAll()
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	return rows, nil
+}
+
+func readRounds(path, name string) (roundValues, error) {
+	rows, err := readCSV(path)
+	if err != nil {
+		return nil, err
 	}
 	if len(rows) == 0 {
 		return nil, fmt.Errorf("%s: empty", path)
@@ -214,10 +225,10 @@ func compareDirs(pubDir, newDir string, w io.Writer) error {
 			k.concurrency, c.unit, fmtFigure(c.pub, "%.4g"), c.now.med, mark(c.pub.holds(c.now.med), &in))
 		if c.pubRatio.max > 0 {
 			withRatio++
-			change := c.nowRatio.med/c.pubRatio.med - 1
-			fmt.Fprintf(tw, "\t%s\t%.2f\t%s\t%+.0f%%", fmtFigure(c.pubRatio, "%.2f"), c.nowRatio.med, mark(c.pubRatio.holds(c.nowRatio.med), &ratiosIn), 100*change)
+			change, inside := c.nowRatio.med/c.pubRatio.med-1, c.pubRatio.holds(c.nowRatio.med)
+			fmt.Fprintf(tw, "\t%s\t%.2f\t%s\t%+.0f%%", fmtFigure(c.pubRatio, "%.2f"), c.nowRatio.med, mark(inside, &ratiosIn), 100*change)
 			// Largest as a factor either way: halving counts as much as doubling.
-			if !c.pubRatio.holds(c.nowRatio.med) && math.Abs(math.Log1p(change)) > math.Abs(math.Log1p(worst)) {
+			if !inside && math.Abs(math.Log1p(change)) > math.Abs(math.Log1p(worst)) {
 				worst, worstAt = change, fmt.Sprintf("%s %s %s/%d c=%d", k.name, k.phase, k.side, k.instances, k.concurrency)
 			}
 		} else {
@@ -245,17 +256,12 @@ func compareDirs(pubDir, newDir string, w io.Writer) error {
 // the published run's.
 func compareTargets(pubFile, newFile, name string, w io.Writer) error {
 	verdicts := func(path string) (map[string]string, []string, error) {
-		f, err := os.Open(path)
-		if os.IsNotExist(err) {
+		rows, err := readCSV(path)
+		if errors.Is(err, fs.ErrNotExist) {
 			return nil, nil, nil
 		}
 		if err != nil {
 			return nil, nil, err
-		}
-		defer f.Close()
-		rows, err := csv.NewReader(f).ReadAll()
-		if err != nil {
-			return nil, nil, fmt.Errorf("reading %s: %w", path, err)
 		}
 		v, order := map[string]string{}, []string{}
 		for _, r := range rows[min(1, len(rows)):] {
